@@ -1,0 +1,68 @@
+//! `elmo convert`: allennlp/bilm-tf HDF5 weights + `options.json` -> model file.
+//!
+//! The HDF5 file is read with the pure-Rust `hdf5-reader` crate (no C
+//! libhdf5). Every dataset the options require must be present, float32 and of
+//! the right shape; anything else is an error naming the dataset.
+
+use crate::error::{Error, Result};
+use crate::model_file::{expected_tensors, write_model};
+use crate::options::Options;
+use hdf5_reader::{Datatype, Hdf5File};
+use std::path::Path;
+
+/// Progress of a conversion: bytes of weights read so far, total bytes, and
+/// the dataset just read.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64, &str);
+
+/// Reads every tensor the options need from a bilm-tf HDF5 weight file, in the
+/// converted layout (the zero padding row prepended to `char_embed`).
+pub fn read_hdf5_weights(options: &Options, hdf5: &Path, progress: Progress) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    let file = Hdf5File::open(hdf5).map_err(|e| Error::weights(hdf5, format!("cannot read as HDF5: {e}")))?;
+    let expected = expected_tensors(options);
+    let total: u64 = expected.iter().map(|(_, s)| s.iter().product::<usize>() as u64 * 4).sum();
+    let mut done = 0u64;
+    let mut out = Vec::with_capacity(expected.len());
+    for (name, shape) in expected {
+        let is_embed = name == "char_embed";
+        let mut file_shape = shape.clone();
+        if is_embed {
+            file_shape[0] -= 1; // the file has no row for "no token"
+        }
+        let ds = file
+            .dataset(&name)
+            .map_err(|e| Error::tensor(hdf5, &name, format!("dataset missing or unreadable: {e}")))?;
+        match ds.dtype() {
+            Datatype::FloatingPoint { size: 4, .. } => {}
+            other => {
+                return Err(Error::tensor(hdf5, &name, format!("dtype {other:?} is not supported: expected float32")));
+            }
+        }
+        let got: Vec<usize> = ds.shape().iter().map(|&d| d as usize).collect();
+        if got != file_shape {
+            return Err(Error::tensor(
+                hdf5,
+                &name,
+                format!("shape {got:?} does not match the options, which need {file_shape:?}"),
+            ));
+        }
+        let n: usize = file_shape.iter().product();
+        let mut data = vec![0f32; if is_embed { n + shape[1] } else { n }];
+        let dst = if is_embed { &mut data[shape[1]..] } else { &mut data[..] };
+        ds.read_into(dst)
+            .map_err(|e| Error::tensor(hdf5, &name, format!("cannot read values: {e}")))?;
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::tensor(hdf5, &name, format!("holds a non-finite value ({}) at flat index {i}", data[i])));
+        }
+        done += data.len() as u64 * 4;
+        progress(done, total, &name);
+        out.push((name, shape, data));
+    }
+    Ok(out)
+}
+
+/// Converts `options.json` + bilm-tf HDF5 weights into a model file at `out`.
+pub fn convert_hdf5(options_path: &Path, hdf5: &Path, out: &Path, progress: Progress) -> Result<()> {
+    let options = Options::from_file(options_path)?;
+    let tensors = read_hdf5_weights(&options, hdf5, progress)?;
+    write_model(out, &options, &tensors)
+}

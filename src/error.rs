@@ -1,0 +1,78 @@
+//! The one error type of the crate.
+//!
+//! Every fallible public function returns [`Result<T>`]; nothing reachable from
+//! input data panics. Messages name the file and, where there is one, the
+//! tensor or dataset at fault, so a one-line CLI report is enough to act on.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O error on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file being read or written.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The options (`options.json`) are malformed or describe an unsupported model.
+    #[error("options: {0}")]
+    Options(String),
+    /// A weight file (HDF5, safetensors) is malformed, truncated or does not
+    /// match the options. `tensor` names the culprit when there is one.
+    #[error("{path}: {}{msg}", tensor.as_ref().map(|t| format!("tensor '{t}': ")).unwrap_or_default())]
+    Weights {
+        /// The file at fault.
+        path: PathBuf,
+        /// The tensor or dataset at fault, if any.
+        tensor: Option<String>,
+        /// What is wrong.
+        msg: String,
+    },
+    /// Input data (sentences, token ids, input files) is invalid.
+    #[error("input: {0}")]
+    Input(String),
+    /// Shapes of tensors given to an operation do not agree.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    /// A stateful batch is larger than the state's capacity, or the state was
+    /// made for another model.
+    #[error("state: {0}")]
+    State(String),
+    /// A `.npy` / `.npz` file is malformed or holds an unsupported dtype.
+    #[error("npz: {0}")]
+    Npz(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A weight-file error about the file as a whole.
+    pub fn weights(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Weights {
+            path: path.into(),
+            tensor: None,
+            msg: msg.into(),
+        }
+    }
+
+    /// A weight-file error about one tensor.
+    pub fn tensor(path: impl Into<PathBuf>, tensor: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Weights {
+            path: path.into(),
+            tensor: Some(tensor.into()),
+            msg: msg.into(),
+        }
+    }
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;

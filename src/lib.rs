@@ -1,0 +1,27 @@
+//! ELMo (Peters et al. 2018) in Rust: bilm-tf's biLM, computed to within
+//! float32 rounding of TensorFlow, from a memory-mapped converted weight file.
+//!
+//! ```no_run
+//! use elmo::ElmoModel;
+//! let model = ElmoModel::load("weights/bilm-tf-test.safetensors".as_ref())?;
+//! let out = model.embed(&[vec!["The", "first", "sentence", "."], vec!["Second"]])?;
+//! assert_eq!(out.data.len(), 2 * 3 * 4 * out.dim); // (B, L + 1, T, 2P)
+//! # Ok::<(), elmo::Error>(())
+//! ```
+
+pub mod chars;
+pub mod convert;
+pub mod cpu;
+pub mod error;
+pub mod input;
+pub mod model;
+pub mod model_file;
+pub mod npz;
+pub mod options;
+pub mod tensor;
+
+pub use chars::{encode_batch, CharIds};
+pub use error::{Error, Result};
+pub use model::{BiLmOutput, ElmoModel, Intermediates, LstmState};
+pub use options::Options;
+pub use tensor::Tensor;

@@ -1,0 +1,605 @@
+//! The biLM forward pass, as bilm-tf computes it.
+//!
+//! Positions are handled *packed*: only real positions (the `<S>`, tokens and
+//! `</S>` of each sentence) are computed, sentence after sentence, so padding
+//! costs nothing and no sentence's result depends on the rest of its batch.
+//! Shapes in comments use B = sentences, T2 = positions incl. boundaries,
+//! N = real positions of the batch, C = characters per token, E = char
+//! embedding, F = filters, P = projection, U = LSTM cell size, L = layers.
+
+use crate::chars::{encode_batch, CharIds};
+use crate::cpu::{add_bias, clip, gemm, sigmoid};
+use crate::error::{Error, Result};
+use crate::model_file::{lstm_name, ModelFile};
+use crate::options::{Activation, Options};
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+use std::path::Path;
+
+/// Tokens per parallel work item of the token (char CNN) pipeline.
+const TOKEN_CHUNK: usize = 32;
+
+struct Conv {
+    width: usize,
+    count: usize,
+    kernel: Tensor, // (1, w, E, n) = (w*E, n) row-major
+    bias: Tensor,   // (n,)
+}
+
+struct Highway {
+    w_carry: Tensor,
+    b_carry: Tensor,
+    w_transform: Tensor,
+    b_transform: Tensor,
+}
+
+struct LstmLayer {
+    kernel: Tensor,     // (P + P, 4U): rows for the input, then for m_{t-1}
+    bias: Tensor,       // (4U,), gates i, j, f, o
+    projection: Tensor, // (U, P)
+}
+
+/// A loaded ELMo biLM. Immutable and `Send + Sync`: share it with `Arc` and
+/// run forward passes from any number of threads.
+pub struct ElmoModel {
+    file: ModelFile,
+    char_embed: Tensor, // (262, E), row 0 = zeros
+    convs: Vec<Conv>,
+    highways: Vec<Highway>,
+    projection: Option<(Tensor, Tensor)>, // (F, P), (P,)
+    lstm: [Vec<LstmLayer>; 2],            // [direction][layer]
+}
+
+/// The biLM's output for a batch: for every sentence, every layer, every
+/// token position (boundaries removed), `2P` values.
+///
+/// Layer 0 is the token embedding twice, `[tok, tok]`; layer k >= 1 is
+/// `[forward, backward]` of LSTM layer k. Positions at or beyond a sentence's
+/// length are zero in every layer (bilm-tf leaves the embedding of the
+/// all-padding token in layer 0 there; we zero it, so padding never leaks).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BiLmOutput {
+    /// Tokens per sentence.
+    pub lengths: Vec<usize>,
+    /// Layers per position (`n_layers + 1`).
+    pub n_layers: usize,
+    /// T: the longest sentence of the batch.
+    pub max_len: usize,
+    /// 2P: values per layer and position.
+    pub dim: usize,
+    /// `(B, n_layers, T, 2P)` row-major.
+    pub data: Vec<f32>,
+}
+
+impl BiLmOutput {
+    /// The `2P` values of sentence `b`, layer `k`, token `t`.
+    pub fn vector(&self, b: usize, k: usize, t: usize) -> &[f32] {
+        let o = ((b * self.n_layers + k) * self.max_len + t) * self.dim;
+        &self.data[o..o + self.dim]
+    }
+}
+
+/// bilm-tf's internal arrays, with the sentence boundaries (T2 = T + 2
+/// positions), for checking against TensorFlow.
+#[derive(Debug, Clone)]
+pub struct Intermediates {
+    /// `(B, T2, F)` char-CNN output before the highway layers.
+    pub char_cnn: Tensor,
+    /// `(B, T2, F)` output of each highway layer.
+    pub highway: Vec<Tensor>,
+    /// `(B, T2, P)` token embeddings after the projection.
+    pub token_embeddings: Tensor,
+    /// `(L, B, T2, P)` forward LSTM outputs (zero past each sentence).
+    pub lstm_fwd: Tensor,
+    /// `(L, B, T2, P)` backward LSTM outputs in natural order.
+    pub lstm_bwd: Tensor,
+    /// `(2, L, B, U)` cell state after each sentence's last step.
+    pub final_c: Tensor,
+    /// `(2, L, B, P)` projected output state after the last step (no skip).
+    pub final_h: Tensor,
+}
+
+/// The LSTM state bilm-tf carries between batches in stateful mode: one row
+/// per batch slot for each direction and layer.
+///
+/// Row b of a batch starts from row b and writes its final state back; rows
+/// beyond the batch are kept. The caller owns it, so independent streams can
+/// each have their own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LstmState {
+    capacity: usize,
+    n_layers: usize,
+    dim: usize,
+    proj: usize,
+    c: Vec<f32>, // (2, L, capacity, U)
+    h: Vec<f32>, // (2, L, capacity, P)
+}
+
+impl LstmState {
+    /// A zero state with room for batches of up to `capacity` sentences.
+    pub fn new(model: &ElmoModel, capacity: usize) -> Result<Self> {
+        let o = &model.options().lstm;
+        let cells = 2usize
+            .checked_mul(o.n_layers)
+            .and_then(|x| x.checked_mul(capacity))
+            .and_then(|x| x.checked_mul(o.dim.max(o.projection_dim)))
+            .filter(|&n| n <= 1 << 32)
+            .ok_or_else(|| Error::State(format!("capacity {capacity} is too large")))?;
+        let _ = cells;
+        Ok(LstmState {
+            capacity,
+            n_layers: o.n_layers,
+            dim: o.dim,
+            proj: o.projection_dim,
+            c: vec![0.0; 2 * o.n_layers * capacity * o.dim],
+            h: vec![0.0; 2 * o.n_layers * capacity * o.projection_dim],
+        })
+    }
+
+    /// The largest batch this state can serve.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Sets every row back to zero.
+    pub fn reset(&mut self) {
+        self.c.fill(0.0);
+        self.h.fill(0.0);
+    }
+
+    /// Cell states, `(2, L, capacity, U)` row-major.
+    pub fn c(&self) -> &[f32] {
+        &self.c
+    }
+
+    /// Output states m, `(2, L, capacity, P)` row-major.
+    pub fn h(&self) -> &[f32] {
+        &self.h
+    }
+
+    fn rows(&self, d: usize, l: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let blk = (d * self.n_layers + l) * self.capacity;
+        (blk * self.dim..(blk + self.capacity) * self.dim, blk * self.proj..(blk + self.capacity) * self.proj)
+    }
+}
+
+/// Token-pipeline results for a run of tokens.
+struct TokenOut {
+    tok: Vec<f32>,          // (n, P)
+    cnn: Vec<f32>,          // (n, F), only when kept
+    highway: Vec<Vec<f32>>, // (n, F) per layer, only when kept
+}
+
+/// One direction's results: per layer, the outputs (N, P) in processing
+/// order and the final (c, h) of each sentence (B*U, B*P).
+struct DirectionOut {
+    outputs: Vec<Vec<f32>>,
+    finals: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl ElmoModel {
+    /// Loads a converted model file (memory-mapped).
+    pub fn load(path: &Path) -> Result<Self> {
+        Self::from_file(ModelFile::open(path)?)
+    }
+
+    /// Builds the model from a validated [`ModelFile`].
+    pub fn from_file(file: ModelFile) -> Result<Self> {
+        let t = |n: &str| file.tensor(n).cloned();
+        let o = file.options.clone();
+        let convs = o
+            .char_cnn
+            .filters
+            .iter()
+            .enumerate()
+            .map(|(i, &(width, count))| {
+                Ok(Conv {
+                    width,
+                    count,
+                    kernel: t(&format!("CNN/W_cnn_{i}"))?,
+                    bias: t(&format!("CNN/b_cnn_{i}"))?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let highways = (0..o.char_cnn.n_highway)
+            .map(|h| {
+                Ok(Highway {
+                    w_carry: t(&format!("CNN_high_{h}/W_carry"))?,
+                    b_carry: t(&format!("CNN_high_{h}/b_carry"))?,
+                    w_transform: t(&format!("CNN_high_{h}/W_transform"))?,
+                    b_transform: t(&format!("CNN_high_{h}/b_transform"))?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let projection = if o.has_projection() {
+            Some((t("CNN_proj/W_proj")?, t("CNN_proj/b_proj")?))
+        } else {
+            None
+        };
+        let layers = |d: usize| -> Result<Vec<LstmLayer>> {
+            (0..o.lstm.n_layers)
+                .map(|l| {
+                    Ok(LstmLayer {
+                        kernel: t(&lstm_name(d, l, "W_0"))?,
+                        bias: t(&lstm_name(d, l, "B"))?,
+                        projection: t(&lstm_name(d, l, "W_P_0"))?,
+                    })
+                })
+                .collect()
+        };
+        Ok(ElmoModel {
+            char_embed: t("char_embed")?,
+            convs,
+            highways,
+            projection,
+            lstm: [layers(0)?, layers(1)?],
+            file,
+        })
+    }
+
+    /// The model's options.
+    pub fn options(&self) -> &Options {
+        &self.file.options
+    }
+
+    /// The underlying model file (tensors by name, path).
+    pub fn file(&self) -> &ModelFile {
+        &self.file
+    }
+
+    /// Embeds tokenized sentences, each independently (zero initial state).
+    pub fn embed<S: AsRef<[T]>, T: AsRef<str>>(&self, sentences: &[S]) -> Result<BiLmOutput> {
+        let ids = encode_batch(sentences, self.options().char_cnn.max_characters_per_token)?;
+        Ok(self.run(&ids, None, false)?.0)
+    }
+
+    /// Embeds tokenized sentences starting from, and updating, `state`
+    /// (bilm-tf's default stateful behaviour).
+    pub fn embed_stateful<S: AsRef<[T]>, T: AsRef<str>>(&self, sentences: &[S], state: &mut LstmState) -> Result<BiLmOutput> {
+        let ids = encode_batch(sentences, self.options().char_cnn.max_characters_per_token)?;
+        Ok(self.run(&ids, Some(state), false)?.0)
+    }
+
+    /// Runs the biLM on character ids; stateless when `state` is `None`.
+    pub fn forward(&self, ids: &CharIds, state: Option<&mut LstmState>) -> Result<BiLmOutput> {
+        Ok(self.run(ids, state, false)?.0)
+    }
+
+    /// Like [`forward`](Self::forward), also returning bilm-tf's internal arrays.
+    pub fn forward_with_intermediates(&self, ids: &CharIds, state: Option<&mut LstmState>) -> Result<(BiLmOutput, Intermediates)> {
+        let (out, inter) = self.run(ids, state, true)?;
+        Ok((out, inter.expect("intermediates requested")))
+    }
+
+    fn run(&self, ids: &CharIds, mut state: Option<&mut LstmState>, keep: bool) -> Result<(BiLmOutput, Option<Intermediates>)> {
+        let o = self.options();
+        let (p, u, nl) = (o.lstm.projection_dim, o.lstm.dim, o.lstm.n_layers);
+        let c = o.char_cnn.max_characters_per_token;
+        if ids.chars() != c {
+            return Err(Error::Input(format!(
+                "char ids have {} characters per token, the model expects {c}",
+                ids.chars()
+            )));
+        }
+        let b = ids.batch();
+        if let Some(s) = state.as_deref() {
+            if s.capacity < b {
+                return Err(Error::State(format!(
+                    "batch of {b} sentences is larger than the state's capacity {}",
+                    s.capacity
+                )));
+            }
+            if (s.n_layers, s.dim, s.proj) != (nl, u, p) {
+                return Err(Error::State("the state was made for a model of another size".into()));
+            }
+        }
+        // Packed layout: sentence b occupies rows off[b] .. off[b] + len[b].
+        let lens: Vec<usize> = (0..b).map(|i| ids.raw_length(i)).collect();
+        let mut offs = Vec::with_capacity(b);
+        let mut n = 0usize;
+        for &l in &lens {
+            offs.push(n);
+            n += l;
+        }
+        let mut packed = Vec::with_capacity(n * c);
+        for (i, &l) in lens.iter().enumerate() {
+            for t in 0..l {
+                packed.extend_from_slice(ids.token(i, t));
+            }
+        }
+        let tokens = self.token_pipeline(&packed, keep);
+
+        // Both directions at once; each reads its sentences in its own order.
+        let segs: Vec<(usize, usize)> = offs.iter().copied().zip(lens.iter().copied()).collect();
+        let init = |d: usize, l: usize| -> Option<(Vec<f32>, Vec<f32>)> {
+            state.as_deref().map(|s| {
+                let (rc, rh) = s.rows(d, l);
+                (s.c[rc][..b * u].to_vec(), s.h[rh][..b * p].to_vec())
+            })
+        };
+        let init0: Vec<_> = (0..nl).map(|l| init(0, l)).collect();
+        let init1: Vec<_> = (0..nl).map(|l| init(1, l)).collect();
+        let reversed = reverse_segments(&tokens.tok, &segs, p);
+        let (fwd, mut bwd) = rayon::join(
+            || self.lstm_direction(0, tokens.tok.clone(), &segs, &init0),
+            || self.lstm_direction(1, reversed, &segs, &init1),
+        );
+        for out in &mut bwd.outputs {
+            *out = reverse_segments(out, &segs, p);
+        }
+        if let Some(s) = state.as_deref_mut() {
+            for (d, dir) in [&fwd, &bwd].into_iter().enumerate() {
+                for (l, (fc, fh)) in dir.finals.iter().enumerate() {
+                    let (rc, rh) = s.rows(d, l);
+                    s.c[rc][..b * u].copy_from_slice(fc);
+                    s.h[rh][..b * p].copy_from_slice(fh);
+                }
+            }
+        }
+
+        // Remove the boundaries: token j of sentence b is raw position j + 1.
+        let t_max = lens.iter().map(|&l| l.saturating_sub(2)).max().unwrap_or(0);
+        let (nk, dim) = (nl + 1, 2 * p);
+        let mut data = vec![0f32; b * nk * t_max * dim];
+        for (i, &(off, len)) in segs.iter().enumerate() {
+            for j in 0..len.saturating_sub(2) {
+                let src = (off + j + 1) * p;
+                for k in 0..nk {
+                    let dst = ((i * nk + k) * t_max + j) * dim;
+                    let (lo, hi) = if k == 0 {
+                        (&tokens.tok[src..src + p], &tokens.tok[src..src + p])
+                    } else {
+                        (&fwd.outputs[k - 1][src..src + p], &bwd.outputs[k - 1][src..src + p])
+                    };
+                    data[dst..dst + p].copy_from_slice(lo);
+                    data[dst + p..dst + dim].copy_from_slice(hi);
+                }
+            }
+        }
+        let out = BiLmOutput {
+            lengths: lens.iter().map(|&l| l.saturating_sub(2)).collect(),
+            n_layers: nk,
+            max_len: t_max,
+            dim,
+            data,
+        };
+        let inter = if keep {
+            Some(self.intermediates(ids, &segs, &tokens, &fwd, &bwd, &init0, &init1)?)
+        } else {
+            None
+        };
+        Ok((out, inter))
+    }
+
+    /// Scatters packed results into bilm-tf's padded `(B, T2, ...)` layout;
+    /// padded positions get the all-padding token's values (CNN, highway,
+    /// token embedding) or zeros (LSTM), as in bilm-tf.
+    #[allow(clippy::too_many_arguments)]
+    fn intermediates(
+        &self,
+        ids: &CharIds,
+        segs: &[(usize, usize)],
+        tokens: &TokenOut,
+        fwd: &DirectionOut,
+        bwd: &DirectionOut,
+        init0: &[Option<(Vec<f32>, Vec<f32>)>],
+        init1: &[Option<(Vec<f32>, Vec<f32>)>],
+    ) -> Result<Intermediates> {
+        let o = self.options();
+        let (b, t2, f, p, u, nl) = (ids.batch(), ids.positions(), o.n_filters(), o.lstm.projection_dim, o.lstm.dim, o.lstm.n_layers);
+        let pad = self.token_pipeline(&vec![0u16; o.char_cnn.max_characters_per_token], true);
+        let scatter = |packed: &[f32], pad_row: &[f32], w: usize| -> Vec<f32> {
+            let mut v = Vec::with_capacity(b * t2 * w);
+            for &(off, len) in segs {
+                v.extend_from_slice(&packed[off * w..(off + len) * w]);
+                for _ in len..t2 {
+                    v.extend_from_slice(pad_row);
+                }
+            }
+            v
+        };
+        let zeros_p = vec![0f32; p];
+        let lstm = |dir: &DirectionOut| -> Vec<f32> { dir.outputs.iter().flat_map(|x| scatter(x, &zeros_p, p)).collect() };
+        let mut final_c = Vec::with_capacity(2 * nl * b * u);
+        let mut final_h = Vec::with_capacity(2 * nl * b * p);
+        for (dir, init) in [(fwd, init0), (bwd, init1)] {
+            for (l, (fc, fh)) in dir.finals.iter().enumerate() {
+                let _ = &init[l];
+                final_c.extend_from_slice(fc);
+                final_h.extend_from_slice(fh);
+            }
+        }
+        Ok(Intermediates {
+            char_cnn: Tensor::from_vec(&[b, t2, f], scatter(&tokens.cnn, &pad.cnn, f))?,
+            highway: tokens
+                .highway
+                .iter()
+                .zip(&pad.highway)
+                .map(|(h, ph)| Tensor::from_vec(&[b, t2, f], scatter(h, ph, f)))
+                .collect::<Result<_>>()?,
+            token_embeddings: Tensor::from_vec(&[b, t2, p], scatter(&tokens.tok, &pad.tok, p))?,
+            lstm_fwd: Tensor::from_vec(&[nl, b, t2, p], lstm(fwd))?,
+            lstm_bwd: Tensor::from_vec(&[nl, b, t2, p], lstm(bwd))?,
+            final_c: Tensor::from_vec(&[2, nl, b, u], final_c)?,
+            final_h: Tensor::from_vec(&[2, nl, b, p], final_h)?,
+        })
+    }
+
+    /// Char CNN, highway and projection for `ids.len() / C` tokens, in
+    /// parallel chunks. `keep`: also return the CNN and highway outputs.
+    fn token_pipeline(&self, ids: &[u16], keep: bool) -> TokenOut {
+        let c = self.options().char_cnn.max_characters_per_token;
+        let parts: Vec<TokenOut> = ids.par_chunks(TOKEN_CHUNK * c).map(|ch| self.token_chunk(ch, keep)).collect();
+        let mut all = TokenOut {
+            tok: Vec::new(),
+            cnn: Vec::new(),
+            highway: vec![Vec::new(); if keep { self.highways.len() } else { 0 }],
+        };
+        for part in parts {
+            all.tok.extend_from_slice(&part.tok);
+            all.cnn.extend_from_slice(&part.cnn);
+            for (a, h) in all.highway.iter_mut().zip(&part.highway) {
+                a.extend_from_slice(h);
+            }
+        }
+        all
+    }
+
+    fn token_chunk(&self, ids: &[u16], keep: bool) -> TokenOut {
+        let o = self.options();
+        let (c, e, f) = (o.char_cnn.max_characters_per_token, o.char_cnn.embedding_dim, o.n_filters());
+        let n = ids.len() / c;
+        // (n*C, E): character embeddings, token after token.
+        let table = self.char_embed.data();
+        let mut emb = Vec::with_capacity(ids.len() * e);
+        for &id in ids {
+            let r = id as usize * e;
+            emb.extend_from_slice(&table[r..r + e]);
+        }
+        // (n, F): per filter, every window of every token in one product
+        // (windows straddling two tokens are computed and ignored), then the
+        // max over a token's C - w + 1 windows, the bias and the activation.
+        let mut x = vec![0f32; n * f];
+        let mut col = 0;
+        let mut buf = Vec::new();
+        for conv in &self.convs {
+            let (w, nf) = (conv.width, conv.count);
+            let rows = n * c - w + 1;
+            buf.resize(rows * nf, 0.0);
+            gemm(rows, w * e, nf, &emb, e, conv.kernel.data(), nf, &mut buf, nf, false);
+            let bias = conv.bias.data();
+            for t in 0..n {
+                let dst = &mut x[t * f + col..t * f + col + nf];
+                dst.copy_from_slice(&buf[t * c * nf..t * c * nf + nf]);
+                for pos in 1..=c - w {
+                    let row = &buf[(t * c + pos) * nf..(t * c + pos + 1) * nf];
+                    for (d, &v) in dst.iter_mut().zip(row) {
+                        *d = d.max(v);
+                    }
+                }
+                // max(conv + b) == max(conv) + b exactly: adding a constant is monotone.
+                for (d, &bj) in dst.iter_mut().zip(bias) {
+                    let v = *d + bj;
+                    *d = match o.char_cnn.activation {
+                        Activation::Relu => v.max(0.0),
+                        Activation::Tanh => v.tanh(),
+                    };
+                }
+            }
+            col += nf;
+        }
+        let cnn = if keep { x.clone() } else { Vec::new() };
+        let mut highway = Vec::new();
+        let mut carry = vec![0f32; n * f];
+        let mut trans = vec![0f32; n * f];
+        for hw in &self.highways {
+            // g = sigmoid(x Wc + bc), t = relu(x Wt + bt), x' = g t + (1 - g) x
+            gemm(n, f, f, &x, f, hw.w_carry.data(), f, &mut carry, f, false);
+            add_bias(&mut carry, hw.b_carry.data());
+            gemm(n, f, f, &x, f, hw.w_transform.data(), f, &mut trans, f, false);
+            add_bias(&mut trans, hw.b_transform.data());
+            for ((xv, &g), &t) in x.iter_mut().zip(&carry).zip(&trans) {
+                let g = sigmoid(g);
+                *xv = g * t.max(0.0) + (1.0 - g) * *xv;
+            }
+            if keep {
+                highway.push(x.clone());
+            }
+        }
+        let tok = match &self.projection {
+            Some((w, bias)) => {
+                let p = o.lstm.projection_dim;
+                let mut out = vec![0f32; n * p];
+                gemm(n, f, p, &x, f, w.data(), p, &mut out, p, false);
+                add_bias(&mut out, bias.data());
+                out
+            }
+            None => x,
+        };
+        TokenOut { tok, cnn, highway }
+    }
+
+    /// All layers of one direction. `x`: (N, P) layer-0 input in processing
+    /// order; `init[l]`: the starting (c, h) rows of layer l, or zeros.
+    fn lstm_direction(&self, d: usize, mut x: Vec<f32>, segs: &[(usize, usize)], init: &[Option<(Vec<f32>, Vec<f32>)>]) -> DirectionOut {
+        let lo = &self.options().lstm;
+        let (p, u, b) = (lo.projection_dim, lo.dim, segs.len());
+        let n = x.len() / p;
+        let max_len = segs.iter().map(|s| s.1).max().unwrap_or(0);
+        let mut outputs = Vec::with_capacity(lo.n_layers);
+        let mut finals = Vec::with_capacity(lo.n_layers);
+        for (l, layer) in self.lstm[d].iter().enumerate() {
+            let (w_in, w_h) = layer.kernel.data().split_at(p * 4 * u);
+            let bias = layer.bias.data();
+            let wp = layer.projection.data();
+            // (N, 4U): the input half of every gate product, all steps at once.
+            let mut zx = vec![0f32; n * 4 * u];
+            gemm(n, p, 4 * u, &x, p, w_in, 4 * u, &mut zx, 4 * u, false);
+            let (mut cs, mut hs) = match &init[l] {
+                Some((c0, h0)) => (c0.clone(), h0.clone()),
+                None => (vec![0f32; b * u], vec![0f32; b * p]),
+            };
+            let mut out = vec![0f32; n * p];
+            let mut hbuf = vec![0f32; b * p];
+            let mut zbuf = vec![0f32; b * 4 * u];
+            let mut mbuf = vec![0f32; b * u];
+            let mut pbuf = vec![0f32; b * p];
+            let mut active = Vec::with_capacity(b);
+            let residual = lo.use_skip_connections && l > 0;
+            for t in 0..max_len {
+                // Sentences still running at step t; the others keep their state.
+                active.clear();
+                active.extend((0..b).filter(|&i| segs[i].1 > t));
+                let na = active.len();
+                for (r, &i) in active.iter().enumerate() {
+                    hbuf[r * p..(r + 1) * p].copy_from_slice(&hs[i * p..(i + 1) * p]);
+                }
+                // (na, 4U) = m_{t-1} (na, P) x W_h (P, 4U)
+                gemm(na, p, 4 * u, &hbuf, p, w_h, 4 * u, &mut zbuf, 4 * u, false);
+                for (r, &i) in active.iter().enumerate() {
+                    let zxr = &zx[(segs[i].0 + t) * 4 * u..(segs[i].0 + t + 1) * 4 * u];
+                    let zr = &zbuf[r * 4 * u..(r + 1) * 4 * u];
+                    let cr = &mut cs[i * u..(i + 1) * u];
+                    let mr = &mut mbuf[r * u..(r + 1) * u];
+                    for k in 0..u {
+                        // z = [x, m] W + b, gates i, j, f, o; forget bias 1.0 at run time.
+                        let gi = zxr[k] + zr[k] + bias[k];
+                        let gj = zxr[u + k] + zr[u + k] + bias[u + k];
+                        let gf = zxr[2 * u + k] + zr[2 * u + k] + bias[2 * u + k];
+                        let go = zxr[3 * u + k] + zr[3 * u + k] + bias[3 * u + k];
+                        let cn = clip(sigmoid(gf + 1.0) * cr[k] + sigmoid(gi) * gj.tanh(), lo.cell_clip);
+                        cr[k] = cn;
+                        mr[k] = sigmoid(go) * cn.tanh();
+                    }
+                }
+                // (na, P) = (sigmoid(o) tanh(c)) (na, U) x W_P (U, P), then the clip.
+                gemm(na, u, p, &mbuf, u, wp, p, &mut pbuf, p, false);
+                for (r, &i) in active.iter().enumerate() {
+                    let row = segs[i].0 + t;
+                    for k in 0..p {
+                        let m = clip(pbuf[r * p + k], lo.proj_clip);
+                        hs[i * p + k] = m;
+                        // The skip connection is added to the output, not the state.
+                        out[row * p + k] = if residual { m + x[row * p + k] } else { m };
+                    }
+                }
+            }
+            finals.push((cs, hs));
+            x = out.clone();
+            outputs.push(out);
+        }
+        DirectionOut { outputs, finals }
+    }
+}
+
+/// Reverses each sentence's rows within its own length (`reverse_sequence`).
+fn reverse_segments(x: &[f32], segs: &[(usize, usize)], w: usize) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    for &(off, len) in segs {
+        for t in 0..len {
+            let (s, dst) = ((off + t) * w, (off + len - 1 - t) * w);
+            y[dst..dst + w].copy_from_slice(&x[s..s + w]);
+        }
+    }
+    y
+}

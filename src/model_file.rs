@@ -1,0 +1,240 @@
+//! The converted weight file: safetensors with our metadata, memory-mapped.
+//!
+//! Layout (the safetensors format): an 8-byte little-endian header length N,
+//! N bytes of JSON header, then the raw little-endian f32 data. The header maps
+//! every tensor name to `{dtype, shape, data_offsets}` and holds
+//! `__metadata__` with `format` = [`FORMAT_NAME`], `format_version` =
+//! [`FORMAT_VERSION`] and `options` = the model's `options.json`. Tensor names
+//! are bilm-tf's HDF5 dataset names (see [`expected_tensors`]), except that
+//! `char_embed` already carries the zero padding row (262 rows).
+
+use crate::error::{Error, Result};
+use crate::options::{Options, N_CHARACTERS};
+use crate::tensor::{Bytes, Tensor};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Value of `__metadata__.format`.
+pub const FORMAT_NAME: &str = "elmo-rs-bilm";
+/// Value of `__metadata__.format_version`; bumped on any incompatible change.
+pub const FORMAT_VERSION: u32 = 1;
+/// Largest JSON header accepted (real models need a few KiB).
+const MAX_HEADER: u64 = 64 << 20;
+
+/// Name of the LSTM dataset `leaf` (`W_0`, `B`, `W_P_0`) of `direction`
+/// (0 forward, 1 backward) and `layer`, as in bilm-tf's HDF5 files.
+pub fn lstm_name(direction: usize, layer: usize, leaf: &str) -> String {
+    format!("RNN_{direction}/RNN/MultiRNNCell/Cell{layer}/LSTMCell/{leaf}")
+}
+
+/// Every tensor the options require, with its shape, in a fixed order.
+///
+/// `char_embed` is listed with [`N_CHARACTERS`] rows (the converted layout);
+/// the HDF5 file holds one row fewer.
+pub fn expected_tensors(o: &Options) -> Vec<(String, Vec<usize>)> {
+    let c = &o.char_cnn;
+    let (e, f, p, u) = (c.embedding_dim, o.n_filters(), o.lstm.projection_dim, o.lstm.dim);
+    let mut v = vec![("char_embed".to_string(), vec![N_CHARACTERS, e])];
+    for (i, &(w, n)) in c.filters.iter().enumerate() {
+        v.push((format!("CNN/W_cnn_{i}"), vec![1, w, e, n]));
+        v.push((format!("CNN/b_cnn_{i}"), vec![n]));
+    }
+    for h in 0..c.n_highway {
+        for g in ["carry", "transform"] {
+            v.push((format!("CNN_high_{h}/W_{g}"), vec![f, f]));
+            v.push((format!("CNN_high_{h}/b_{g}"), vec![f]));
+        }
+    }
+    if o.has_projection() {
+        v.push(("CNN_proj/W_proj".into(), vec![f, p]));
+        v.push(("CNN_proj/b_proj".into(), vec![p]));
+    }
+    for d in 0..2 {
+        for l in 0..o.lstm.n_layers {
+            v.push((lstm_name(d, l, "W_0"), vec![2 * p, 4 * u]));
+            v.push((lstm_name(d, l, "B"), vec![4 * u]));
+            v.push((lstm_name(d, l, "W_P_0"), vec![u, p]));
+        }
+    }
+    v
+}
+
+/// Writes `tensors` (name, shape, values) as a model file at `path`.
+///
+/// The file is written to a temporary name in the same folder and renamed into
+/// place, so a crash never leaves a half-written file under `path`.
+pub fn write_model(path: &Path, options: &Options, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    let mut header = Map::new();
+    header.insert(
+        "__metadata__".into(),
+        json!({"format": FORMAT_NAME, "format_version": FORMAT_VERSION.to_string(), "options": options.to_json()}),
+    );
+    let mut offset = 0usize;
+    for (name, shape, data) in tensors {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(Error::tensor(path, name, format!("shape {shape:?} does not match {} values", data.len())));
+        }
+        header.insert(name.clone(), json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + 4 * n]}));
+        offset += 4 * n;
+    }
+    let mut hbytes = Value::Object(header).to_string().into_bytes();
+    // Pad so the data starts 8-aligned (safetensors allows trailing spaces):
+    // a page-aligned mapping then holds every f32 tensor aligned.
+    while (8 + hbytes.len()) % 8 != 0 {
+        hbytes.push(b' ');
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp: PathBuf = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()),
+        std::process::id()
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let file = std::fs::File::create(&tmp)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        w.write_all(&(hbytes.len() as u64).to_le_bytes())?;
+        w.write_all(&hbytes)?;
+        for (_, _, data) in tensors {
+            for chunk in data.chunks(1 << 16) {
+                let mut buf = Vec::with_capacity(chunk.len() * 4);
+                for v in chunk {
+                    buf.extend_from_slice(&v.to_le_bytes());
+                }
+                w.write_all(&buf)?;
+            }
+        }
+        let file = w.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+/// A loaded model file: its options and its tensors, used in place from the
+/// mapping whenever they are aligned.
+#[derive(Debug, Clone)]
+pub struct ModelFile {
+    /// Where it was loaded from (for messages).
+    pub path: PathBuf,
+    /// The model's options from the metadata.
+    pub options: Options,
+    /// Every tensor in the file by name.
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+impl ModelFile {
+    /// Memory-maps and validates a model file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the mapping is read-only and private to this process. The
+        // usual caveat applies: if another process truncates or rewrites the
+        // file while it is mapped, reads may fault or see new bytes. Our own
+        // writers never modify a model file in place (they write a temporary
+        // file and rename it), which is the documented contract.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(path, Arc::new(Bytes::Mapped(map)))
+    }
+
+    /// Validates a model held in `bytes`; `path` is only used in messages.
+    pub fn from_bytes(path: &Path, bytes: Arc<Bytes>) -> Result<Self> {
+        let err = |m: String| Error::weights(path, m);
+        if bytes.len() < 8 {
+            return Err(err(format!("{} bytes: too short to be a model file (safetensors)", bytes.len())));
+        }
+        let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        if n > MAX_HEADER || 8 + n > bytes.len() as u64 {
+            return Err(err(format!(
+                "not a safetensors model file or truncated: header length {n} does not fit in {} bytes",
+                bytes.len()
+            )));
+        }
+        let data_start = 8 + n as usize;
+        let header: Value = serde_json::from_slice(&bytes[8..data_start])
+            .map_err(|e| err(format!("safetensors header is not valid JSON: {e}")))?;
+        let header = header.as_object().ok_or_else(|| err("safetensors header is not a JSON object".into()))?;
+        let meta = header
+            .get("__metadata__")
+            .and_then(Value::as_object)
+            .ok_or_else(|| err("no __metadata__: not a model converted by `elmo convert`".into()))?;
+        let meta_str = |k: &str| meta.get(k).and_then(Value::as_str);
+        if meta_str("format") != Some(FORMAT_NAME) {
+            return Err(err(format!(
+                "metadata format is {:?}, expected \"{FORMAT_NAME}\": not a model converted by `elmo convert`",
+                meta_str("format")
+            )));
+        }
+        let version = meta_str("format_version").unwrap_or("missing");
+        if version != FORMAT_VERSION.to_string() {
+            return Err(err(format!(
+                "format version {version} is not supported (this build reads version {FORMAT_VERSION}); convert the model again"
+            )));
+        }
+        let options = Options::from_json(meta_str("options").ok_or_else(|| err("metadata has no options".into()))?)
+            .map_err(|e| err(format!("options in metadata: {e}")))?;
+        let data_len = bytes.len() - data_start;
+        let mut tensors = BTreeMap::new();
+        for (name, info) in header {
+            if name == "__metadata__" {
+                continue;
+            }
+            let terr = |m: &str| Error::tensor(path, name, m);
+            let dtype = info.get("dtype").and_then(Value::as_str);
+            if dtype != Some("F32") {
+                return Err(terr(&format!("dtype {dtype:?} is not supported, only F32")));
+            }
+            let shape: Vec<usize> = info
+                .get("shape")
+                .and_then(Value::as_array)
+                .and_then(|a| a.iter().map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect())
+                .ok_or_else(|| terr("shape is not a list of sizes"))?;
+            let offs: Vec<usize> = info
+                .get("data_offsets")
+                .and_then(Value::as_array)
+                .and_then(|a| a.iter().map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect())
+                .filter(|v: &Vec<usize>| v.len() == 2)
+                .ok_or_else(|| terr("data_offsets is not [begin, end]"))?;
+            let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).and_then(|n| n.checked_mul(4));
+            if offs[0] > offs[1] || offs[1] > data_len || numel != Some(offs[1] - offs[0]) {
+                return Err(terr(&format!(
+                    "data_offsets {offs:?} do not match shape {shape:?} inside {data_len} data bytes (file truncated or corrupt)"
+                )));
+            }
+            let t = Tensor::from_bytes(&shape, &bytes, data_start + offs[0]).map_err(|e| terr(&e.to_string()))?;
+            tensors.insert(name.clone(), t);
+        }
+        for (name, shape) in expected_tensors(&options) {
+            match tensors.get(&name) {
+                None => return Err(Error::tensor(path, &name, "missing from the model file")),
+                Some(t) if t.shape() != shape.as_slice() => {
+                    return Err(Error::tensor(
+                        path,
+                        &name,
+                        format!("shape {:?} does not match the options, which need {shape:?}", t.shape()),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(ModelFile {
+            path: path.to_path_buf(),
+            options,
+            tensors,
+        })
+    }
+
+    /// A tensor by name (present: checked at load for every required name).
+    pub fn tensor(&self, name: &str) -> Result<&Tensor> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| Error::tensor(&self.path, name, "missing from the model file"))
+    }
+}

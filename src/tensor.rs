@@ -1,0 +1,206 @@
+//! The crate's small tensor type: a shape and f32 storage that is either owned
+//! or borrowed in place from a memory-mapped weight file.
+//!
+//! It is deliberately minimal: the forward pass works on slices through the
+//! kernels in [`crate::cpu`]; the tensor carries shapes across API boundaries
+//! and keeps mapped weights alive.
+
+use crate::error::{Error, Result};
+use std::sync::Arc;
+
+/// Bytes a tensor can point into: a file mapping or an owned buffer.
+#[derive(Debug)]
+pub enum Bytes {
+    /// A read-only memory map of a file.
+    Mapped(memmap2::Mmap),
+    /// Bytes held in memory.
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Storage {
+    Owned(Vec<f32>),
+    /// `len` f32 values at byte `offset` of `bytes`; the offset is 4-aligned in
+    /// memory (checked when the tensor is made).
+    Shared {
+        bytes: Arc<Bytes>,
+        offset: usize,
+        len: usize,
+    },
+}
+
+/// A dense row-major f32 tensor.
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    storage: Storage,
+}
+
+fn numel(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::Shape(format!("shape {shape:?} has too many elements")))
+}
+
+impl Tensor {
+    /// A tensor owning `data`; `data.len()` must equal the shape's product.
+    pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Result<Self> {
+        let n = numel(shape)?;
+        if n != data.len() {
+            return Err(Error::Shape(format!("shape {shape:?} needs {n} values, got {}", data.len())));
+        }
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            storage: Storage::Owned(data),
+        })
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(shape: &[usize]) -> Result<Self> {
+        Self::from_vec(shape, vec![0.0; numel(shape)?])
+    }
+
+    /// A view of little-endian f32 values inside shared bytes, used in place
+    /// when 4-byte aligned and copied otherwise.
+    pub fn from_bytes(shape: &[usize], bytes: &Arc<Bytes>, offset: usize) -> Result<Self> {
+        let n = numel(shape)?;
+        let nbytes = n.checked_mul(4).ok_or_else(|| Error::Shape("tensor too large".into()))?;
+        let end = offset
+            .checked_add(nbytes)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| Error::Shape(format!("{nbytes} bytes at offset {offset} lie outside the buffer")))?;
+        let raw = &bytes[offset..end];
+        if cfg!(target_endian = "little") && bytemuck::try_cast_slice::<u8, f32>(raw).is_ok() {
+            return Ok(Tensor {
+                shape: shape.to_vec(),
+                storage: Storage::Shared {
+                    bytes: Arc::clone(bytes),
+                    offset,
+                    len: n,
+                },
+            });
+        }
+        let data = raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Self::from_vec(shape, data)
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match &self.storage {
+            Storage::Owned(v) => v.len(),
+            Storage::Shared { len, .. } => *len,
+        }
+    }
+
+    /// Whether the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the values are used in place from shared (mapped) bytes.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.storage, Storage::Shared { .. })
+    }
+
+    /// The values in row-major order.
+    pub fn data(&self) -> &[f32] {
+        match &self.storage {
+            Storage::Owned(v) => v,
+            Storage::Shared { bytes, offset, len } => {
+                // Alignment and bounds were checked in `from_bytes`.
+                bytemuck::cast_slice(&bytes[*offset..*offset + *len * 4])
+            }
+        }
+    }
+
+    /// Mutable values; shared storage is copied out first.
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        if let Storage::Shared { .. } = self.storage {
+            self.storage = Storage::Owned(self.data().to_vec());
+        }
+        match &mut self.storage {
+            Storage::Owned(v) => v,
+            Storage::Shared { .. } => unreachable!("converted to owned above"),
+        }
+    }
+
+    /// The values, moved out (copied if shared).
+    pub fn into_vec(self) -> Vec<f32> {
+        match self.storage {
+            Storage::Owned(v) => v,
+            Storage::Shared { .. } => self.data().to_vec(),
+        }
+    }
+
+    /// The same values under another shape with the same element count.
+    pub fn reshape(mut self, shape: &[usize]) -> Result<Self> {
+        if numel(shape)? != self.len() {
+            return Err(Error::Shape(format!("cannot reshape {:?} to {shape:?}", self.shape)));
+        }
+        self.shape = shape.to_vec();
+        Ok(self)
+    }
+
+    /// Row-major matrix product of two 2-D tensors, `(m, k) x (k, n)`.
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        let (&[m, k], &[k2, n]) = (self.shape(), rhs.shape()) else {
+            return Err(Error::Shape(format!("matmul needs 2-D tensors, got {:?} and {:?}", self.shape, rhs.shape)));
+        };
+        if k != k2 {
+            return Err(Error::Shape(format!("matmul {:?} x {:?}: inner sizes differ", self.shape, rhs.shape)));
+        }
+        let mut out = vec![0.0; m * n];
+        crate::cpu::gemm(m, k, n, self.data(), k, rhs.data(), n, &mut out, n, false);
+        Tensor::from_vec(&[m, n], out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_when_aligned_copied_otherwise() {
+        let mut raw = vec![0u8; 4];
+        for v in [1.5f32, -2.0, 3.25] {
+            raw.extend_from_slice(&v.to_le_bytes());
+        }
+        raw.push(0);
+        let bytes = Arc::new(Bytes::Owned(raw));
+        let t = Tensor::from_bytes(&[3], &bytes, 4).unwrap();
+        assert_eq!(t.data(), &[1.5, -2.0, 3.25]);
+        // Offset 5 reads different bytes, never panics.
+        assert_eq!(Tensor::from_bytes(&[3], &bytes, 5).unwrap().len(), 3);
+        assert!(Tensor::from_bytes(&[4], &bytes, 4).is_err());
+        assert!(Tensor::from_bytes(&[usize::MAX, 2], &bytes, 0).is_err());
+    }
+
+    #[test]
+    fn matmul_and_shapes() {
+        let a = Tensor::from_vec(&[2, 3], vec![1., 2., 3., 4., 5., 6.]).unwrap();
+        let b = Tensor::from_vec(&[3, 1], vec![1., 0., -1.]).unwrap();
+        assert_eq!(a.matmul(&b).unwrap().data(), &[-2., -2.]);
+        assert!(b.matmul(&b).is_err());
+        assert!(Tensor::from_vec(&[2, 2], vec![0.0; 3]).is_err());
+        assert!(a.reshape(&[4]).is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! Shared helpers of the integration tests: fixtures, conversion, comparison.
+#![allow(dead_code)]
+
+use elmo::npz::{read_npz, NpyArray};
+use elmo::{CharIds, ElmoModel};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// `tests/fixtures/<rel>`.
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+}
+
+/// Converts options + HDF5 into a model file in `dir` and loads it.
+pub fn convert_and_load(options: &Path, hdf5: &Path, dir: &Path) -> ElmoModel {
+    let out = dir.join("model.safetensors");
+    elmo::convert::convert_hdf5(options, hdf5, &out, &mut |_, _, _| {}).expect("convert");
+    ElmoModel::load(&out).expect("load")
+}
+
+/// bilm-tf's tiny test model, converted.
+pub fn tiny_model(dir: &Path) -> ElmoModel {
+    let f = fixture("bilm-tf-fixture");
+    convert_and_load(&f.join("options.json"), &f.join("lm_weights.hdf5"), dir)
+}
+
+/// The random `small` model (skip connections, clipping that fires), converted.
+pub fn small_model(dir: &Path) -> ElmoModel {
+    let f = fixture("small");
+    convert_and_load(&f.join("options.json"), &f.join("lm_weights.hdf5"), dir)
+}
+
+/// All `<prefix>_NN.npz` files of a folder, in order.
+pub fn golden_files(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("fixture dir")
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with(prefix) && n.ends_with(".npz")
+        })
+        .collect();
+    v.sort();
+    assert!(!v.is_empty(), "no {prefix}*.npz in {}", dir.display());
+    v
+}
+
+/// A golden file's arrays.
+pub struct Golden {
+    pub name: String,
+    pub arrays: BTreeMap<String, NpyArray>,
+}
+
+impl Golden {
+    pub fn load(path: &Path) -> Self {
+        Golden {
+            name: path.file_name().unwrap().to_string_lossy().into_owned(),
+            arrays: read_npz(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        }
+    }
+    pub fn get(&self, k: &str) -> &NpyArray {
+        self.arrays.get(k).unwrap_or_else(|| panic!("{}: no array {k}", self.name))
+    }
+    pub fn f32(&self, k: &str) -> (Vec<usize>, Vec<f32>) {
+        let a = self.get(k);
+        (a.shape.clone(), a.to_f32().unwrap())
+    }
+    pub fn tokens(&self) -> Vec<Vec<String>> {
+        let bytes: Vec<u8> = self.get("tokens_json").to_i64().unwrap().iter().map(|&b| b as u8).collect();
+        serde_json::from_slice(&bytes).expect("tokens_json")
+    }
+    pub fn char_ids(&self) -> CharIds {
+        let a = self.get("char_ids");
+        let ids: Vec<u16> = a.to_i64().unwrap().iter().map(|&x| x as u16).collect();
+        CharIds::from_ids(a.shape[0], a.shape[1], a.shape[2], ids).expect("golden char ids")
+    }
+}
+
+/// Max abs error of `got` vs `want` after checking `|got - want| <=
+/// atol + rtol |want|` everywhere; panics with the worst element otherwise.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: {} values vs {} expected", got.len(), want.len());
+    let mut max_abs = 0f32;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let d = (g - w).abs();
+        assert!(d <= atol + rtol * w.abs(), "{what}: element {i}: got {g}, expected {w} (diff {d:e})");
+        max_abs = max_abs.max(d);
+    }
+    max_abs
+}
+
+/// The standard tolerance of the project.
+pub const ATOL: f32 = 1e-5;
+/// The standard relative tolerance.
+pub const RTOL: f32 = 1e-4;
