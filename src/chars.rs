@@ -139,7 +139,9 @@ where
     T: AsRef<str>,
 {
     if chars < 3 {
-        return Err(Error::Input(format!("max_characters_per_token is {chars}, at least 3 is needed")));
+        return Err(Error::Input(format!(
+            "max_characters_per_token is {chars}, at least 3 is needed"
+        )));
     }
     let batch = sentences.len();
     let longest = sentences.iter().map(|s| s.as_ref().len()).max().unwrap_or(0);

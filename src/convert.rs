@@ -5,7 +5,7 @@
 //! the right shape; anything else is an error naming the dataset.
 
 use crate::error::{Error, Result};
-use crate::model_file::{expected_tensors, write_model};
+use crate::model_file::{NamedTensor, expected_tensors, write_model};
 use crate::options::Options;
 use hdf5_reader::{Datatype, Hdf5File};
 use std::path::Path;
@@ -16,10 +16,13 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64, u64, &str);
 
 /// Reads every tensor the options need from a bilm-tf HDF5 weight file, in the
 /// converted layout (the zero padding row prepended to `char_embed`).
-pub fn read_hdf5_weights(options: &Options, hdf5: &Path, progress: Progress) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+pub fn read_hdf5_weights(options: &Options, hdf5: &Path, progress: Progress) -> Result<Vec<NamedTensor>> {
     let file = Hdf5File::open(hdf5).map_err(|e| Error::weights(hdf5, format!("cannot read as HDF5: {e}")))?;
     let expected = expected_tensors(options);
-    let total: u64 = expected.iter().map(|(_, s)| s.iter().product::<usize>() as u64 * 4).sum();
+    let total: u64 = expected
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>() as u64 * 4)
+        .sum();
     let mut done = 0u64;
     let mut out = Vec::with_capacity(expected.len());
     for (name, shape) in expected {
@@ -34,7 +37,11 @@ pub fn read_hdf5_weights(options: &Options, hdf5: &Path, progress: Progress) -> 
         match ds.dtype() {
             Datatype::FloatingPoint { size: 4, .. } => {}
             other => {
-                return Err(Error::tensor(hdf5, &name, format!("dtype {other:?} is not supported: expected float32")));
+                return Err(Error::tensor(
+                    hdf5,
+                    &name,
+                    format!("dtype {other:?} is not supported: expected float32"),
+                ));
             }
         }
         let got: Vec<usize> = ds.shape().iter().map(|&d| d as usize).collect();
@@ -51,7 +58,11 @@ pub fn read_hdf5_weights(options: &Options, hdf5: &Path, progress: Progress) -> 
         ds.read_into(dst)
             .map_err(|e| Error::tensor(hdf5, &name, format!("cannot read values: {e}")))?;
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-            return Err(Error::tensor(hdf5, &name, format!("holds a non-finite value ({}) at flat index {i}", data[i])));
+            return Err(Error::tensor(
+                hdf5,
+                &name,
+                format!("holds a non-finite value ({}) at flat index {i}", data[i]),
+            ));
         }
         done += data.len() as u64 * 4;
         progress(done, total, &name);

@@ -14,7 +14,18 @@
 /// When a slice is too short for the sizes given: that is a bug in the
 /// caller, never a property of input data.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm(m: usize, k: usize, n: usize, a: &[f32], lda: usize, b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
+pub fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -57,7 +68,18 @@ pub fn gemm(m: usize, k: usize, n: usize, a: &[f32], lda: usize, b: &[f32], ldb:
 
 /// Scalar reference of [`gemm`]: the textbook triple loop.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_ref(m: usize, k: usize, n: usize, a: &[f32], lda: usize, b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, accumulate: bool) {
+pub fn gemm_ref(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     for i in 0..m {
         for j in 0..n {
             let mut s = 0.0f32;
@@ -111,7 +133,12 @@ mod tests {
 
     #[test]
     fn gemm_matches_reference_including_strides_and_overlap() {
-        for &(m, k, n, lda, ldb, ldc) in &[(1, 1, 1, 1, 1, 1), (7, 13, 5, 13, 5, 5), (33, 64, 70, 80, 71, 75), (20, 12, 9, 4, 9, 9)] {
+        for &(m, k, n, lda, ldb, ldc) in &[
+            (1, 1, 1, 1, 1, 1),
+            (7, 13, 5, 13, 5, 5),
+            (33, 64, 70, 80, 71, 75),
+            (20, 12, 9, 4, 9, 9),
+        ] {
             let a = fill((m - 1) * lda + k, 1);
             let b = fill((k - 1) * ldb + n, 2);
             for acc in [false, true] {

@@ -16,7 +16,11 @@ pub type Batch = Vec<Vec<String>>;
 pub fn read_batches(path: &Path, batch_size: usize) -> Result<Vec<Batch>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let is_json = matches!(path.extension().and_then(|e| e.to_str()), Some("jsonl") | Some("json"));
-    let r = if is_json { parse_jsonl(&bytes) } else { parse_text(&bytes, batch_size) };
+    let r = if is_json {
+        parse_jsonl(&bytes)
+    } else {
+        parse_text(&bytes, batch_size)
+    };
     r.map_err(|e| match e {
         Error::Input(m) => Error::Input(format!("{}: {m}", path.display())),
         other => other,
@@ -32,13 +36,17 @@ pub fn parse_text(bytes: &[u8], batch_size: usize) -> Result<Vec<Batch>> {
         let line = bytes[..e.valid_up_to()].iter().filter(|&&c| c == b'\n').count() + 1;
         Error::Input(format!("line {line}: invalid UTF-8 at byte {}", e.valid_up_to()))
     })?;
-    let sentences: Vec<Vec<String>> = text.lines().map(|l| l.split_whitespace().map(str::to_owned).collect()).collect();
+    let sentences: Vec<Vec<String>> = text
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
     Ok(sentences.chunks(batch_size).map(<[_]>::to_vec).collect())
 }
 
 /// Parses JSON lines (see the module docs).
 pub fn parse_jsonl(bytes: &[u8]) -> Result<Vec<Batch>> {
-    let text = std::str::from_utf8(bytes).map_err(|e| Error::Input(format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| Error::Input(format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
     let mut batches = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

@@ -20,7 +20,7 @@ pub mod npz;
 pub mod options;
 pub mod tensor;
 
-pub use chars::{encode_batch, CharIds};
+pub use chars::{CharIds, encode_batch};
 pub use error::{Error, Result};
 pub use model::{BiLmOutput, ElmoModel, Intermediates, LstmState};
 pub use options::Options;

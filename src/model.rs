@@ -7,10 +7,10 @@
 //! N = real positions of the batch, C = characters per token, E = char
 //! embedding, F = filters, P = projection, U = LSTM cell size, L = layers.
 
-use crate::chars::{encode_batch, CharIds};
+use crate::chars::{CharIds, encode_batch};
 use crate::cpu::{add_bias, clip, gemm, sigmoid};
 use crate::error::{Error, Result};
-use crate::model_file::{lstm_name, ModelFile};
+use crate::model_file::{ModelFile, lstm_name};
 use crate::options::{Activation, Options};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -159,7 +159,10 @@ impl LstmState {
 
     fn rows(&self, d: usize, l: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
         let blk = (d * self.n_layers + l) * self.capacity;
-        (blk * self.dim..(blk + self.capacity) * self.dim, blk * self.proj..(blk + self.capacity) * self.proj)
+        (
+            blk * self.dim..(blk + self.capacity) * self.dim,
+            blk * self.proj..(blk + self.capacity) * self.proj,
+        )
     }
 }
 
@@ -175,6 +178,15 @@ struct TokenOut {
 struct DirectionOut {
     outputs: Vec<Vec<f32>>,
     finals: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl std::fmt::Debug for ElmoModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ElmoModel")
+            .field("path", &self.file.path)
+            .field("options", &self.file.options)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ElmoModel {
@@ -255,7 +267,11 @@ impl ElmoModel {
 
     /// Embeds tokenized sentences starting from, and updating, `state`
     /// (bilm-tf's default stateful behaviour).
-    pub fn embed_stateful<S: AsRef<[T]>, T: AsRef<str>>(&self, sentences: &[S], state: &mut LstmState) -> Result<BiLmOutput> {
+    pub fn embed_stateful<S: AsRef<[T]>, T: AsRef<str>>(
+        &self,
+        sentences: &[S],
+        state: &mut LstmState,
+    ) -> Result<BiLmOutput> {
         let ids = encode_batch(sentences, self.options().char_cnn.max_characters_per_token)?;
         Ok(self.run(&ids, Some(state), false)?.0)
     }
@@ -266,12 +282,21 @@ impl ElmoModel {
     }
 
     /// Like [`forward`](Self::forward), also returning bilm-tf's internal arrays.
-    pub fn forward_with_intermediates(&self, ids: &CharIds, state: Option<&mut LstmState>) -> Result<(BiLmOutput, Intermediates)> {
+    pub fn forward_with_intermediates(
+        &self,
+        ids: &CharIds,
+        state: Option<&mut LstmState>,
+    ) -> Result<(BiLmOutput, Intermediates)> {
         let (out, inter) = self.run(ids, state, true)?;
         Ok((out, inter.expect("intermediates requested")))
     }
 
-    fn run(&self, ids: &CharIds, mut state: Option<&mut LstmState>, keep: bool) -> Result<(BiLmOutput, Option<Intermediates>)> {
+    fn run(
+        &self,
+        ids: &CharIds,
+        state: Option<&mut LstmState>,
+        keep: bool,
+    ) -> Result<(BiLmOutput, Option<Intermediates>)> {
         let o = self.options();
         let (p, u, nl) = (o.lstm.projection_dim, o.lstm.dim, o.lstm.n_layers);
         let c = o.char_cnn.max_characters_per_token;
@@ -327,7 +352,7 @@ impl ElmoModel {
         for out in &mut bwd.outputs {
             *out = reverse_segments(out, &segs, p);
         }
-        if let Some(s) = state.as_deref_mut() {
+        if let Some(s) = state {
             for (d, dir) in [&fwd, &bwd].into_iter().enumerate() {
                 for (l, (fc, fh)) in dir.finals.iter().enumerate() {
                     let (rc, rh) = s.rows(d, l);
@@ -386,7 +411,14 @@ impl ElmoModel {
         init1: &[Option<(Vec<f32>, Vec<f32>)>],
     ) -> Result<Intermediates> {
         let o = self.options();
-        let (b, t2, f, p, u, nl) = (ids.batch(), ids.positions(), o.n_filters(), o.lstm.projection_dim, o.lstm.dim, o.lstm.n_layers);
+        let (b, t2, f, p, u, nl) = (
+            ids.batch(),
+            ids.positions(),
+            o.n_filters(),
+            o.lstm.projection_dim,
+            o.lstm.dim,
+            o.lstm.n_layers,
+        );
         let pad = self.token_pipeline(&vec![0u16; o.char_cnn.max_characters_per_token], true);
         let scatter = |packed: &[f32], pad_row: &[f32], w: usize| -> Vec<f32> {
             let mut v = Vec::with_capacity(b * t2 * w);
@@ -399,7 +431,8 @@ impl ElmoModel {
             v
         };
         let zeros_p = vec![0f32; p];
-        let lstm = |dir: &DirectionOut| -> Vec<f32> { dir.outputs.iter().flat_map(|x| scatter(x, &zeros_p, p)).collect() };
+        let lstm =
+            |dir: &DirectionOut| -> Vec<f32> { dir.outputs.iter().flat_map(|x| scatter(x, &zeros_p, p)).collect() };
         let mut final_c = Vec::with_capacity(2 * nl * b * u);
         let mut final_h = Vec::with_capacity(2 * nl * b * p);
         for (dir, init) in [(fwd, init0), (bwd, init1)] {
@@ -429,7 +462,10 @@ impl ElmoModel {
     /// parallel chunks. `keep`: also return the CNN and highway outputs.
     fn token_pipeline(&self, ids: &[u16], keep: bool) -> TokenOut {
         let c = self.options().char_cnn.max_characters_per_token;
-        let parts: Vec<TokenOut> = ids.par_chunks(TOKEN_CHUNK * c).map(|ch| self.token_chunk(ch, keep)).collect();
+        let parts: Vec<TokenOut> = ids
+            .par_chunks(TOKEN_CHUNK * c)
+            .map(|ch| self.token_chunk(ch, keep))
+            .collect();
         let mut all = TokenOut {
             tok: Vec::new(),
             cnn: Vec::new(),
@@ -447,7 +483,11 @@ impl ElmoModel {
 
     fn token_chunk(&self, ids: &[u16], keep: bool) -> TokenOut {
         let o = self.options();
-        let (c, e, f) = (o.char_cnn.max_characters_per_token, o.char_cnn.embedding_dim, o.n_filters());
+        let (c, e, f) = (
+            o.char_cnn.max_characters_per_token,
+            o.char_cnn.embedding_dim,
+            o.n_filters(),
+        );
         let n = ids.len() / c;
         // (n*C, E): character embeddings, token after token.
         let table = self.char_embed.data();
@@ -521,7 +561,13 @@ impl ElmoModel {
 
     /// All layers of one direction. `x`: (N, P) layer-0 input in processing
     /// order; `init[l]`: the starting (c, h) rows of layer l, or zeros.
-    fn lstm_direction(&self, d: usize, mut x: Vec<f32>, segs: &[(usize, usize)], init: &[Option<(Vec<f32>, Vec<f32>)>]) -> DirectionOut {
+    fn lstm_direction(
+        &self,
+        d: usize,
+        mut x: Vec<f32>,
+        segs: &[(usize, usize)],
+        init: &[Option<(Vec<f32>, Vec<f32>)>],
+    ) -> DirectionOut {
         let lo = &self.options().lstm;
         let (p, u, b) = (lo.projection_dim, lo.dim, segs.len());
         let n = x.len() / p;

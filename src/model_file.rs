@@ -9,9 +9,9 @@
 //! `char_embed` already carries the zero padding row (262 rows).
 
 use crate::error::{Error, Result};
-use crate::options::{Options, N_CHARACTERS};
+use crate::options::{N_CHARACTERS, Options};
 use crate::tensor::{Bytes, Tensor};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -62,11 +62,14 @@ pub fn expected_tensors(o: &Options) -> Vec<(String, Vec<usize>)> {
     v
 }
 
+/// A tensor to write: name, shape, row-major values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// Writes `tensors` (name, shape, values) as a model file at `path`.
 ///
 /// The file is written to a temporary name in the same folder and renamed into
 /// place, so a crash never leaves a half-written file under `path`.
-pub fn write_model(path: &Path, options: &Options, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+pub fn write_model(path: &Path, options: &Options, tensors: &[NamedTensor]) -> Result<()> {
     let mut header = Map::new();
     header.insert(
         "__metadata__".into(),
@@ -76,21 +79,33 @@ pub fn write_model(path: &Path, options: &Options, tensors: &[(String, Vec<usize
     for (name, shape, data) in tensors {
         let n: usize = shape.iter().product();
         if n != data.len() {
-            return Err(Error::tensor(path, name, format!("shape {shape:?} does not match {} values", data.len())));
+            return Err(Error::tensor(
+                path,
+                name,
+                format!("shape {shape:?} does not match {} values", data.len()),
+            ));
         }
-        header.insert(name.clone(), json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + 4 * n]}));
+        header.insert(
+            name.clone(),
+            json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + 4 * n]}),
+        );
         offset += 4 * n;
     }
     let mut hbytes = Value::Object(header).to_string().into_bytes();
     // Pad so the data starts 8-aligned (safetensors allows trailing spaces):
     // a page-aligned mapping then holds every f32 tensor aligned.
-    while (8 + hbytes.len()) % 8 != 0 {
+    while !(8 + hbytes.len()).is_multiple_of(8) {
         hbytes.push(b' ');
     }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp: PathBuf = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into()),
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into()),
         std::process::id()
     ));
     let result = (|| -> std::io::Result<()> {
@@ -148,7 +163,10 @@ impl ModelFile {
     pub fn from_bytes(path: &Path, bytes: Arc<Bytes>) -> Result<Self> {
         let err = |m: String| Error::weights(path, m);
         if bytes.len() < 8 {
-            return Err(err(format!("{} bytes: too short to be a model file (safetensors)", bytes.len())));
+            return Err(err(format!(
+                "{} bytes: too short to be a model file (safetensors)",
+                bytes.len()
+            )));
         }
         let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
         if n > MAX_HEADER || 8 + n > bytes.len() as u64 {
@@ -160,7 +178,9 @@ impl ModelFile {
         let data_start = 8 + n as usize;
         let header: Value = serde_json::from_slice(&bytes[8..data_start])
             .map_err(|e| err(format!("safetensors header is not valid JSON: {e}")))?;
-        let header = header.as_object().ok_or_else(|| err("safetensors header is not a JSON object".into()))?;
+        let header = header
+            .as_object()
+            .ok_or_else(|| err("safetensors header is not a JSON object".into()))?;
         let meta = header
             .get("__metadata__")
             .and_then(Value::as_object)
@@ -194,15 +214,26 @@ impl ModelFile {
             let shape: Vec<usize> = info
                 .get("shape")
                 .and_then(Value::as_array)
-                .and_then(|a| a.iter().map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect())
+                .and_then(|a| {
+                    a.iter()
+                        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                        .collect()
+                })
                 .ok_or_else(|| terr("shape is not a list of sizes"))?;
             let offs: Vec<usize> = info
                 .get("data_offsets")
                 .and_then(Value::as_array)
-                .and_then(|a| a.iter().map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect())
+                .and_then(|a| {
+                    a.iter()
+                        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                        .collect()
+                })
                 .filter(|v: &Vec<usize>| v.len() == 2)
                 .ok_or_else(|| terr("data_offsets is not [begin, end]"))?;
-            let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).and_then(|n| n.checked_mul(4));
+            let numel = shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .and_then(|n| n.checked_mul(4));
             if offs[0] > offs[1] || offs[1] > data_len || numel != Some(offs[1] - offs[0]) {
                 return Err(terr(&format!(
                     "data_offsets {offs:?} do not match shape {shape:?} inside {data_len} data bytes (file truncated or corrupt)"
@@ -219,7 +250,7 @@ impl ModelFile {
                         path,
                         &name,
                         format!("shape {:?} does not match the options, which need {shape:?}", t.shape()),
-                    ))
+                    ));
                 }
                 _ => {}
             }

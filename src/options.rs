@@ -84,11 +84,7 @@ fn field<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     for key in path.split('.') {
         cur = cur.get(key)?;
     }
-    if cur.is_null() {
-        None
-    } else {
-        Some(cur)
-    }
+    if cur.is_null() { None } else { Some(cur) }
 }
 
 fn dim(v: &Value, path: &str) -> Result<usize> {
@@ -147,21 +143,28 @@ impl Options {
         if !v.is_object() {
             return Err(Error::Options("expected a JSON object".into()));
         }
-        let filters_v = field(v, "char_cnn.filters").ok_or_else(|| Error::Options("missing 'char_cnn.filters'".into()))?;
+        let filters_v =
+            field(v, "char_cnn.filters").ok_or_else(|| Error::Options("missing 'char_cnn.filters'".into()))?;
         let arr = filters_v
             .as_array()
             .ok_or_else(|| Error::Options("'char_cnn.filters' must be a list of [width, count] pairs".into()))?;
         if arr.is_empty() {
-            return Err(Error::Options("'char_cnn.filters' is empty: the model needs at least one filter".into()));
+            return Err(Error::Options(
+                "'char_cnn.filters' is empty: the model needs at least one filter".into(),
+            ));
         }
         let mut filters = Vec::with_capacity(arr.len());
         for (i, f) in arr.iter().enumerate() {
-            let pair = f.as_array().filter(|p| p.len() == 2).ok_or_else(|| {
-                Error::Options(format!("'char_cnn.filters[{i}]' must be [width, count], got {f}"))
-            })?;
+            let pair = f
+                .as_array()
+                .filter(|p| p.len() == 2)
+                .ok_or_else(|| Error::Options(format!("'char_cnn.filters[{i}]' must be [width, count], got {f}")))?;
             let get = |j: usize, what: &str| -> Result<usize> {
                 let n = pair[j].as_u64().ok_or_else(|| {
-                    Error::Options(format!("'char_cnn.filters[{i}]' {what} must be a positive integer, got {}", pair[j]))
+                    Error::Options(format!(
+                        "'char_cnn.filters[{i}]' {what} must be a positive integer, got {}",
+                        pair[j]
+                    ))
                 })?;
                 check_dim(n, &format!("char_cnn.filters[{i}] {what}"))
             };
@@ -202,7 +205,7 @@ impl Options {
                 return Err(Error::Options(format!(
                     "'char_cnn.activation' must be \"relu\" or \"tanh\", got {}",
                     other.map(|s| format!("\"{s}\"")).unwrap_or_else(|| "nothing".into())
-                )))
+                )));
             }
         };
         let char_cnn = CharCnnOptions {
@@ -218,7 +221,9 @@ impl Options {
             Some(_) => dim(v, "lstm.n_layers")?,
         };
         if n_layers > 64 {
-            return Err(Error::Options(format!("'lstm.n_layers' = {n_layers} is too large (at most 64)")));
+            return Err(Error::Options(format!(
+                "'lstm.n_layers' = {n_layers} is too large (at most 64)"
+            )));
         }
         let use_skip_connections = match field(v, "lstm.use_skip_connections") {
             None => false,
@@ -236,7 +241,10 @@ impl Options {
         };
         let o = Options { char_cnn, lstm };
         if o.n_filters() > MAX_DIM {
-            return Err(Error::Options(format!("the filters add up to {} channels, too many", o.n_filters())));
+            return Err(Error::Options(format!(
+                "the filters add up to {} channels, too many",
+                o.n_filters()
+            )));
         }
         Ok(o)
     }
@@ -320,7 +328,10 @@ mod tests {
             v["lstm"].as_object_mut().unwrap().remove("use_skip_connections");
         })
         .unwrap();
-        assert_eq!((o.lstm.cell_clip, o.lstm.proj_clip, o.char_cnn.n_highway), (None, None, 0));
+        assert_eq!(
+            (o.lstm.cell_clip, o.lstm.proj_clip, o.char_cnn.n_highway),
+            (None, None, 0)
+        );
         assert!(!o.lstm.use_skip_connections);
     }
 

@@ -58,7 +58,10 @@ impl Tensor {
     pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Result<Self> {
         let n = numel(shape)?;
         if n != data.len() {
-            return Err(Error::Shape(format!("shape {shape:?} needs {n} values, got {}", data.len())));
+            return Err(Error::Shape(format!(
+                "shape {shape:?} needs {n} values, got {}",
+                data.len()
+            )));
         }
         Ok(Tensor {
             shape: shape.to_vec(),
@@ -75,7 +78,9 @@ impl Tensor {
     /// when 4-byte aligned and copied otherwise.
     pub fn from_bytes(shape: &[usize], bytes: &Arc<Bytes>, offset: usize) -> Result<Self> {
         let n = numel(shape)?;
-        let nbytes = n.checked_mul(4).ok_or_else(|| Error::Shape("tensor too large".into()))?;
+        let nbytes = n
+            .checked_mul(4)
+            .ok_or_else(|| Error::Shape("tensor too large".into()))?;
         let end = offset
             .checked_add(nbytes)
             .filter(|&e| e <= bytes.len())
@@ -163,10 +168,16 @@ impl Tensor {
     /// Row-major matrix product of two 2-D tensors, `(m, k) x (k, n)`.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
         let (&[m, k], &[k2, n]) = (self.shape(), rhs.shape()) else {
-            return Err(Error::Shape(format!("matmul needs 2-D tensors, got {:?} and {:?}", self.shape, rhs.shape)));
+            return Err(Error::Shape(format!(
+                "matmul needs 2-D tensors, got {:?} and {:?}",
+                self.shape, rhs.shape
+            )));
         };
         if k != k2 {
-            return Err(Error::Shape(format!("matmul {:?} x {:?}: inner sizes differ", self.shape, rhs.shape)));
+            return Err(Error::Shape(format!(
+                "matmul {:?} x {:?}: inner sizes differ",
+                self.shape, rhs.shape
+            )));
         }
         let mut out = vec![0.0; m * n];
         crate::cpu::gemm(m, k, n, self.data(), k, rhs.data(), n, &mut out, n, false);

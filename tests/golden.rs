@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use elmo::{encode_batch, ElmoModel, LstmState};
+use elmo::{ElmoModel, LstmState, encode_batch};
 use std::path::Path;
 
 /// Compares one batch's outputs and intermediates; returns the max abs error.
@@ -31,7 +31,11 @@ fn check_batch(model: &ElmoModel, g: &Golden, state: Option<&mut LstmState>, ato
         cmp(&format!("raw_highway_{h}"), t.data(), t.shape());
     }
     assert_eq!(inter.highway.len(), o.char_cnn.n_highway);
-    cmp("raw_token_embeddings", inter.token_embeddings.data(), inter.token_embeddings.shape());
+    cmp(
+        "raw_token_embeddings",
+        inter.token_embeddings.data(),
+        inter.token_embeddings.shape(),
+    );
     cmp("raw_lstm_fwd", inter.lstm_fwd.data(), inter.lstm_fwd.shape());
     cmp("raw_lstm_bwd", inter.lstm_bwd.data(), inter.lstm_bwd.shape());
     cmp("final_state_c", inter.final_c.data(), inter.final_c.shape());
@@ -40,7 +44,12 @@ fn check_batch(model: &ElmoModel, g: &Golden, state: Option<&mut LstmState>, ato
     // lm_embeddings: equal at real positions; at padded positions ours are
     // zero in every layer (bilm-tf keeps the padding embedding in layer 0).
     let (s, want) = g.f32("lm_embeddings");
-    assert_eq!(s, vec![lengths.len(), out.n_layers, out.max_len, out.dim], "{}", tag("lm_embeddings shape"));
+    assert_eq!(
+        s,
+        vec![lengths.len(), out.n_layers, out.max_len, out.dim],
+        "{}",
+        tag("lm_embeddings shape")
+    );
     let mut got_real = Vec::new();
     let mut want_real = Vec::new();
     for (b, &len) in lengths.iter().enumerate() {
@@ -53,7 +62,11 @@ fn check_batch(model: &ElmoModel, g: &Golden, state: Option<&mut LstmState>, ato
                     got_real.extend_from_slice(v);
                     want_real.extend_from_slice(w);
                 } else {
-                    assert!(v.iter().all(|&x| x == 0.0), "{}: padding not zero", tag("lm_embeddings"));
+                    assert!(
+                        v.iter().all(|&x| x == 0.0),
+                        "{}: padding not zero",
+                        tag("lm_embeddings")
+                    );
                     if k > 0 {
                         assert!(w.iter().all(|&x| x == 0.0), "golden LSTM padding is zero");
                     }
@@ -85,8 +98,20 @@ fn check_stateful(model: &ElmoModel, dir: &Path) -> f32 {
         worst = worst.max(check_batch(model, &g, Some(&mut state), ATOL));
         let (_, c) = g.f32("state_c_after");
         let (_, h) = g.f32("state_h_after");
-        worst = worst.max(assert_close(&format!("{} state_c_after", g.name), state.c(), &c, ATOL, RTOL));
-        worst = worst.max(assert_close(&format!("{} state_h_after", g.name), state.h(), &h, ATOL, RTOL));
+        worst = worst.max(assert_close(
+            &format!("{} state_c_after", g.name),
+            state.c(),
+            &c,
+            ATOL,
+            RTOL,
+        ));
+        worst = worst.max(assert_close(
+            &format!("{} state_h_after", g.name),
+            state.h(),
+            &h,
+            ATOL,
+            RTOL,
+        ));
     }
     worst
 }
@@ -162,7 +187,13 @@ fn bilm_tf_shipped_fixture() {
                 exp.extend_from_slice(&want[t * p..(t + 1) * p]);
                 exp.extend_from_slice(&want[(len + t) * p..(len + t + 1) * p]);
             }
-            worst = worst.max(assert_close(&format!("fixture row {k} batch {i}"), &got, &exp, ATOL, RTOL));
+            worst = worst.max(assert_close(
+                &format!("fixture row {k} batch {i}"),
+                &got,
+                &exp,
+                ATOL,
+                RTOL,
+            ));
         }
     }
     eprintln!("bilm-tf shipped fixture (10 stateful batches, top layer): max abs error {worst:e}");

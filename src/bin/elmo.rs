@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 const DEFAULT_MODEL: &str = "bilm-tf-test.safetensors";
 
 #[derive(Parser)]
-#[command(name = "elmo", version, about = "ELMo embeddings, computed as TensorFlow's bilm-tf does")]
+#[command(
+    name = "elmo",
+    version,
+    about = "ELMo embeddings, computed as TensorFlow's bilm-tf does"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -54,13 +58,23 @@ fn main() {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind::*;
-            if matches!(e.kind(), DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 let _ = e.print();
-                std::process::exit(if e.kind() == DisplayHelpOnMissingArgumentOrSubcommand { 2 } else { 0 });
+                std::process::exit(if e.kind() == DisplayHelpOnMissingArgumentOrSubcommand {
+                    2
+                } else {
+                    0
+                });
             }
             // One line: clap's first line says what was wrong.
             let text = e.render().to_string();
-            eprintln!("{} (see elmo --help)", text.lines().next().unwrap_or("invalid arguments"));
+            eprintln!(
+                "{} (see elmo --help)",
+                text.lines().next().unwrap_or("invalid arguments")
+            );
             std::process::exit(2);
         }
     };
@@ -76,14 +90,17 @@ fn default_model() -> PathBuf {
     if local.exists() {
         return local;
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("weights").join(DEFAULT_MODEL)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("weights")
+        .join(DEFAULT_MODEL)
 }
 
 fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Convert { options, hdf5, out } => {
-            let size = std::fs::metadata(&hdf5).map_err(|e| Error::io(&hdf5, e))?.len();
-            let show = size > 16 << 20;
+            // Progress only for large files; a missing file is reported by
+            // the converter, after the options have been checked.
+            let show = std::fs::metadata(&hdf5).map(|m| m.len() > 16 << 20).unwrap_or(false);
             let mut progress = |done: u64, total: u64, name: &str| {
                 if show {
                     eprint!("\rconverting: {:3}% {:<60}", done * 100 / total.max(1), name);

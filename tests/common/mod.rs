@@ -1,7 +1,9 @@
 //! Shared helpers of the integration tests: fixtures, conversion, comparison.
 #![allow(dead_code)]
 
-use elmo::npz::{read_npz, NpyArray};
+pub mod reference;
+
+use elmo::npz::{NpyArray, read_npz};
 use elmo::{CharIds, ElmoModel};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -59,14 +61,22 @@ impl Golden {
         }
     }
     pub fn get(&self, k: &str) -> &NpyArray {
-        self.arrays.get(k).unwrap_or_else(|| panic!("{}: no array {k}", self.name))
+        self.arrays
+            .get(k)
+            .unwrap_or_else(|| panic!("{}: no array {k}", self.name))
     }
     pub fn f32(&self, k: &str) -> (Vec<usize>, Vec<f32>) {
         let a = self.get(k);
         (a.shape.clone(), a.to_f32().unwrap())
     }
     pub fn tokens(&self) -> Vec<Vec<String>> {
-        let bytes: Vec<u8> = self.get("tokens_json").to_i64().unwrap().iter().map(|&b| b as u8).collect();
+        let bytes: Vec<u8> = self
+            .get("tokens_json")
+            .to_i64()
+            .unwrap()
+            .iter()
+            .map(|&b| b as u8)
+            .collect();
         serde_json::from_slice(&bytes).expect("tokens_json")
     }
     pub fn char_ids(&self) -> CharIds {
@@ -79,11 +89,20 @@ impl Golden {
 /// Max abs error of `got` vs `want` after checking `|got - want| <=
 /// atol + rtol |want|` everywhere; panics with the worst element otherwise.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) -> f32 {
-    assert_eq!(got.len(), want.len(), "{what}: {} values vs {} expected", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: {} values vs {} expected",
+        got.len(),
+        want.len()
+    );
     let mut max_abs = 0f32;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let d = (g - w).abs();
-        assert!(d <= atol + rtol * w.abs(), "{what}: element {i}: got {g}, expected {w} (diff {d:e})");
+        assert!(
+            d <= atol + rtol * w.abs(),
+            "{what}: element {i}: got {g}, expected {w} (diff {d:e})"
+        );
         max_abs = max_abs.max(d);
     }
     max_abs
@@ -93,3 +112,45 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
 pub const ATOL: f32 = 1e-5;
 /// The standard relative tolerance.
 pub const RTOL: f32 = 1e-4;
+
+/// Deterministic pseudo-random values in `[-scale, scale)`.
+pub fn random_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Writes a model with random weights for `options_json` into `dir` and loads it.
+pub fn random_model(options_json: &str, dir: &Path, seed: u64) -> ElmoModel {
+    let options = elmo::Options::from_json(options_json).unwrap();
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = elmo::model_file::expected_tensors(&options)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, shape))| {
+            let n: usize = shape.iter().product();
+            // Scale by fan-in so activations stay in a range where the
+            // non-linearities and clips all matter.
+            let fan_in = if shape.len() >= 2 {
+                shape[..shape.len() - 1].iter().product::<usize>()
+            } else {
+                4
+            };
+            let mut v = random_values(n, seed * 1000 + i as u64, 2.0 / (fan_in as f32).sqrt());
+            if name == "char_embed" {
+                v[..shape[1]].fill(0.0);
+            }
+            (name, shape, v)
+        })
+        .collect();
+    let path = dir.join(format!("random-{seed}.safetensors"));
+    elmo::model_file::write_model(&path, &options, &tensors).unwrap();
+    ElmoModel::load(&path).unwrap()
+}

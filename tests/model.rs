@@ -1,0 +1,146 @@
+//! Behaviour of the forward pass beyond the goldens: other configurations
+//! against the float64 reference, statelessness, stateful rules, bad input.
+
+mod common;
+use common::*;
+use elmo::{Error, LstmState, encode_batch};
+
+fn sentences() -> Vec<Vec<&'static str>> {
+    vec![
+        vec!["The", "first", "sentence", "."],
+        vec![],
+        vec!["Zürich", "日本語", "supercalifragilisticexpialidocious-and-then-some"],
+        vec!["x"],
+    ]
+}
+
+/// Configurations nothing else covers: tanh, no highway, no projection
+/// (F == P), three layers, 20-character tokens, no clipping, one layer.
+#[test]
+fn other_configurations_match_the_reference() {
+    let configs = [
+        r#"{"lstm": {"dim": 12, "projection_dim": 8, "n_layers": 3, "cell_clip": 0.5, "proj_clip": 0.3, "use_skip_connections": true},
+            "char_cnn": {"embedding": {"dim": 3}, "filters": [[2, 5], [4, 3]], "n_highway": 1, "n_characters": 262,
+            "max_characters_per_token": 20, "activation": "tanh"}}"#,
+        r#"{"lstm": {"dim": 10, "projection_dim": 6, "n_layers": 1},
+            "char_cnn": {"embedding": {"dim": 4}, "filters": [[1, 2], [3, 4]], "n_characters": 262,
+            "max_characters_per_token": 12, "activation": "relu"}}"#,
+        r#"{"lstm": {"dim": 9, "projection_dim": 7, "n_layers": 2, "cell_clip": null, "proj_clip": null, "use_skip_connections": false},
+            "char_cnn": {"embedding": {"dim": 2}, "filters": [[1, 3], [5, 2], [50, 1]], "n_highway": 3, "n_characters": 262,
+            "max_characters_per_token": 50, "activation": "relu"}}"#,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (i, json) in configs.iter().enumerate() {
+        let model = random_model(json, dir.path(), i as u64 + 1);
+        let o = model.options();
+        let ids = encode_batch(&sentences(), o.char_cnn.max_characters_per_token).unwrap();
+        let out = model.forward(&ids, None).unwrap();
+        let want: Vec<f32> = reference::forward(&model, &ids).iter().map(|&x| x as f32).collect();
+        assert_eq!(out.lengths, vec![4, 0, 3, 1]);
+        let err = assert_close(&format!("config {i}"), &out.data, &want, ATOL, RTOL);
+        assert!(out.data.iter().any(|&x| x != 0.0));
+        eprintln!("config {i}: max abs error vs float64 reference {err:e}");
+    }
+    // The second config has F = 6 = P: no projection tensors at all.
+    assert!(!elmo::Options::from_json(configs[1]).unwrap().has_projection());
+}
+
+#[test]
+fn reference_agrees_with_tensorflow_goldens() {
+    // The reference is itself checked, so the test above means something.
+    let dir = tempfile::tempdir().unwrap();
+    let model = small_model(dir.path());
+    let g = Golden::load(&fixture("small/stateless_batch_00.npz"));
+    let ids = g.char_ids();
+    let ours: Vec<f32> = reference::forward(&model, &ids).iter().map(|&x| x as f32).collect();
+    let out = model.forward(&ids, None).unwrap();
+    assert_close("reference vs fast", &out.data, &ours, ATOL, RTOL);
+    let (_, want) = g.f32("lm_embeddings");
+    // Real positions of the top layer agree with TensorFlow.
+    let n = out.n_layers;
+    for (b, &len) in out.lengths.iter().enumerate() {
+        for t in 0..len {
+            let o = ((b * n + n - 1) * out.max_len + t) * out.dim;
+            assert_close(
+                "reference vs TF",
+                &ours[o..o + out.dim],
+                &want[o..o + out.dim],
+                ATOL,
+                RTOL,
+            );
+        }
+    }
+}
+
+#[test]
+fn a_sentence_does_not_depend_on_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = small_model(dir.path());
+    let all = sentences();
+    let batch = model.embed(&all).unwrap();
+    for (b, s) in all.iter().enumerate() {
+        let alone = model.embed(std::slice::from_ref(s)).unwrap();
+        for k in 0..batch.n_layers {
+            for t in 0..s.len() {
+                assert_eq!(
+                    alone.vector(0, k, t),
+                    batch.vector(b, k, t),
+                    "sentence {b} layer {k} token {t}"
+                );
+            }
+        }
+    }
+    // And nothing carries over between calls.
+    assert_eq!(model.embed(&all).unwrap(), batch);
+}
+
+#[test]
+fn stateful_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = small_model(dir.path());
+    let all = sentences();
+    let mut state = LstmState::new(&model, 4).unwrap();
+    let first = model.embed_stateful(&all, &mut state).unwrap();
+    // From a zero state the first batch equals the stateless result.
+    assert_eq!(first, model.embed(&all).unwrap());
+    let second = model.embed_stateful(&all, &mut state).unwrap();
+    assert_ne!(first, second, "the carried state must change the next batch");
+    // A smaller batch leaves rows beyond it untouched.
+    let before = state.clone();
+    model.embed_stateful(&all[..1], &mut state).unwrap();
+    let (u, cap) = (model.options().lstm.dim, 4);
+    for blk in 0..2 * model.options().lstm.n_layers {
+        let rows = |s: &LstmState| s.c()[(blk * cap + 1) * u..(blk + 1) * cap * u].to_vec();
+        assert_eq!(rows(&state), rows(&before));
+    }
+    // Reset gives the stateless result again; two states are independent.
+    state.reset();
+    assert_eq!(model.embed_stateful(&all, &mut state).unwrap(), first);
+    let mut other = LstmState::new(&model, 4).unwrap();
+    assert_eq!(model.embed_stateful(&all, &mut other).unwrap(), first);
+    // Too large a batch is an error, and the state is left as it was.
+    let mut small = LstmState::new(&model, 2).unwrap();
+    let err = model.embed_stateful(&all, &mut small).unwrap_err();
+    assert!(matches!(err, Error::State(_)), "{err}");
+    assert!(err.to_string().contains("capacity 2"), "{err}");
+    assert!(small.c().iter().all(|&x| x == 0.0));
+}
+
+#[test]
+fn empty_batches_and_sentences() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let none: Vec<Vec<&str>> = vec![];
+    let out = model.embed(&none).unwrap();
+    assert_eq!((out.lengths.len(), out.max_len, out.data.len()), (0, 0, 0));
+    let out = model.embed(&[Vec::<&str>::new(), vec![]]).unwrap();
+    assert_eq!((out.lengths.clone(), out.max_len), (vec![0, 0], 0));
+    // A token of thousands of bytes is cut like any other.
+    let long = "é".repeat(3000);
+    let out = model.embed(&[vec![long.as_str()]]).unwrap();
+    let cut = model.embed(&[vec![&long[..48]]]).unwrap();
+    assert_eq!(out, cut);
+    // Char ids for another token length are refused.
+    let ids = encode_batch(&[vec!["a"]], 20).unwrap();
+    assert!(matches!(model.forward(&ids, None), Err(Error::Input(_))));
+}
