@@ -18,14 +18,21 @@ fn model(name: &str) -> &'static ElmoModel {
         }
         let f = root.join("tests/fixtures/small");
         let out = std::env::temp_dir().join(format!("elmo-bench-small-{}.safetensors", std::process::id()));
-        elmo::convert::convert_hdf5(&f.join("options.json"), &f.join("lm_weights.hdf5"), &out, &mut |_, _, _| {})
-            .expect("convert small");
+        elmo::convert::convert_hdf5(
+            &f.join("options.json"),
+            &f.join("lm_weights.hdf5"),
+            &out,
+            &mut |_, _, _| {},
+        )
+        .expect("convert small");
         ElmoModel::load(&out).expect("load small")
     })
 }
 
 fn sentence(n: usize) -> Vec<String> {
-    let words = ["The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "."];
+    let words = [
+        "The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", ".",
+    ];
     (0..n).map(|i| words[i % words.len()].to_string()).collect()
 }
 
@@ -42,7 +49,9 @@ fn one_sentence<const N: usize>(bencher: divan::Bencher, name: &str) {
 fn batch_32x20(bencher: divan::Bencher, name: &str) {
     let m = model(name);
     let batch: Vec<Vec<String>> = (0..32).map(|_| sentence(20)).collect();
-    bencher.counter(divan::counter::ItemsCount::new(32usize * 20)).bench(|| m.embed(divan::black_box(&batch)).unwrap());
+    bencher
+        .counter(divan::counter::ItemsCount::new(32usize * 20))
+        .bench(|| m.embed(divan::black_box(&batch)).unwrap());
 }
 
 /// Loading a model file (mapping + validation).

@@ -26,26 +26,53 @@ pub fn gemm(
     ldc: usize,
     accumulate: bool,
 ) {
+    assert!(ldc >= n, "gemm: rows of C overlap");
+    gemm_strided(m, k, n, a, [lda, 1], b, [ldb, 1], c, [ldc, 1], accumulate);
+}
+
+/// The general form of [`gemm`]: every matrix has a (row, column) stride, so
+/// transposed operands need no copy (`A^T` of a row-major `k x m` matrix is
+/// `strides = [1, m]`). `C`'s elements must not overlap one another.
+///
+/// # Panics
+/// When a slice is too short for its sizes and strides (a caller bug).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_strided(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    sa: [usize; 2],
+    b: &[f32],
+    sb: [usize; 2],
+    c: &mut [f32],
+    sc: [usize; 2],
+    accumulate: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
-    assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "gemm: C too small");
+    let last = |rows: usize, cols: usize, s: [usize; 2]| (rows - 1) * s[0] + (cols - 1) * s[1];
+    assert!(c.len() > last(m, n, sc), "gemm: C too small");
     if k == 0 {
         if !accumulate {
-            for r in 0..m {
-                c[r * ldc..r * ldc + n].fill(0.0);
+            for i in 0..m {
+                for j in 0..n {
+                    c[i * sc[0] + j * sc[1]] = 0.0;
+                }
             }
         }
         return;
     }
-    assert!(a.len() >= (m - 1) * lda + k, "gemm: A too small");
-    assert!(ldb >= n && b.len() >= (k - 1) * ldb + n, "gemm: B too small");
+    assert!(a.len() > last(m, k, sa), "gemm: A too small");
+    assert!(b.len() > last(k, n, sb), "gemm: B too small");
     let beta = if accumulate { 1.0 } else { 0.0 };
     // SAFETY: the asserts above guarantee every element matrixmultiply reads
-    // (A[i*lda + p], B[p*ldb + j]) or writes (C[i*ldc + j]) for i < m, p < k,
-    // j < n lies inside its slice; C's rows do not overlap (ldc >= n) and C is
-    // a unique borrow, so it aliases neither A nor B. All strides fit in isize
-    // because they index within allocated slices.
+    // (A[i*sa0 + p*sa1], B[p*sb0 + j*sb1]) or writes (C[i*sc0 + j*sc1]) for
+    // i < m, p < k, j < n lies inside its slice. C is a unique borrow, so it
+    // aliases neither A nor B; callers give C strides whose elements are
+    // distinct (documented above). Strides index within allocated slices, so
+    // they fit in isize.
     unsafe {
         matrixmultiply::sgemm(
             m,
@@ -53,15 +80,15 @@ pub fn gemm(
             n,
             1.0,
             a.as_ptr(),
-            lda as isize,
-            1,
+            sa[0] as isize,
+            sa[1] as isize,
             b.as_ptr(),
-            ldb as isize,
-            1,
+            sb[0] as isize,
+            sb[1] as isize,
             beta,
             c.as_mut_ptr(),
-            ldc as isize,
-            1,
+            sc[0] as isize,
+            sc[1] as isize,
         );
     }
 }

@@ -9,6 +9,7 @@
 //! # Ok::<(), elmo::Error>(())
 //! ```
 
+pub mod autograd;
 pub mod chars;
 pub mod convert;
 pub mod cpu;
