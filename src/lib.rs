@@ -15,6 +15,7 @@ pub mod convert;
 pub mod cpu;
 pub mod error;
 pub mod input;
+pub mod mix;
 pub mod model;
 pub mod model_file;
 pub mod npz;
