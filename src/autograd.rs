@@ -628,7 +628,7 @@ mod tests {
         let g = loss.backward().unwrap();
         let g = g.param(&p).expect("gradient").data().to_vec();
         let eps = 1e-2f32;
-        for i in 0..x0.len() {
+        for (i, &gi) in g.iter().enumerate() {
             let mut up = x0.clone();
             up.data_mut()[i] += eps;
             let mut dn = x0.clone();
