@@ -637,9 +637,8 @@ mod tests {
             let fd = f(&Var::constant(dn)).value().data()[0];
             let num = (fu - fd) / (2.0 * eps);
             assert!(
-                (num - g[i]).abs() < 2e-2 * (1.0 + num.abs()),
-                "element {i}: numeric {num}, recorded {}",
-                g[i]
+                (num - gi).abs() < 2e-2 * (1.0 + num.abs()),
+                "element {i}: numeric {num}, recorded {gi}"
             );
         }
     }
