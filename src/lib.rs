@@ -15,10 +15,12 @@ pub mod convert;
 pub mod cpu;
 pub mod error;
 pub mod input;
+pub mod layer;
 pub mod mix;
 pub mod model;
 pub mod model_file;
 pub mod npz;
+pub mod optim;
 pub mod options;
 pub mod tensor;
 

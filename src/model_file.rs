@@ -97,6 +97,26 @@ pub fn write_model(path: &Path, options: &Options, tensors: &[NamedTensor]) -> R
     while !(8 + hbytes.len()).is_multiple_of(8) {
         hbytes.push(b' ');
     }
+    write_atomically(path, |w| {
+        w.write_all(&(hbytes.len() as u64).to_le_bytes())?;
+        w.write_all(&hbytes)?;
+        for (_, _, data) in tensors {
+            for chunk in data.chunks(1 << 16) {
+                let mut buf = Vec::with_capacity(chunk.len() * 4);
+                for v in chunk {
+                    buf.extend_from_slice(&v.to_le_bytes());
+                }
+                w.write_all(&buf)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Writes a file through `body` into a temporary file in `path`'s folder,
+/// syncs it and renames it to `path`: readers see the old file or the whole
+/// new one, never a half-written one.
+pub fn write_atomically(path: &Path, body: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -111,17 +131,7 @@ pub fn write_model(path: &Path, options: &Options, tensors: &[NamedTensor]) -> R
     let result = (|| -> std::io::Result<()> {
         let file = std::fs::File::create(&tmp)?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-        w.write_all(&(hbytes.len() as u64).to_le_bytes())?;
-        w.write_all(&hbytes)?;
-        for (_, _, data) in tensors {
-            for chunk in data.chunks(1 << 16) {
-                let mut buf = Vec::with_capacity(chunk.len() * 4);
-                for v in chunk {
-                    buf.extend_from_slice(&v.to_le_bytes());
-                }
-                w.write_all(&buf)?;
-            }
-        }
+        body(&mut w)?;
         let file = w.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         drop(file);
