@@ -271,13 +271,13 @@ impl ElmoEmbeddingBuilder {
             return Err(Error::Input("num_output_representations must be at least 1".into()));
         }
         let k = self.model.options().n_output_layers();
-        if let OutputMode::LstmOutputs(l) = self.mode {
-            if l >= k {
-                return Err(Error::Input(format!(
-                    "lstm_outputs{l}: the model has {} LSTM layers",
-                    k - 1
-                )));
-            }
+        if let OutputMode::LstmOutputs(l) = self.mode
+            && l >= k
+        {
+            return Err(Error::Input(format!(
+                "lstm_outputs{l}: the model has {} LSTM layers",
+                k - 1
+            )));
         }
         // Start from the model's aggregation values when it carries them.
         let file = self.model.file();
@@ -311,6 +311,9 @@ impl ElmoEmbeddingBuilder {
         })
     }
 }
+
+/// Each row's words and their input positions (see [`ElmoEmbedding::words`]).
+pub type RowWords<'a> = (Vec<Vec<&'a str>>, Vec<Vec<usize>>);
 
 /// The ELMo embedding layer.
 #[derive(Debug)]
@@ -430,7 +433,7 @@ impl ElmoEmbedding {
     }
 
     /// The words of each row's real tokens and their input positions.
-    pub fn words(&self, ids: &TokenIds) -> Result<(Vec<Vec<&str>>, Vec<Vec<usize>>)> {
+    pub fn words(&self, ids: &TokenIds) -> Result<RowWords<'_>> {
         let [b, _] = ids.shape();
         let mut words = Vec::with_capacity(b);
         let mut positions = Vec::with_capacity(b);
