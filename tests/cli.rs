@@ -198,3 +198,163 @@ fn bad_input_gives_one_line_errors() {
     let o = run(format!("{}\n", "x".repeat(10_000)).as_bytes(), "long.txt", &[]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+fn convert_small(dir: &Path) -> String {
+    let f = fixture("small");
+    let out = dir.join("small.safetensors");
+    let o = elmo(
+        &[
+            "convert",
+            "--options",
+            f.join("options.json").to_str().unwrap(),
+            "--hdf5",
+            f.join("lm_weights.hdf5").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    out.to_str().unwrap().to_owned()
+}
+
+/// Every output mode and mix variant through the CLI, against the goldens
+/// of the stateless batches (one .jsonl line = one golden batch, so layer
+/// norm sees the same batches as TensorFlow did).
+fn check_modes(set: &str, model: &str, dir: &Path) -> f32 {
+    let input = fixture(&format!("{set}/stateless.jsonl"));
+    let variants: [(&str, &[&str]); 5] = [
+        ("elmo_default", &[]),
+        ("elmo_default_ln", &["--layer-norm"]),
+        ("elmo_custom", &["--mix-weights", "0.3,-0.7,1.1", "--gamma", "0.8"]),
+        (
+            "elmo_custom_ln",
+            &["--mix-weights=0.3,-0.7,1.1", "--gamma", "0.8", "--layer-norm"],
+        ),
+        ("elmo_top_only", &["--top-only", "--gamma", "0.8"]),
+    ];
+    let mut worst = 0f32;
+    for (variant, flags) in variants {
+        let out = dir.join(format!("{variant}.npz"));
+        let mut args = vec![
+            "embed",
+            "--model",
+            model,
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--outputs",
+            "word_emb,lstm_outputs1,lstm_outputs2,elmo,default,all",
+        ];
+        args.extend_from_slice(flags);
+        let o = elmo(&args, dir);
+        assert!(o.status.success(), "{variant}: {}", stderr(&o));
+        let got = elmo::npz::read_npz(&out).unwrap();
+        let names: Vec<&String> = got.keys().collect();
+        assert_eq!(
+            names,
+            [
+                "all",
+                "default",
+                "elmo",
+                "lengths",
+                "lstm_outputs1",
+                "lstm_outputs2",
+                "word_emb"
+            ]
+        );
+        let t = got["elmo"].shape[1];
+        let d = got["elmo"].shape[2];
+        let p = d / 2;
+        assert_eq!(got["word_emb"].shape[2], p);
+        let arr = |k: &str| got[k].to_f32().unwrap();
+        let (elmo_a, default_a, all_a, w_a, l1, l2) = (
+            arr("elmo"),
+            arr("default"),
+            arr("all"),
+            arr("word_emb"),
+            arr("lstm_outputs1"),
+            arr("lstm_outputs2"),
+        );
+        let mut row = 0;
+        for f in golden_files(&fixture(set), "stateless_batch_") {
+            let g = Golden::load(&f);
+            let (s, want) = g.f32(variant);
+            let (_, mean) = g.f32(&format!("{variant}_mean"));
+            let (_, lm) = g.f32("lm_embeddings");
+            for (b, &len) in g.get("lengths").to_i64().unwrap().iter().enumerate() {
+                let tag = format!("{set} {variant} {} row {b}", g.name);
+                worst = worst.max(assert_close(
+                    &tag,
+                    &default_a[row * d..(row + 1) * d],
+                    &mean[b * d..(b + 1) * d],
+                    ATOL,
+                    RTOL,
+                ));
+                for j in 0..t {
+                    let ours = &elmo_a[(row * t + j) * d..][..d];
+                    if j < len as usize {
+                        let o = (b * s[1] + j) * d;
+                        worst = worst.max(assert_close(&tag, ours, &want[o..o + d], ATOL, RTOL));
+                        let lmo = |k: usize| ((b * 3 + k) * s[1] + j) * d;
+                        assert_close(
+                            &tag,
+                            &w_a[(row * t + j) * p..][..p],
+                            &lm[lmo(0)..lmo(0) + p],
+                            ATOL,
+                            RTOL,
+                        );
+                        assert_close(&tag, &l1[(row * t + j) * d..][..d], &lm[lmo(1)..lmo(1) + d], ATOL, RTOL);
+                        assert_close(&tag, &l2[(row * t + j) * d..][..d], &lm[lmo(2)..lmo(2) + d], ATOL, RTOL);
+                        for k in 0..3 {
+                            let ours = &all_a[((row * 3 + k) * t + j) * d..][..d];
+                            assert_close(&tag, ours, &lm[lmo(k)..lmo(k) + d], ATOL, RTOL);
+                        }
+                    } else {
+                        assert!(ours.iter().all(|&x| x == 0.0), "{tag}: padding");
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+    worst
+}
+
+#[test]
+fn embed_output_modes_match_goldens_tiny() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = convert_tiny(dir.path());
+    let e = check_modes("tiny", &model, dir.path());
+    eprintln!("CLI modes, tiny: max abs error {e:e}");
+}
+
+#[test]
+fn embed_output_modes_match_goldens_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = convert_small(dir.path());
+    let e = check_modes("small", &model, dir.path());
+    eprintln!("CLI modes, small: max abs error {e:e}");
+}
+
+#[test]
+fn embed_mode_flags_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = convert_tiny(d);
+    std::fs::write(d.join("in.txt"), "a b\n").unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["embed", "--model", &model, "--input", "in.txt", "--out", "o.npz"];
+        args.extend_from_slice(extra);
+        elmo(&args, d)
+    };
+    assert_one_line_error(&run(&["--outputs", "bogus"]), "unknown output mode 'bogus'");
+    assert_one_line_error(&run(&["--outputs", "lstm_outputs3"]), "2 LSTM layers");
+    assert_one_line_error(&run(&["--mix-weights", "1,2"]), "2 values");
+    assert_one_line_error(&run(&["--gamma", "NaN"]), "finite");
+    let o = run(&["--outputs", "default"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = elmo::npz::read_npz(&d.join("o.npz")).unwrap();
+    assert_eq!(got.keys().collect::<Vec<_>>(), ["default", "lengths"]);
+}

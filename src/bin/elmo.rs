@@ -1,7 +1,9 @@
 //! The `elmo` command line: convert weights, embed sentences.
 
 use clap::{Parser, Subcommand};
-use elmo::{ElmoModel, Error, LstmState, Result};
+use elmo::layer::OutputMode;
+use elmo::mix::{MixConfig, ScalarMix};
+use elmo::{ElmoModel, Error, LstmState, Result, Tensor};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -50,6 +52,23 @@ enum Command {
         /// Sentences per batch for plain-text input.
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
+        /// Arrays to write, comma-separated: word_emb, lstm_outputs1,
+        /// lstm_outputs2, elmo, default, all, lm_embeddings.
+        #[arg(long, default_value = "lm_embeddings,elmo", value_delimiter = ',')]
+        outputs: Vec<String>,
+        /// Mix weights (one per layer, before the softmax); default: the
+        /// model's aggregation weights, else zeros.
+        #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+        mix_weights: Option<Vec<f32>>,
+        /// Mix scale gamma; default: the model's aggregation scaling, else 1.
+        #[arg(long, allow_negative_numbers = true)]
+        gamma: Option<f32>,
+        /// Layer-normalise each layer before mixing (statistics per batch).
+        #[arg(long)]
+        layer_norm: bool,
+        /// Mix only the top layer: gamma * top.
+        #[arg(long)]
+        top_only: bool,
     },
 }
 
@@ -122,9 +141,16 @@ fn run(cmd: Command) -> Result<()> {
             out,
             stateful,
             batch_size,
+            outputs,
+            mix_weights,
+            gamma,
+            layer_norm,
+            top_only,
         } => {
             let model_path = model.unwrap_or_else(default_model);
             let model = ElmoModel::load(&model_path)?;
+            let outputs = parse_outputs(&outputs)?;
+            let mix = default_mix(&model, mix_weights, gamma, layer_norm, top_only)?;
             let batches = elmo::input::read_batches(&input, batch_size)?;
             if batches.iter().all(|b| b.is_empty()) {
                 eprintln!("warning: {} holds no sentences; writing empty arrays", input.display());
@@ -142,7 +168,7 @@ fn run(cmd: Command) -> Result<()> {
                     None => model.embed(batch)?,
                 });
             }
-            write_embeddings(&out, &model, &outs)?;
+            write_embeddings(&out, &model, &outs, &outputs, &mix)?;
             let n: usize = outs.iter().map(|o| o.lengths.len()).sum();
             let t = outs.iter().map(|o| o.max_len).max().unwrap_or(0);
             let o = model.options();
@@ -161,31 +187,142 @@ fn run(cmd: Command) -> Result<()> {
     }
 }
 
-/// Writes `lengths` (N,) and `lm_embeddings` (N, L+1, T, 2P), T = longest.
-fn write_embeddings(path: &Path, model: &ElmoModel, outs: &[elmo::BiLmOutput]) -> Result<()> {
-    let o = model.options();
-    let (nk, dim) = (o.n_output_layers(), 2 * o.projection_dim());
-    let n: usize = outs.iter().map(|o| o.lengths.len()).sum();
-    let t = outs.iter().map(|o| o.max_len).max().unwrap_or(0);
-    let mut data = vec![0f32; n * nk * t * dim];
-    let mut lengths = Vec::with_capacity(n);
-    let mut row = 0;
-    for out in outs {
-        for (b, &len) in out.lengths.iter().enumerate() {
-            lengths.push(len as i32);
-            for k in 0..nk {
-                for j in 0..len {
-                    let dst = ((row * nk + k) * t + j) * dim;
-                    data[dst..dst + dim].copy_from_slice(out.vector(b, k, j));
-                }
-            }
-            row += 1;
+/// An array `embed` can write.
+#[derive(Clone, Copy, PartialEq)]
+enum Output {
+    /// Every layer, (N, K, T, 2P); named `lm_embeddings` or `all`.
+    Layers(&'static str),
+    /// One of the layer's modes.
+    Mode(OutputMode),
+}
+
+fn parse_outputs(names: &[String]) -> Result<Vec<Output>> {
+    let mut v = Vec::new();
+    for n in names {
+        let o = match n.trim() {
+            "lm_embeddings" => Output::Layers("lm_embeddings"),
+            "all" => Output::Layers("all"),
+            other => Output::Mode(other.parse()?),
+        };
+        if !v.contains(&o) {
+            v.push(o);
         }
     }
+    if v.is_empty() {
+        return Err(Error::Input("--outputs is empty".into()));
+    }
+    Ok(v)
+}
+
+/// The mix `elmo` and `default` use: flags first, then the model's
+/// aggregation values, then bilm-tf's initial values (zeros, 1).
+fn default_mix(model: &ElmoModel, w: Option<Vec<f32>>, gamma: Option<f32>, ln: bool, top: bool) -> Result<ScalarMix> {
+    let k = model.options().n_output_layers();
+    let t = &model.file().tensors;
+    let agg_w = t
+        .get("aggregation/weights")
+        .filter(|x| x.len() == k)
+        .map(|x| x.data().to_vec());
+    let agg_g = t
+        .get("aggregation/scaling")
+        .filter(|x| x.len() == 1)
+        .map(|x| x.data()[0]);
+    let config = MixConfig {
+        do_layer_norm: ln,
+        use_top_only: top,
+        l2_coef: 0.0,
+    };
+    let w = w.or(agg_w).unwrap_or_else(|| vec![0.0; k]);
+    ScalarMix::new(k, &w, gamma.or(agg_g).unwrap_or(1.0), config, false)
+        .map_err(|e| Error::Input(format!("--mix-weights/--gamma: {e}")))
+}
+
+/// Writes `lengths` (N,) and each requested output, T = longest sentence.
+fn write_embeddings(
+    path: &Path,
+    model: &ElmoModel,
+    outs: &[elmo::BiLmOutput],
+    outputs: &[Output],
+    mix: &ScalarMix,
+) -> Result<()> {
+    let o = model.options();
+    let (nk, dim, p) = (o.n_output_layers(), 2 * o.projection_dim(), o.projection_dim());
+    let n: usize = outs.iter().map(|o| o.lengths.len()).sum();
+    let t = outs.iter().map(|o| o.max_len).max().unwrap_or(0);
+    let lengths: Vec<i32> = outs.iter().flat_map(|o| o.lengths.iter().map(|&l| l as i32)).collect();
+    // The mix of each batch, (B, Tb, 2P), padding zero.
+    let needs_mix = outputs
+        .iter()
+        .any(|o| matches!(o, Output::Mode(OutputMode::Elmo | OutputMode::Default)));
+    // Per batch: the mix (B, Tb, 2P) and its masked mean (B, 2P).
+    let mixed: Vec<(Vec<f32>, Vec<f32>)> = if needs_mix {
+        outs.iter()
+            .map(|b| {
+                let all = Tensor::from_vec(&[b.lengths.len(), nk, b.max_len, dim], b.data.clone())?;
+                let mask: Vec<f32> = b
+                    .lengths
+                    .iter()
+                    .flat_map(|&l| (0..b.max_len).map(move |j| if j < l { 1.0 } else { 0.0 }))
+                    .collect();
+                let m = mix.forward(&all, &mask, true)?;
+                Ok((m.value().data().to_vec(), m.masked_mean(&mask)?.value().data().to_vec()))
+            })
+            .collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
     let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut w = elmo::npz::NpzWriter::new(std::io::BufWriter::new(file));
+    let mut w = elmo::npz::NpzWriter::with_path(std::io::BufWriter::new(file), path);
     w.add_i32("lengths", &[n], &lengths)?;
-    w.add_f32("lm_embeddings", &[n, nk, t, dim], &data)?;
+    for &output in outputs {
+        // (shape, values per token, where a token's values come from)
+        let (name, shape, width) = match output {
+            Output::Layers(name) => (name.to_string(), vec![n, nk, t, dim], dim),
+            Output::Mode(OutputMode::Default) => ("default".into(), vec![n, dim], dim),
+            Output::Mode(OutputMode::WordEmb) => ("word_emb".into(), vec![n, t, p], p),
+            Output::Mode(m) => (m.to_string(), vec![n, t, dim], dim),
+        };
+        if let Output::Mode(OutputMode::LstmOutputs(k)) = output
+            && k >= nk
+        {
+            return Err(Error::Input(format!(
+                "--outputs {name}: the model has {} LSTM layers",
+                nk - 1
+            )));
+        }
+        let mut data = vec![0f32; shape.iter().product()];
+        let mut row = 0;
+        for (bi, out) in outs.iter().enumerate() {
+            for (b, &len) in out.lengths.iter().enumerate() {
+                match output {
+                    Output::Layers(_) => {
+                        for k in 0..nk {
+                            for j in 0..len {
+                                let dst = ((row * nk + k) * t + j) * dim;
+                                data[dst..dst + dim].copy_from_slice(out.vector(b, k, j));
+                            }
+                        }
+                    }
+                    Output::Mode(OutputMode::Default) => {
+                        data[row * dim..(row + 1) * dim].copy_from_slice(&mixed[bi].1[b * dim..(b + 1) * dim]);
+                    }
+                    Output::Mode(mode) => {
+                        for j in 0..len {
+                            let dst = (row * t + j) * width;
+                            let src: &[f32] = match mode {
+                                OutputMode::WordEmb => &out.vector(b, 0, j)[..p],
+                                OutputMode::LstmOutputs(k) => out.vector(b, k, j),
+                                _ => &mixed[bi].0[(b * out.max_len + j) * dim..][..dim],
+                            };
+                            data[dst..dst + width].copy_from_slice(src);
+                        }
+                    }
+                }
+                row += 1;
+            }
+        }
+        w.add_f32(&name, &shape, &data)?;
+    }
     w.finish()?.flush().map_err(|e| Error::io(path, e))?;
     Ok(())
 }
