@@ -55,6 +55,50 @@ enum Op {
     /// (B, T, D) -> (B, D); `weights[b, t]` = mask / max(count, 1).
     MaskedMean(Var, Vec<f32>),
     Reshape(Var),
+    /// Parts joined along an axis.
+    Concat(Vec<Var>, usize),
+    /// `(x, axis, start)`: a run of entries along an axis (length from the output).
+    Slice(Var, usize, usize),
+    /// `(table, ids)`: rows of a (V, D) table.
+    Gather(Var, Vec<usize>),
+    /// `(x, w, pad_left)`: 1-D convolution of (B, T, C) by (k, C, F).
+    Conv1d(Var, Var, usize),
+    /// Max over axis 1 of (B, T, C).
+    MaxOverTime(Var),
+    /// Mean binary cross-entropy of logits against labels.
+    BceLogits(Var, Vec<f32>),
+    /// Mean binary cross-entropy of probabilities (clipped to [eps, 1 - eps]).
+    BceProbs(Var, Vec<f32>),
+}
+
+/// Keras' epsilon: probabilities are clipped to `[EPS, 1 - EPS]` in the loss.
+pub const EPS: f32 = 1e-7;
+
+/// `(outer, n, inner)`: sizes before, at and after `axis`.
+fn split_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    )
+}
+
+/// im2col of (B, T, C) for kernel width k: (B * T_out, k * C), zero outside.
+fn im2col(x: &[f32], b: usize, t: usize, c: usize, k: usize, pad_left: usize, t_out: usize) -> Vec<f32> {
+    let mut cols = vec![0f32; b * t_out * k * c];
+    for bi in 0..b {
+        for to in 0..t_out {
+            for j in 0..k {
+                let ti = (to + j) as isize - pad_left as isize;
+                if ti >= 0 && (ti as usize) < t {
+                    let src = (bi * t + ti as usize) * c;
+                    let dst = ((bi * t_out + to) * k + j) * c;
+                    cols[dst..dst + c].copy_from_slice(&x[src..src + c]);
+                }
+            }
+        }
+    }
+    cols
 }
 
 impl std::fmt::Debug for Var {
@@ -267,6 +311,212 @@ impl Var {
         Ok(Self::record(v, Op::Reshape(self.clone()), &[self]))
     }
 
+    /// Joins values along `axis`; all other dimensions must agree.
+    pub fn concat(parts: &[Var], axis: usize) -> Result<Var> {
+        let first = parts.first().ok_or_else(|| Error::Shape("concat of nothing".into()))?;
+        let mut shape = first.shape().to_vec();
+        if axis >= shape.len() {
+            return Err(Error::Shape(format!("concat axis {axis} of shape {shape:?}")));
+        }
+        shape[axis] = 0;
+        for p in parts {
+            let s = p.shape();
+            let same = s.len() == shape.len() && s.iter().enumerate().all(|(i, &d)| i == axis || d == shape[i]);
+            if !same {
+                return Err(Error::Shape(format!(
+                    "concat along {axis}: {:?} vs {s:?}",
+                    first.shape()
+                )));
+            }
+            shape[axis] += s[axis];
+        }
+        let (outer, _, inner) = split_axis(&shape, axis);
+        let mut v = Vec::with_capacity(shape.iter().product());
+        for o in 0..outer {
+            for p in parts {
+                let np = p.shape()[axis];
+                v.extend_from_slice(&p.value().data()[o * np * inner..(o + 1) * np * inner]);
+            }
+        }
+        let refs: Vec<&Var> = parts.iter().collect();
+        Ok(Self::record(
+            Tensor::from_vec(&shape, v)?,
+            Op::Concat(parts.to_vec(), axis),
+            &refs,
+        ))
+    }
+
+    /// Entries `start .. start + len` along `axis`.
+    pub fn slice(&self, axis: usize, start: usize, len: usize) -> Result<Var> {
+        let shape = self.shape();
+        if axis >= shape.len() || start.checked_add(len).is_none_or(|e| e > shape[axis]) {
+            return Err(Error::Shape(format!(
+                "slice {start}..+{len} of axis {axis} of {shape:?}"
+            )));
+        }
+        let (outer, n, inner) = split_axis(shape, axis);
+        let mut v = Vec::with_capacity(outer * len * inner);
+        for o in 0..outer {
+            v.extend_from_slice(&self.value().data()[(o * n + start) * inner..(o * n + start + len) * inner]);
+        }
+        let mut out = shape.to_vec();
+        out[axis] = len;
+        Ok(Self::record(
+            Tensor::from_vec(&out, v)?,
+            Op::Slice(self.clone(), axis, start),
+            &[self],
+        ))
+    }
+
+    /// Rows of this (V, D) table for `ids` (shape `id_shape`): id_shape + (D,).
+    pub fn gather(&self, ids: &[usize], id_shape: &[usize]) -> Result<Var> {
+        let &[vocab, d] = self.shape() else {
+            return Err(Error::Shape(format!(
+                "gather needs a (V, D) table, got {:?}",
+                self.shape()
+            )));
+        };
+        if id_shape.iter().product::<usize>() != ids.len() {
+            return Err(Error::Shape(format!("{} ids for shape {id_shape:?}", ids.len())));
+        }
+        if let Some(&bad) = ids.iter().find(|&&i| i >= vocab) {
+            return Err(Error::Input(format!("id {bad} is outside the table of {vocab} rows")));
+        }
+        let t = self.value().data();
+        let mut v = Vec::with_capacity(ids.len() * d);
+        for &i in ids {
+            v.extend_from_slice(&t[i * d..(i + 1) * d]);
+        }
+        let mut shape = id_shape.to_vec();
+        shape.push(d);
+        Ok(Self::record(
+            Tensor::from_vec(&shape, v)?,
+            Op::Gather(self.clone(), ids.to_vec()),
+            &[self],
+        ))
+    }
+
+    /// 1-D convolution (cross-correlation) of (B, T, C) by `w` (k, C, F),
+    /// stride 1, with `pad_left` / `pad_right` zeros around time: (B, T_out, F).
+    pub fn conv1d(&self, w: &Var, pad_left: usize, pad_right: usize) -> Result<Var> {
+        let (&[b, t, c], &[k, c2, f]) = (self.shape(), w.shape()) else {
+            return Err(Error::Shape(format!(
+                "conv1d needs (B, T, C) and (k, C, F), got {:?} and {:?}",
+                self.shape(),
+                w.shape()
+            )));
+        };
+        if c != c2 || k == 0 || t + pad_left + pad_right < k {
+            return Err(Error::Shape(format!(
+                "conv1d of {:?} by kernel {:?}",
+                self.shape(),
+                w.shape()
+            )));
+        }
+        let t_out = t + pad_left + pad_right - k + 1;
+        let cols = im2col(self.value().data(), b, t, c, k, pad_left, t_out);
+        let mut out = vec![0f32; b * t_out * f];
+        gemm_strided(
+            b * t_out,
+            k * c,
+            f,
+            &cols,
+            [k * c, 1],
+            w.value().data(),
+            [f, 1],
+            &mut out,
+            [f, 1],
+            false,
+        );
+        let v = Tensor::from_vec(&[b, t_out, f], out)?;
+        Ok(Self::record(
+            v,
+            Op::Conv1d(self.clone(), w.clone(), pad_left),
+            &[self, w],
+        ))
+    }
+
+    /// Max over time of (B, T, C): (B, C). Needs T >= 1.
+    pub fn max_over_time(&self) -> Result<Var> {
+        let &[b, t, c] = self.shape() else {
+            return Err(Error::Shape(format!(
+                "global max pooling needs (B, T, C), got {:?}",
+                self.shape()
+            )));
+        };
+        if t == 0 {
+            return Err(Error::Shape("global max pooling over 0 steps".into()));
+        }
+        let x = self.value().data();
+        let mut out = vec![f32::NEG_INFINITY; b * c];
+        for bi in 0..b {
+            for ti in 0..t {
+                for (o, &v) in out[bi * c..(bi + 1) * c]
+                    .iter_mut()
+                    .zip(&x[(bi * t + ti) * c..(bi * t + ti + 1) * c])
+                {
+                    *o = o.max(v);
+                }
+            }
+        }
+        Ok(Self::record(
+            Tensor::from_vec(&[b, c], out)?,
+            Op::MaxOverTime(self.clone()),
+            &[self],
+        ))
+    }
+
+    fn check_labels(&self, labels: &[f32]) -> Result<()> {
+        if labels.len() != self.value().len() {
+            return Err(Error::Shape(format!(
+                "{} labels for {} predictions",
+                labels.len(),
+                self.value().len()
+            )));
+        }
+        if let Some(bad) = labels.iter().find(|&&l| !(0.0..=1.0).contains(&l)) {
+            return Err(Error::Input(format!(
+                "binary cross-entropy needs labels in [0, 1], got {bad}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Mean binary cross-entropy of these logits against `labels`, computed
+    /// stably: `max(z, 0) - z y + ln(1 + exp(-|z|))`.
+    pub fn bce_with_logits(&self, labels: &[f32]) -> Result<Var> {
+        self.check_labels(labels)?;
+        let n = labels.len().max(1) as f32;
+        let s: f32 = self
+            .value()
+            .data()
+            .iter()
+            .zip(labels)
+            .map(|(&z, &y)| z.max(0.0) - z * y + (-z.abs()).exp().ln_1p())
+            .sum();
+        let v = Tensor::from_vec(&[], vec![s / n])?;
+        Ok(Self::record(v, Op::BceLogits(self.clone(), labels.to_vec()), &[self]))
+    }
+
+    /// Mean binary cross-entropy of these probabilities against `labels`,
+    /// probabilities clipped to `[EPS, 1 - EPS]` as Keras does.
+    pub fn bce(&self, labels: &[f32]) -> Result<Var> {
+        self.check_labels(labels)?;
+        let n = labels.len().max(1) as f32;
+        let s: f32 = self
+            .value()
+            .data()
+            .iter()
+            .zip(labels)
+            .map(|(&p, &y)| {
+                let p = p.clamp(EPS, 1.0 - EPS);
+                -(y * p.ln() + (1.0 - y) * (1.0 - p).ln())
+            })
+            .sum();
+        let v = Tensor::from_vec(&[], vec![s / n])?;
+        Ok(Self::record(v, Op::BceProbs(self.clone(), labels.to_vec()), &[self]))
+    }
+
     /// Gradients of this scalar with respect to every node that needs one.
     pub fn backward(&self) -> Result<Grads> {
         if self.value().len() != 1 {
@@ -334,7 +584,14 @@ fn op_inputs(op: &Op) -> Vec<&Var> {
         | Op::Sum(x)
         | Op::Mean(x)
         | Op::MaskedMean(x, _)
-        | Op::Reshape(x) => vec![x],
+        | Op::Reshape(x)
+        | Op::Slice(x, _, _)
+        | Op::MaxOverTime(x)
+        | Op::BceLogits(x, _)
+        | Op::BceProbs(x, _)
+        | Op::Gather(x, _) => vec![x],
+        Op::Conv1d(x, w, _) => vec![x, w],
+        Op::Concat(parts, _) => parts.iter().collect(),
     }
 }
 
@@ -422,6 +679,136 @@ fn input_grads<'a>(op: &'a Op, g: &Tensor, y: &Tensor) -> Result<Vec<(&'a Var, T
         }
         // reshape: the gradient takes the input's shape back
         Op::Reshape(x) => vec![(x, g.clone().reshape(x.shape())?)],
+        // concat: each part takes its own run of the gradient
+        Op::Concat(parts, axis) => {
+            let (outer, n, inner) = split_axis(g.shape(), *axis);
+            let mut at = 0;
+            let mut out = Vec::with_capacity(parts.len());
+            for part in parts {
+                let np = part.shape()[*axis];
+                let mut v = Vec::with_capacity(outer * np * inner);
+                for o in 0..outer {
+                    v.extend_from_slice(&gd[(o * n + at) * inner..(o * n + at + np) * inner]);
+                }
+                at += np;
+                out.push((part, Tensor::from_vec(part.shape(), v)?));
+            }
+            out
+        }
+        // slice: the gradient in place, zeros elsewhere
+        Op::Slice(x, axis, start) => {
+            let (outer, n, inner) = split_axis(x.shape(), *axis);
+            let len = g.shape()[*axis];
+            let mut v = vec![0f32; x.value().len()];
+            for o in 0..outer {
+                v[(o * n + start) * inner..(o * n + start + len) * inner]
+                    .copy_from_slice(&gd[o * len * inner..(o + 1) * len * inner]);
+            }
+            vec![(x, Tensor::from_vec(x.shape(), v)?)]
+        }
+        // gather: d table[r] = sum of the gradients of the rows that read r
+        Op::Gather(table, ids) => {
+            let d = table.shape()[1];
+            let mut v = vec![0f32; table.value().len()];
+            for (i, &r) in ids.iter().enumerate() {
+                for (a, &gv) in v[r * d..(r + 1) * d].iter_mut().zip(&gd[i * d..(i + 1) * d]) {
+                    *a += gv;
+                }
+            }
+            vec![(table, Tensor::from_vec(table.shape(), v)?)]
+        }
+        // y = im2col(x) W: dW = cols^T dY, d cols = dY W^T, scattered back to x
+        Op::Conv1d(x, w, pad_left) => {
+            let (b, t, c) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+            let (k, f) = (w.shape()[0], w.shape()[2]);
+            let t_out = g.shape()[1];
+            let cols = im2col(x.value().data(), b, t, c, k, *pad_left, t_out);
+            let (rows, kc) = (b * t_out, k * c);
+            let mut gw = vec![0f32; kc * f];
+            gemm_strided(kc, rows, f, &cols, [1, kc], gd, [f, 1], &mut gw, [f, 1], false);
+            let mut gcols = vec![0f32; rows * kc];
+            gemm_strided(
+                rows,
+                f,
+                kc,
+                gd,
+                [f, 1],
+                w.value().data(),
+                [1, f],
+                &mut gcols,
+                [kc, 1],
+                false,
+            );
+            let mut gx = vec![0f32; b * t * c];
+            for bi in 0..b {
+                for to in 0..t_out {
+                    for j in 0..k {
+                        let ti = (to + j) as isize - *pad_left as isize;
+                        if ti >= 0 && (ti as usize) < t {
+                            let src = ((bi * t_out + to) * k + j) * c;
+                            let dst = (bi * t + ti as usize) * c;
+                            for (a, &gv) in gx[dst..dst + c].iter_mut().zip(&gcols[src..src + c]) {
+                                *a += gv;
+                            }
+                        }
+                    }
+                }
+            }
+            vec![
+                (x, Tensor::from_vec(x.shape(), gx)?),
+                (w, Tensor::from_vec(w.shape(), gw)?),
+            ]
+        }
+        // y = max_t x: the gradient goes to the maxima, split equally among
+        // ties (TensorFlow's rule, and what central differences measure)
+        Op::MaxOverTime(x) => {
+            let (b, t, c) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+            let (xd, yd) = (x.value().data(), y.data());
+            let mut v = vec![0f32; b * t * c];
+            for bi in 0..b {
+                for ci in 0..c {
+                    let m = yd[bi * c + ci];
+                    let ties = (0..t).filter(|&ti| xd[(bi * t + ti) * c + ci] == m).count().max(1) as f32;
+                    for ti in 0..t {
+                        if xd[(bi * t + ti) * c + ci] == m {
+                            v[(bi * t + ti) * c + ci] = gd[bi * c + ci] / ties;
+                        }
+                    }
+                }
+            }
+            vec![(x, Tensor::from_vec(x.shape(), v)?)]
+        }
+        // mean(max(z, 0) - z y + ln(1 + e^-|z|)): d/dz = (sigmoid(z) - y) / n
+        Op::BceLogits(z, labels) => {
+            let n = labels.len().max(1) as f32;
+            let v = z
+                .value()
+                .data()
+                .iter()
+                .zip(labels)
+                .map(|(&z, &l)| gd[0] * (sigmoid(z) - l) / n)
+                .collect();
+            vec![(z, Tensor::from_vec(z.shape(), v)?)]
+        }
+        // mean(-(y ln p + (1 - y) ln(1 - p))), p clipped: d/dp = (p - y) / (p (1 - p)) / n
+        // inside the clip range, 0 outside (the clip's derivative)
+        Op::BceProbs(p, labels) => {
+            let n = labels.len().max(1) as f32;
+            let v = p
+                .value()
+                .data()
+                .iter()
+                .zip(labels)
+                .map(|(&p, &l)| {
+                    if p > EPS && p < 1.0 - EPS {
+                        gd[0] * (p - l) / (p * (1.0 - p)) / n
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            vec![(p, Tensor::from_vec(p.shape(), v)?)]
+        }
     })
 }
 
@@ -685,6 +1072,112 @@ mod tests {
         // A scalar broadcast against a matrix: its gradient is the sum.
         let s = t(&[1], &[0.7]);
         check_grad(&s, |v| v.mul(&Var::constant(x.clone())).unwrap().sum().unwrap());
+    }
+
+    #[test]
+    fn structural_ops_and_losses_match_finite_differences() {
+        let x = t(
+            &[2, 3, 2],
+            &[0.3, -0.8, 1.2, 0.5, -0.1, 0.9, 0.7, -0.4, 0.2, 1.1, -0.6, 0.4],
+        );
+        let probe = Var::constant(t(
+            &[2, 5, 2],
+            &(0..20).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(),
+        ));
+        let other = Var::constant(t(&[2, 2, 2], &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]));
+        // concat along time (with a constant), then a weighted sum
+        check_grad(&x, |v| {
+            Var::concat(&[v.clone(), other.clone()], 1)
+                .unwrap()
+                .mul(&probe)
+                .unwrap()
+                .sum()
+                .unwrap()
+        });
+        check_grad(&x, |v| v.slice(1, 1, 2).unwrap().tanh().unwrap().sum().unwrap());
+        check_grad(&x, |v| v.slice(2, 1, 1).unwrap().exp().unwrap().sum().unwrap());
+        // gather rows of a table, a row read twice
+        let table = t(&[3, 2], &[0.5, -0.2, 0.1, 0.9, -0.7, 0.3]);
+        let w = Var::constant(t(&[2, 2, 2], &[1.0, 2.0, -1.0, 0.5, 0.3, -0.8, 1.5, 0.2]));
+        check_grad(&table, |v| {
+            v.gather(&[2, 0, 2, 1], &[2, 2])
+                .unwrap()
+                .mul(&w)
+                .unwrap()
+                .sum()
+                .unwrap()
+        });
+        // conv1d, 'same' (k = 3: pad 1 + 1) and 'valid', gradients in x and w
+        let k = t(
+            &[3, 2, 2],
+            &[0.2, -0.1, 0.4, 0.3, -0.5, 0.6, 0.1, 0.2, -0.3, 0.7, 0.5, -0.4],
+        );
+        let kv = Var::constant(k.clone());
+        let xv = Var::constant(x.clone());
+        let p3 = Var::constant(t(
+            &[2, 3, 2],
+            &[0.5, -1.0, 2.0, 0.3, -0.2, 1.0, 0.7, 0.1, -0.9, 0.4, 0.8, -0.6],
+        ));
+        check_grad(&x, |v| v.conv1d(&kv, 1, 1).unwrap().mul(&p3).unwrap().sum().unwrap());
+        check_grad(&k, |w| xv.conv1d(w, 1, 1).unwrap().mul(&p3).unwrap().sum().unwrap());
+        check_grad(&k, |w| xv.conv1d(w, 0, 0).unwrap().sigmoid().unwrap().sum().unwrap());
+        // even kernel, Keras 'same' pads 0 left, 1 right
+        let k2 = Var::constant(t(&[2, 2, 1], &[0.3, -0.2, 0.5, 0.1]));
+        check_grad(&x, |v| v.conv1d(&k2, 0, 1).unwrap().tanh().unwrap().sum().unwrap());
+        // global max pooling, with ties (two equal maxima share the gradient)
+        let tied = t(&[1, 4, 2], &[1.0, 0.2, 3.0, -0.5, 3.0, 0.4, 2.0, 0.4]);
+        let pw = Var::constant(t(&[1, 2], &[1.5, -2.0]));
+        check_grad(&tied, |v| v.max_over_time().unwrap().mul(&pw).unwrap().sum().unwrap());
+        check_grad(&x, |v| {
+            v.conv1d(&kv, 1, 1)
+                .unwrap()
+                .relu()
+                .unwrap()
+                .max_over_time()
+                .unwrap()
+                .sum()
+                .unwrap()
+        });
+        // binary cross-entropy from logits and from probabilities
+        let z = t(&[4, 1], &[2.0, -1.0, 0.3, -3.0]);
+        check_grad(&z, |v| v.bce_with_logits(&[1.0, 0.0, 1.0, 1.0]).unwrap());
+        check_grad(&z, |v| v.sigmoid().unwrap().bce(&[1.0, 0.0, 1.0, 1.0]).unwrap());
+        // broadcasting: (2, 3, 2) with (3, 1) and (2, 1, 2)
+        let b1 = t(&[3, 1], &[0.5, -1.0, 2.0]);
+        check_grad(&b1, |v| {
+            Var::constant(x.clone())
+                .mul(v)
+                .unwrap()
+                .div(&Var::constant(t(&[1], &[1.5])))
+                .unwrap()
+                .sum()
+                .unwrap()
+        });
+        let b2 = t(&[2, 1, 2], &[0.5, -1.0, 2.0, 0.3]);
+        check_grad(&b2, |v| {
+            v.sub(&Var::constant(x.clone())).unwrap().tanh().unwrap().sum().unwrap()
+        });
+    }
+
+    #[test]
+    fn losses_are_stable_and_check_labels() {
+        let z = Var::constant(t(&[2], &[100.0, -100.0]));
+        let l = z.bce_with_logits(&[1.0, 0.0]).unwrap().value().data()[0];
+        assert!(l.is_finite() && l < 1e-6, "{l}");
+        let p = Var::constant(t(&[2], &[1.0, 0.0]));
+        assert!(
+            p.bce(&[0.0, 1.0]).unwrap().value().data()[0].is_finite(),
+            "clipped, not infinite"
+        );
+        assert!(z.bce_with_logits(&[1.0, 2.0]).is_err());
+        assert!(z.bce_with_logits(&[1.0]).is_err());
+        let x = Var::constant(t(&[1, 2, 1], &[1.0, 2.0]));
+        assert!(x.slice(1, 1, 2).is_err());
+        assert!(Var::constant(t(&[2, 2], &[0.0; 4])).gather(&[2], &[1]).is_err());
+        assert!(
+            x.conv1d(&Var::constant(t(&[3, 1, 1], &[1.0; 3])), 0, 0).is_err(),
+            "kernel longer than input"
+        );
     }
 
     #[test]
