@@ -1,7 +1,7 @@
 //! Reverse-mode automatic differentiation on [`Tensor`]s.
 //!
 //! A [`Var`] is a value plus, only when one of its inputs needs a gradient,
-//! the operation that made it ([`Op`], which holds its inputs). Inference on
+//! the operation that made it (an `Op`, which holds its inputs). Inference on
 //! constants therefore records nothing: each op's result drops its inputs at
 //! once. [`Var::backward`] sorts the recorded graph topologically and applies
 //! each op's derivative (all of them in one `match`, formula beside each),
