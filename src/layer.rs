@@ -593,3 +593,36 @@ impl ElmoEmbedding {
         Ok(layer)
     }
 }
+
+impl crate::nn::Layer for ElmoEmbedding {
+    fn kind(&self) -> &'static str {
+        "ELMoEmbedding"
+    }
+    fn stem(&self) -> &'static str {
+        "elmo_embedding"
+    }
+    fn build(&mut self, input: &[usize], _rng: &mut crate::rng::Rng) -> Result<Vec<usize>> {
+        let &[t] = input else {
+            return Err(Error::Shape(format!(
+                "expects (batch, max_len) token ids, got (batch, {})",
+                crate::nn::dims(input)
+            )));
+        };
+        Ok(self.output_shape(&[1, t])?[1..].to_vec())
+    }
+    fn forward(&self, x: &Var, _ctx: &mut crate::nn::Ctx) -> Result<Var> {
+        self.call(&TokenIds::from_tensor(x.value())?)
+    }
+    fn params(&self) -> Vec<Param> {
+        ElmoEmbedding::params(self)
+    }
+    fn frozen_weight_count(&self) -> usize {
+        self.model
+            .file()
+            .tensors
+            .iter()
+            .filter(|(name, _)| !name.starts_with("aggregation/"))
+            .map(|(_, t)| t.len())
+            .sum()
+    }
+}

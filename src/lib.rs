@@ -19,10 +19,13 @@ pub mod layer;
 pub mod mix;
 pub mod model;
 pub mod model_file;
+pub mod nn;
 pub mod npz;
 pub mod optim;
 pub mod options;
+pub mod rng;
 pub mod tensor;
+pub mod train;
 
 pub use chars::{CharIds, encode_batch};
 pub use error::{Error, Result};
