@@ -6,8 +6,9 @@
 //! * `.npy` format versions 1.0, 2.0 and 3.0, C order, little-endian dtypes
 //!   `<f4`, `<f8`, `<i4`, `<i8`, `|u1`, `|i1` (widened to `i32`) and `|b1`;
 //! * `.npz` archives whose entries are *stored* (what `np.savez` writes),
-//!   including ZIP64 archives; deflated entries (`np.savez_compressed`) are
-//!   refused. Every entry's CRC-32 is checked.
+//!   including ZIP64 archives, and deflated entries (`np.savez_compressed`,
+//!   inflated up to their declared size and no further). Every entry's CRC-32
+//!   is checked.
 //!
 //! [`NpzWriter`] writes stored `.npz` archives that `numpy.load` reads, with
 //! `.npy` headers laid out byte-for-byte as `np.save` lays them out, switching
@@ -464,13 +465,8 @@ fn element_count(shape: &[usize]) -> Result<usize> {
         .ok_or_else(|| npz_err(format!("shape {} has too many elements", shape_text(shape))))
 }
 
-/// Parses a complete `.npy` file held in memory.
-///
-/// Accepts format versions 1.0, 2.0 and 3.0 with C-order data of dtype
-/// `<f4`, `<f8`, `<i4`, `<i8`, `|u1` (or `<u1`), `|i1` (widened to
-/// [`NpyData::I32`]) or `|b1`. The data must be exactly as long as the shape
-/// and dtype say.
-pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray> {
+/// Parses a `.npy` header: the header and where the data starts.
+fn npy_header_of(bytes: &[u8]) -> Result<(NpyHeader, usize)> {
     if bytes.get(..NPY_MAGIC.len()) != Some(&NPY_MAGIC[..]) {
         return Err(npz_err("not a .npy file (bad magic string)"));
     }
@@ -507,6 +503,17 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray> {
         pos: 0,
     }
     .dict()?;
+    Ok((header, header_end))
+}
+
+/// Parses a complete `.npy` file held in memory.
+///
+/// Accepts format versions 1.0, 2.0 and 3.0 with C-order data of dtype
+/// `<f4`, `<f8`, `<i4`, `<i8`, `|u1` (or `<u1`), `|i1` (widened to
+/// [`NpyData::I32`]) or `|b1`. The data must be exactly as long as the shape
+/// and dtype say.
+pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray> {
+    let (header, header_end) = npy_header_of(bytes)?;
     let dtype = DType::from_descr(&header.descr)?;
     if header.fortran_order {
         return Err(npz_err(
@@ -715,7 +722,22 @@ fn apply_zip64_extra(extra: &[u8], uncompressed: &mut u64, compressed: &mut u64,
 /// One stored member of the archive, its CRC verified.
 struct ZipEntry<'a> {
     name: String,
-    data: &'a [u8],
+    data: Cow<'a, [u8]>,
+}
+
+/// Inflates a raw deflate stream that must hold exactly `size` bytes; never
+/// allocates or reads beyond `size + 1` (a lying header cannot balloon memory).
+fn inflate(raw: &[u8], size: usize) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(size.min(raw.len().saturating_mul(1032)));
+    flate2::read::DeflateDecoder::new(raw)
+        .take(size as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("invalid deflate data: {e}"))?;
+    if out.len() != size {
+        return Err(format!("inflates to {} bytes, the directory says {size}", out.len()));
+    }
+    Ok(out)
 }
 
 /// Reads the next central-directory entry and returns its checked data.
@@ -752,20 +774,12 @@ fn read_entry<'a>(cd: &mut ByteReader<'_>, before_cd: &'a [u8]) -> Result<ZipEnt
     if flags & FLAG_ENCRYPTED != 0 {
         return Err(fail("encrypted entries are not supported".into()));
     }
-    match method {
-        METHOD_STORED => {}
-        METHOD_DEFLATE => {
-            return Err(fail(
-                "entry is deflate-compressed: compressed npz not supported, use np.savez".into(),
-            ));
-        }
-        m => {
-            return Err(fail(format!(
-                "compression method {m} not supported (only stored entries, as np.savez writes)"
-            )));
-        }
+    if method != METHOD_STORED && method != METHOD_DEFLATE {
+        return Err(fail(format!(
+            "compression method {method} not supported (only stored or deflated entries)"
+        )));
     }
-    if compressed != uncompressed {
+    if method == METHOD_STORED && compressed != uncompressed {
         return Err(fail(format!(
             "stored entry has compressed size {compressed} but uncompressed size {uncompressed}"
         )));
@@ -784,10 +798,15 @@ fn read_entry<'a>(cd: &mut ByteReader<'_>, before_cd: &'a [u8]) -> Result<ZipEnt
         return Err(fail("local file header names another file".into()));
     }
     local.take(local_extra_len)?;
-    let data = local
+    let raw = local
         .take(to_usize(compressed, "entry size")?)
         .map_err(|e| with_context(e, format!("entry '{name}'")))?;
-    let actual = crc32fast::hash(data);
+    let data: Cow<'a, [u8]> = if method == METHOD_DEFLATE {
+        Cow::Owned(inflate(raw, to_usize(uncompressed, "entry size")?).map_err(&fail)?)
+    } else {
+        Cow::Borrowed(raw)
+    };
+    let actual = crc32fast::hash(&data);
     if actual != crc {
         return Err(fail(format!(
             "CRC-32 mismatch (central directory says {crc:08x}, data has {actual:08x}): corrupt archive"
@@ -825,10 +844,31 @@ pub fn read_npz_bytes(bytes: &[u8]) -> Result<BTreeMap<String, NpyArray>> {
         if arrays.contains_key(&key) {
             return Err(npz_err(format!("array '{key}' appears twice in the archive")));
         }
-        let array = parse_npy(entry.data).map_err(|e| with_context(e, format!("entry '{}'", entry.name)))?;
+        let array = parse_npy(&entry.data).map_err(|e| with_context(e, format!("entry '{}'", entry.name)))?;
         arrays.insert(key, array);
     }
     Ok(arrays)
+}
+
+/// The raw `.npy` bytes of every entry of an `.npz` archive (inflated and
+/// CRC-checked), for arrays [`parse_npy`] does not decode (object arrays).
+pub fn read_npz_raw(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
+    Ok(read_zip_entries(bytes)?
+        .into_iter()
+        .map(|e| {
+            (
+                e.name.strip_suffix(".npy").unwrap_or(&e.name).to_string(),
+                e.data.into_owned(),
+            )
+        })
+        .collect())
+}
+
+/// Splits a `.npy` file into its header's `(descr, shape)` and the data bytes
+/// that follow, without decoding them (for object arrays, a pickle stream).
+pub fn split_npy(bytes: &[u8]) -> Result<(String, Vec<usize>, &[u8])> {
+    let (header, end) = npy_header_of(bytes)?;
+    Ok((header.descr, header.shape, &bytes[end..]))
 }
 
 /// Reads every array of an `.npz` file, keyed by entry name without its
@@ -1446,8 +1486,8 @@ mod tests {
             // Deflated entry.
             let mut deflated = good.clone();
             set_method(&mut deflated, METHOD_DEFLATE);
-            let msg = read_npz_bytes(&deflated).unwrap_err().to_string();
-            assert!(msg.contains("compressed npz not supported, use np.savez"), "{msg}");
+            // (stored bytes relabelled as deflate are not a valid deflate stream)
+            assert!(read_npz_bytes(&deflated).is_err());
             set_method(&mut deflated, 12);
             assert!(read_npz_bytes(&deflated).is_err());
             // Every single-byte corruption gives a result, never a panic.

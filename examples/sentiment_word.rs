@@ -1,0 +1,74 @@
+//! The word-level example of the original Keras `ELMoEmbedding` layer,
+//! line by line:
+//!
+//! ```python
+//! model = Sequential()
+//! model.add(ELMoEmbedding(idx2word=idx2word, output_mode="elmo", trainable=False))
+//! model.add(Conv1D(filters=50, kernel_size=3, padding='same', activation='relu'))
+//! model.add(GlobalMaxPooling1D())
+//! model.add(Dropout(0.5))
+//! model.add(Dense(50, activation='relu'))
+//! model.add(Dense(1, activation='sigmoid'))
+//! model.compile(loss='binary_crossentropy', optimizer=Adam(lr=0.001), metrics=['accuracy'])
+//! model.fit(x_train, y_train, batch_size=2, epochs=5, validation_data=(x_test, y_test))
+//! ```
+//!
+//! `cargo run --release --example sentiment_word [-- --aclimdb DIR | --model M ...]`
+
+mod common;
+
+use elmo::layer::{ElmoEmbedding, OutputMode};
+use elmo::nn::{Act, Conv1D, Dense, Dropout, GlobalMaxPooling1D, Padding};
+use elmo::optim::Adam;
+use elmo::train::{FitOptions, Loss, Metric, Sequential};
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> elmo::Result<()> {
+    let args = common::args();
+    let (vocab, x_train, y_train, x_test, y_test, source) = common::data(&args)?;
+    println!(
+        "data: {source}: {} training, {} validation reviews",
+        x_train.shape()[0],
+        x_test.shape()[0]
+    );
+    let elmo_model = common::model(&args)?;
+
+    let mut model = Sequential::new(1);
+    model.add(ElmoEmbedding::new(
+        elmo_model,
+        vocab.idx2word.clone(),
+        OutputMode::Elmo,
+        false,
+    )?);
+    model.add(Conv1D::new(50, 3, Padding::Same, Act::Relu));
+    model.add(GlobalMaxPooling1D);
+    model.add(Dropout::new(0.5));
+    model.add(Dense::new(50, Act::Relu));
+    model.add(Dense::new(1, Act::Sigmoid));
+    model.build(&[args.maxlen])?;
+    model.compile(Loss::BinaryCrossentropy, Adam::new(0.001), &[Metric::Accuracy]);
+    print!("{}", model.summary()?);
+    let history = model.fit(
+        &x_train,
+        &y_train,
+        &FitOptions {
+            batch_size: 2,
+            epochs: args.epochs,
+            validation_data: Some((&x_test, &y_test)),
+            ..FitOptions::default()
+        },
+    )?;
+    let per_epoch: f64 = history.epoch_seconds.iter().sum::<f64>() / history.epoch_seconds.len().max(1) as f64;
+    println!(
+        "final: accuracy {:.4}, val_accuracy {:.4}, {per_epoch:.1} s per epoch",
+        history.accuracy.last().unwrap_or(&0.0),
+        history.val_accuracy.last().unwrap_or(&0.0)
+    );
+    Ok(())
+}
