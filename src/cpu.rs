@@ -119,10 +119,172 @@ pub fn gemm_ref(
     }
 }
 
+/// Rows per register tile of [`gemm_rows`].
+const MR: usize = 4;
+
+/// `C = A W` for the recurrent products of the LSTM: `A` is `m x k` (rows
+/// `lda` apart), `W` is `k x n` row-major (rows `n` apart), `C` is `m x n`
+/// (rows `ldc` apart), overwritten.
+///
+/// Unlike [`gemm`], it packs nothing (a step at batch 1 would otherwise copy
+/// the whole 32 MiB recurrent matrix to multiply it once) and every element
+/// of `C` is the same sequence of fused multiply-adds over `p = 0..k`
+/// whatever `m` is: a sentence's result does not depend on its batch,
+/// bitwise. Register tiles of 4 rows x 16 columns, `wide::f32x8`.
+///
+/// # Panics
+/// When a slice is too short for the sizes given (a caller bug).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_rows(m: usize, k: usize, n: usize, a: &[f32], lda: usize, w: &[f32], c: &mut [f32], ldc: usize) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(lda >= k && a.len() >= (m - 1) * lda + k, "gemm_rows: A too small");
+    assert!(w.len() >= k * n, "gemm_rows: W too small");
+    assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "gemm_rows: C too small");
+    let mut r = 0;
+    while r < m {
+        let mr = MR.min(m - r);
+        match mr {
+            4 => tile_rows::<4>(&a[r * lda..], lda, k, n, w, &mut c[r * ldc..], ldc),
+            3 => tile_rows::<3>(&a[r * lda..], lda, k, n, w, &mut c[r * ldc..], ldc),
+            2 => tile_rows::<2>(&a[r * lda..], lda, k, n, w, &mut c[r * ldc..], ldc),
+            _ => tile_rows::<1>(&a[r * lda..], lda, k, n, w, &mut c[r * ldc..], ldc),
+        }
+        r += mr;
+    }
+}
+
+/// `R` rows of [`gemm_rows`]: 16-column tiles, then 8, then scalar columns,
+/// each accumulated over `p` in order with one fused multiply-add per term.
+#[inline(always)]
+fn tile_rows<const R: usize>(a: &[f32], lda: usize, k: usize, n: usize, w: &[f32], c: &mut [f32], ldc: usize) {
+    use wide::f32x8;
+    let load = |s: &[f32]| f32x8::from(<[f32; 8]>::try_from(&s[..8]).expect("8 lanes"));
+    let mut j = 0;
+    while j + 16 <= n {
+        let mut acc = [[f32x8::ZERO; 2]; R];
+        for p in 0..k {
+            let row = &w[p * n + j..p * n + j + 16];
+            let (w0, w1) = (load(row), load(&row[8..]));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let x = f32x8::splat(a[i * lda + p]);
+                acc[0] = x.mul_add(w0, acc[0]);
+                acc[1] = x.mul_add(w1, acc[1]);
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            c[i * ldc + j..i * ldc + j + 8].copy_from_slice(&acc[0].to_array());
+            c[i * ldc + j + 8..i * ldc + j + 16].copy_from_slice(&acc[1].to_array());
+        }
+        j += 16;
+    }
+    while j + 8 <= n {
+        let mut acc = [f32x8::ZERO; R];
+        for p in 0..k {
+            let w0 = load(&w[p * n + j..]);
+            for (i, acc) in acc.iter_mut().enumerate() {
+                *acc = f32x8::splat(a[i * lda + p]).mul_add(w0, *acc);
+            }
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            c[i * ldc + j..i * ldc + j + 8].copy_from_slice(&acc.to_array());
+        }
+        j += 8;
+    }
+    for j in j..n {
+        for i in 0..R {
+            let mut s = 0f32;
+            for p in 0..k {
+                s = a[i * lda + p].mul_add(w[p * n + j], s);
+            }
+            c[i * ldc + j] = s;
+        }
+    }
+}
+
 /// The logistic function `1 / (1 + exp(-x))`.
 #[inline]
 pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
+}
+
+/// Vectorised sigmoid of 8 lanes (the input is clamped to [-80, 80], where
+/// f32 sigmoid is already 0 or 1 to the last bit, so `exp` stays finite).
+#[inline(always)]
+pub fn sigmoid8(x: wide::f32x8) -> wide::f32x8 {
+    use wide::f32x8;
+    let x = x.fast_max(f32x8::splat(-80.0)).fast_min(f32x8::splat(80.0));
+    f32x8::ONE / (f32x8::ONE + (-x).exp())
+}
+
+/// Vectorised tanh of 8 lanes: `1 - 2 / (exp(2x) + 1)`, input clamped to
+/// [-40, 40] (tanh is +-1 in f32 well before).
+#[inline(always)]
+pub fn tanh8(x: wide::f32x8) -> wide::f32x8 {
+    use wide::f32x8;
+    let x = x.fast_max(f32x8::splat(-40.0)).fast_min(f32x8::splat(40.0));
+    f32x8::ONE - f32x8::splat(2.0) / ((x + x).exp() + f32x8::ONE)
+}
+
+/// One LSTM cell update for one sentence, in place: gates `z = zx + zh +
+/// bias` (each `4U`, order i, j, f, o), `c = clip(sigmoid(f + 1) c +
+/// sigmoid(i) tanh(j))`, `m = sigmoid(o) tanh(c)` (before the projection).
+/// 8 lanes at a time with `wide`; [`lstm_cell_ref`] is the scalar reference.
+pub fn lstm_cell(zx: &[f32], zh: &[f32], bias: &[f32], c: &mut [f32], m: &mut [f32], cell_clip: Option<f32>) {
+    use wide::f32x8;
+    let u = c.len();
+    let load = |s: &[f32], o: usize| f32x8::from(<[f32; 8]>::try_from(&s[o..o + 8]).expect("8 lanes"));
+    let (lo, hi) = match cell_clip {
+        Some(cc) => (f32x8::splat(-cc), f32x8::splat(cc)),
+        None => (f32x8::splat(f32::NEG_INFINITY), f32x8::splat(f32::INFINITY)),
+    };
+    let mut k = 0;
+    while k + 8 <= u {
+        let g = |q: usize| load(zx, q * u + k) + load(zh, q * u + k) + load(bias, q * u + k);
+        let (gi, gj, gf, go) = (g(0), g(1), g(2), g(3));
+        let cn = sigmoid8(gf + f32x8::ONE) * load(c, k) + sigmoid8(gi) * tanh8(gj);
+        let cn = cn.fast_max(lo).fast_min(hi);
+        c[k..k + 8].copy_from_slice(&cn.to_array());
+        m[k..k + 8].copy_from_slice(&(sigmoid8(go) * tanh8(cn)).to_array());
+        k += 8;
+    }
+    lstm_cell_ref_range(zx, zh, bias, c, m, cell_clip, k);
+}
+
+/// Scalar reference of [`lstm_cell`].
+pub fn lstm_cell_ref(zx: &[f32], zh: &[f32], bias: &[f32], c: &mut [f32], m: &mut [f32], cell_clip: Option<f32>) {
+    lstm_cell_ref_range(zx, zh, bias, c, m, cell_clip, 0);
+}
+
+fn lstm_cell_ref_range(zx: &[f32], zh: &[f32], bias: &[f32], c: &mut [f32], m: &mut [f32], cc: Option<f32>, from: usize) {
+    let u = c.len();
+    for k in from..u {
+        let g = |q: usize| zx[q * u + k] + zh[q * u + k] + bias[q * u + k];
+        let cn = clip(sigmoid(g(2) + 1.0) * c[k] + sigmoid(g(0)) * g(1).tanh(), cc);
+        c[k] = cn;
+        m[k] = sigmoid(g(3)) * cn.tanh();
+    }
+}
+
+/// Highway blend in place: `x = g t + (1 - g) x` with `g = sigmoid(carry)`,
+/// `t = relu(transform)`; vectorised, scalar tail.
+pub fn highway_blend(x: &mut [f32], carry: &[f32], transform: &[f32]) {
+    use wide::f32x8;
+    let load = |s: &[f32], o: usize| f32x8::from(<[f32; 8]>::try_from(&s[o..o + 8]).expect("8 lanes"));
+    let n = x.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        let g = sigmoid8(load(carry, i));
+        let t = load(transform, i).fast_max(f32x8::ZERO);
+        let v = g * t + (f32x8::ONE - g) * load(x, i);
+        x[i..i + 8].copy_from_slice(&v.to_array());
+        i += 8;
+    }
+    for i in i..n {
+        let g = sigmoid(carry[i]);
+        x[i] = g * transform[i].max(0.0) + (1.0 - g) * x[i];
+    }
 }
 
 /// Adds `bias` to every row of the `rows x bias.len()` matrix `x`.
@@ -177,6 +339,58 @@ mod tests {
                 assert!(maxdiff < 1e-4, "maxdiff {maxdiff} for {m}x{k}x{n}");
             }
         }
+    }
+
+    #[test]
+    fn gemm_rows_matches_reference_and_is_row_independent() {
+        for &(m, k, n) in &[(1, 1, 1), (1, 7, 40), (3, 16, 24), (4, 33, 17), (9, 64, 129), (32, 40, 64)] {
+            let a = fill(m * k, 5);
+            let w = fill(k * n, 6);
+            let mut c1 = vec![0f32; m * n];
+            let mut c2 = vec![0f32; m * n];
+            gemm_rows(m, k, n, &a, k, &w, &mut c1, n);
+            gemm_ref(m, k, n, &a, k, &w, n, &mut c2, n, false);
+            let maxdiff = c1.iter().zip(&c2).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            assert!(maxdiff < 1e-4, "maxdiff {maxdiff} for {m}x{k}x{n}");
+            // Each row alone gives the same bits as inside the batch.
+            for r in 0..m {
+                let mut one = vec![0f32; n];
+                gemm_rows(1, k, n, &a[r * k..], k, &w, &mut one, n);
+                assert_eq!(one, c1[r * n..(r + 1) * n], "row {r} of {m}x{k}x{n}");
+            }
+        }
+    }
+
+    #[test]
+    fn vector_kernels_match_scalar_references() {
+        let u = 21; // two vectors and a scalar tail
+        let (zx, zh, bias) = (fill(4 * u, 1), fill(4 * u, 2), fill(4 * u, 3));
+        let zx: Vec<f32> = zx.iter().map(|v| v * 6.0).collect();
+        for clip in [None, Some(0.5)] {
+            let (mut c1, mut m1) = (fill(u, 4), vec![0f32; u]);
+            let (mut c2, mut m2) = (c1.clone(), vec![0f32; u]);
+            lstm_cell(&zx, &zh, &bias, &mut c1, &mut m1, clip);
+            lstm_cell_ref(&zx, &zh, &bias, &mut c2, &mut m2, clip);
+            for (a, b) in c1.iter().zip(&c2).chain(m1.iter().zip(&m2)) {
+                assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+            }
+        }
+        let xs: Vec<f32> = (-800..800).map(|i| i as f32 * 0.125).collect();
+        for ch in xs.chunks_exact(8) {
+            let v = wide::f32x8::from(<[f32; 8]>::try_from(ch).unwrap());
+            for ((s, t), &x) in sigmoid8(v).to_array().iter().zip(tanh8(v).to_array()).zip(ch) {
+                assert!((s - sigmoid(x)).abs() < 2e-7, "sigmoid({x})");
+                assert!((t - x.tanh()).abs() < 5e-7, "tanh({x})");
+            }
+        }
+        let (mut x1, carry, tr) = (fill(19, 7), fill(19, 8), fill(19, 9));
+        let mut x2 = x1.clone();
+        highway_blend(&mut x1, &carry, &tr);
+        for i in 0..19 {
+            let g = sigmoid(carry[i]);
+            x2[i] = g * tr[i].max(0.0) + (1.0 - g) * x2[i];
+        }
+        assert!(x1.iter().zip(&x2).all(|(a, b)| (a - b).abs() < 1e-6));
     }
 
     #[test]

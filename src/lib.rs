@@ -27,6 +27,7 @@ pub mod options;
 pub mod pickle;
 pub mod rng;
 pub mod tensor;
+pub mod tfckpt;
 pub mod train;
 
 pub use chars::{CharIds, encode_batch};

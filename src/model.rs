@@ -8,7 +8,7 @@
 //! embedding, F = filters, P = projection, U = LSTM cell size, L = layers.
 
 use crate::chars::{CharIds, encode_batch};
-use crate::cpu::{add_bias, clip, gemm, sigmoid};
+use crate::cpu::{add_bias, clip, gemm, gemm_rows, highway_blend, lstm_cell};
 use crate::error::{Error, Result};
 use crate::model_file::{ModelFile, lstm_name};
 use crate::options::{Activation, Options};
@@ -538,10 +538,7 @@ impl ElmoModel {
             add_bias(&mut carry, hw.b_carry.data());
             gemm(n, f, f, &x, f, hw.w_transform.data(), f, &mut trans, f, false);
             add_bias(&mut trans, hw.b_transform.data());
-            for ((xv, &g), &t) in x.iter_mut().zip(&carry).zip(&trans) {
-                let g = sigmoid(g);
-                *xv = g * t.max(0.0) + (1.0 - g) * *xv;
-            }
+            highway_blend(&mut x, &carry, &trans);
             if keep {
                 highway.push(x.clone());
             }
@@ -601,25 +598,15 @@ impl ElmoModel {
                     hbuf[r * p..(r + 1) * p].copy_from_slice(&hs[i * p..(i + 1) * p]);
                 }
                 // (na, 4U) = m_{t-1} (na, P) x W_h (P, 4U)
-                gemm(na, p, 4 * u, &hbuf, p, w_h, 4 * u, &mut zbuf, 4 * u, false);
+                gemm_rows(na, p, 4 * u, &hbuf, p, w_h, &mut zbuf, 4 * u);
                 for (r, &i) in active.iter().enumerate() {
+                    // z = [x, m] W + b, gates i, j, f, o; forget bias 1.0 at run time.
                     let zxr = &zx[(segs[i].0 + t) * 4 * u..(segs[i].0 + t + 1) * 4 * u];
                     let zr = &zbuf[r * 4 * u..(r + 1) * 4 * u];
-                    let cr = &mut cs[i * u..(i + 1) * u];
-                    let mr = &mut mbuf[r * u..(r + 1) * u];
-                    for k in 0..u {
-                        // z = [x, m] W + b, gates i, j, f, o; forget bias 1.0 at run time.
-                        let gi = zxr[k] + zr[k] + bias[k];
-                        let gj = zxr[u + k] + zr[u + k] + bias[u + k];
-                        let gf = zxr[2 * u + k] + zr[2 * u + k] + bias[2 * u + k];
-                        let go = zxr[3 * u + k] + zr[3 * u + k] + bias[3 * u + k];
-                        let cn = clip(sigmoid(gf + 1.0) * cr[k] + sigmoid(gi) * gj.tanh(), lo.cell_clip);
-                        cr[k] = cn;
-                        mr[k] = sigmoid(go) * cn.tanh();
-                    }
+                    lstm_cell(zxr, zr, bias, &mut cs[i * u..(i + 1) * u], &mut mbuf[r * u..(r + 1) * u], lo.cell_clip);
                 }
                 // (na, P) = (sigmoid(o) tanh(c)) (na, U) x W_P (U, P), then the clip.
-                gemm(na, u, p, &mbuf, u, wp, p, &mut pbuf, p, false);
+                gemm_rows(na, u, p, &mbuf, u, wp, &mut pbuf, p);
                 for (r, &i) in active.iter().enumerate() {
                     let row = segs[i].0 + t;
                     for k in 0..p {

@@ -5,6 +5,8 @@ use elmo::layer::OutputMode;
 use elmo::mix::{MixConfig, ScalarMix};
 use elmo::{ElmoModel, Error, LstmState, Result, Tensor};
 use std::io::Write;
+
+mod bench;
 use std::path::{Path, PathBuf};
 
 /// The default model's file name inside `weights/`.
@@ -70,6 +72,31 @@ enum Command {
         #[arg(long)]
         top_only: bool,
     },
+    /// Time the forward pass on a workload (.jsonl); one JSON line per output,
+    /// as the anchors' command contract asks.
+    Bench {
+        /// Converted model.
+        #[arg(long)]
+        model: PathBuf,
+        /// Workload: .jsonl, one batch a line.
+        #[arg(long)]
+        input: PathBuf,
+        /// Timed passes over the whole file.
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        /// Untimed passes first.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Worker threads (the peers use 2).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// `layers` (all layers) or `elmo` (the scalar mix with initial weights).
+        #[arg(long, default_value = "layers")]
+        output: String,
+        /// Split each line into batches of at most this many sentences.
+        #[arg(long)]
+        batch_size: Option<usize>,
+    },
 }
 
 fn main() {
@@ -116,6 +143,15 @@ fn default_model() -> PathBuf {
 
 fn run(cmd: Command) -> Result<()> {
     match cmd {
+        Command::Bench {
+            model,
+            input,
+            runs,
+            warmup,
+            threads,
+            output,
+            batch_size,
+        } => bench::run(&model, &input, runs, warmup, threads, &output, batch_size),
         Command::Convert { options, hdf5, out } => {
             // Progress only for large files; a missing file is reported by
             // the converter, after the options have been checked.
