@@ -126,11 +126,15 @@ const MR: usize = 4;
 /// `lda` apart), `W` is `k x n` row-major (rows `n` apart), `C` is `m x n`
 /// (rows `ldc` apart), overwritten.
 ///
-/// Unlike [`gemm`], it packs nothing (a step at batch 1 would otherwise copy
-/// the whole 32 MiB recurrent matrix to multiply it once) and every element
-/// of `C` is the same sequence of fused multiply-adds over `p = 0..k`
-/// whatever `m` is: a sentence's result does not depend on its batch,
-/// bitwise. Register tiles of 4 rows x 16 columns, `wide::f32x8`.
+/// Every element of `C` is the same sequence of fused multiply-adds,
+/// `c = fma(a[p], w[p], c)` for `p = 0..k` in order, whichever path computes
+/// it, so a sentence's result does not depend on its batch, bitwise. Two
+/// paths, both with `wide::f32x8`:
+/// * up to 4 rows (latency): `W` is streamed once, row after row, into the
+///   rows of `C` (no packing: at batch 1 a step must read the 32 MiB
+///   recurrent matrix once, not copy it);
+/// * more rows (throughput): a panel of `W` (at most 512 KiB) is packed into
+///   16-column strips, then register tiles of 4 rows x 16 columns run over it.
 ///
 /// # Panics
 /// When a slice is too short for the sizes given (a caller bug).
@@ -142,57 +146,64 @@ pub fn gemm_rows(m: usize, k: usize, n: usize, a: &[f32], lda: usize, w: &[f32],
     assert!(lda >= k && a.len() >= (m - 1) * lda + k, "gemm_rows: A too small");
     assert!(w.len() >= k * n, "gemm_rows: W too small");
     assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "gemm_rows: C too small");
-    let mut r = 0;
-    while r < m {
-        let mr = MR.min(m - r);
-        match mr {
-            4 => tile_rows::<4>(&a[r * lda..], lda, k, n, w, &mut c[r * ldc..], ldc),
-            3 => tile_rows::<3>(&a[r * lda..], lda, k, n, w, &mut c[r * ldc..], ldc),
-            2 => tile_rows::<2>(&a[r * lda..], lda, k, n, w, &mut c[r * ldc..], ldc),
-            _ => tile_rows::<1>(&a[r * lda..], lda, k, n, w, &mut c[r * ldc..], ldc),
+    if m <= MR {
+        match m {
+            4 => stream_rows::<4>(a, lda, k, n, w, c, ldc),
+            3 => stream_rows::<3>(a, lda, k, n, w, c, ldc),
+            2 => stream_rows::<2>(a, lda, k, n, w, c, ldc),
+            _ => stream_rows::<1>(a, lda, k, n, w, c, ldc),
         }
-        r += mr;
+    } else {
+        packed_rows(m, k, n, a, lda, w, c, ldc);
     }
 }
 
-/// `R` rows of [`gemm_rows`]: 16-column tiles, then 8, then scalar columns,
-/// each accumulated over `p` in order with one fused multiply-add per term.
-#[inline(always)]
-fn tile_rows<const R: usize>(a: &[f32], lda: usize, k: usize, n: usize, w: &[f32], c: &mut [f32], ldc: usize) {
+fn load8(s: &[f32]) -> wide::f32x8 {
+    wide::f32x8::from(<[f32; 8]>::try_from(&s[..8]).expect("8 lanes"))
+}
+
+/// The small-batch path of [`gemm_rows`] for `R` rows: for each row `p` of
+/// `W`, `C[i, :] += a[i, p] W[p, :]` over the whole row, so `W` is read as one
+/// sequential stream (what hardware prefetchers follow best); `C`'s rows
+/// (64 KiB each for the real model) stay in L2 between rows of `W`.
+fn stream_rows<const R: usize>(a: &[f32], lda: usize, k: usize, n: usize, w: &[f32], c: &mut [f32], ldc: usize) {
     use wide::f32x8;
-    let load = |s: &[f32]| f32x8::from(<[f32; 8]>::try_from(&s[..8]).expect("8 lanes"));
-    let mut j = 0;
-    while j + 16 <= n {
-        let mut acc = [[f32x8::ZERO; 2]; R];
-        for p in 0..k {
-            let row = &w[p * n + j..p * n + j + 16];
-            let (w0, w1) = (load(row), load(&row[8..]));
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let x = f32x8::splat(a[i * lda + p]);
-                acc[0] = x.mul_add(w0, acc[0]);
-                acc[1] = x.mul_add(w1, acc[1]);
+    let vecs = n / 8;
+    for i in 0..R {
+        c[i * ldc..i * ldc + n].fill(0.0);
+    }
+    // Four rows of W per pass over C: four sequential streams, and C is read
+    // and written a quarter as often; the fma order per element is still p.
+    let mut p = 0;
+    while p + 4 <= k {
+        let rows: [&[f32]; 4] = std::array::from_fn(|q| &w[(p + q) * n..(p + q) * n + vecs * 8]);
+        for i in 0..R {
+            let x: [f32x8; 4] = std::array::from_fn(|q| f32x8::splat(a[i * lda + p + q]));
+            let ci = &mut c[i * ldc..i * ldc + vecs * 8];
+            for (v, cv) in ci.chunks_exact_mut(8).enumerate() {
+                let o = v * 8;
+                let mut r = x[0].mul_add(load8(&rows[0][o..]), load8(cv));
+                r = x[1].mul_add(load8(&rows[1][o..]), r);
+                r = x[2].mul_add(load8(&rows[2][o..]), r);
+                r = x[3].mul_add(load8(&rows[3][o..]), r);
+                cv.copy_from_slice(&r.to_array());
             }
         }
-        for (i, acc) in acc.iter().enumerate() {
-            c[i * ldc + j..i * ldc + j + 8].copy_from_slice(&acc[0].to_array());
-            c[i * ldc + j + 8..i * ldc + j + 16].copy_from_slice(&acc[1].to_array());
-        }
-        j += 16;
+        p += 4;
     }
-    while j + 8 <= n {
-        let mut acc = [f32x8::ZERO; R];
-        for p in 0..k {
-            let w0 = load(&w[p * n + j..]);
-            for (i, acc) in acc.iter_mut().enumerate() {
-                *acc = f32x8::splat(a[i * lda + p]).mul_add(w0, *acc);
+    for p in p..k {
+        let row = &w[p * n..p * n + vecs * 8];
+        for i in 0..R {
+            let x = f32x8::splat(a[i * lda + p]);
+            let ci = &mut c[i * ldc..i * ldc + vecs * 8];
+            for (cv, wv) in ci.chunks_exact_mut(8).zip(row.chunks_exact(8)) {
+                let r = x.mul_add(load8(wv), load8(cv));
+                cv.copy_from_slice(&r.to_array());
             }
         }
-        for (i, acc) in acc.iter().enumerate() {
-            c[i * ldc + j..i * ldc + j + 8].copy_from_slice(&acc.to_array());
-        }
-        j += 8;
     }
-    for j in j..n {
+    // Columns past the last full vector: the same fma sequence, scalar.
+    for j in vecs * 8..n {
         for i in 0..R {
             let mut s = 0f32;
             for p in 0..k {
@@ -200,6 +211,89 @@ fn tile_rows<const R: usize>(a: &[f32], lda: usize, k: usize, n: usize, w: &[f32
             }
             c[i * ldc + j] = s;
         }
+    }
+}
+
+thread_local! {
+    /// Packing buffer of [`packed_rows`], reused across calls on a thread.
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The large-batch path of [`gemm_rows`].
+#[allow(clippy::too_many_arguments)]
+fn packed_rows(m: usize, k: usize, n: usize, a: &[f32], lda: usize, w: &[f32], c: &mut [f32], ldc: usize) {
+    // Panel width: 16-column strips, at most 512 KiB of W per panel.
+    let strips_per_panel = ((128 * 1024) / (16 * k.max(1))).max(1);
+    let full = n / 16;
+    PANEL.with(|panel| {
+        let mut panel = panel.borrow_mut();
+        let mut s0 = 0;
+        while s0 < full {
+            let ns = strips_per_panel.min(full - s0);
+            panel.resize(ns * k * 16, 0.0);
+            // Row after row of W (contiguous reads), into 16-column strips.
+            for p in 0..k {
+                let row = &w[p * n + s0 * 16..p * n + (s0 + ns) * 16];
+                for (s, src) in row.chunks_exact(16).enumerate() {
+                    panel[(s * k + p) * 16..(s * k + p + 1) * 16].copy_from_slice(src);
+                }
+            }
+            for s in 0..ns {
+                let j = (s0 + s) * 16;
+                let strip = &panel[s * k * 16..(s + 1) * k * 16];
+                let mut r = 0;
+                while r < m {
+                    // 6 x 16 tiles: 12 accumulators + 2 W vectors + 1 broadcast
+                    // of the 16 AVX2 registers.
+                    let mr = 6.min(m - r);
+                    let (ar, cr) = (&a[r * lda..], &mut c[r * ldc + j..]);
+                    match mr {
+                        6 => tile16::<6>(ar, lda, k, strip, cr, ldc),
+                        5 => tile16::<5>(ar, lda, k, strip, cr, ldc),
+                        4 => tile16::<4>(ar, lda, k, strip, cr, ldc),
+                        3 => tile16::<3>(ar, lda, k, strip, cr, ldc),
+                        2 => tile16::<2>(ar, lda, k, strip, cr, ldc),
+                        _ => tile16::<1>(ar, lda, k, strip, cr, ldc),
+                    }
+                    r += mr;
+                }
+            }
+            s0 += ns;
+        }
+    });
+    // The last n % 16 columns: the streaming kernel on those columns alone.
+    let j0 = full * 16;
+    if j0 < n {
+        let rest = n - j0;
+        let mut cols = vec![0f32; k * rest];
+        for p in 0..k {
+            cols[p * rest..(p + 1) * rest].copy_from_slice(&w[p * n + j0..(p + 1) * n]);
+        }
+        let mut out = vec![0f32; rest];
+        for r in 0..m {
+            stream_rows::<1>(&a[r * lda..], lda, k, rest, &cols, &mut out, rest);
+            c[r * ldc + j0..r * ldc + n].copy_from_slice(&out);
+        }
+    }
+}
+
+/// `R` rows x 16 columns over a packed strip (`k` rows of 16, contiguous).
+#[inline(always)]
+fn tile16<const R: usize>(a: &[f32], lda: usize, k: usize, strip: &[f32], c: &mut [f32], ldc: usize) {
+    use wide::f32x8;
+    let mut acc = [[f32x8::ZERO; 2]; R];
+    let rows: [&[f32]; R] = std::array::from_fn(|i| &a[i * lda..i * lda + k]);
+    for (p, wp) in strip[..k * 16].chunks_exact(16).enumerate() {
+        let (w0, w1) = (load8(wp), load8(&wp[8..]));
+        for (acc, row) in acc.iter_mut().zip(&rows) {
+            let x = f32x8::splat(row[p]);
+            acc[0] = x.mul_add(w0, acc[0]);
+            acc[1] = x.mul_add(w1, acc[1]);
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        c[i * ldc..i * ldc + 8].copy_from_slice(&acc[0].to_array());
+        c[i * ldc + 8..i * ldc + 16].copy_from_slice(&acc[1].to_array());
     }
 }
 
@@ -234,7 +328,7 @@ pub fn tanh8(x: wide::f32x8) -> wide::f32x8 {
 pub fn lstm_cell(zx: &[f32], zh: &[f32], bias: &[f32], c: &mut [f32], m: &mut [f32], cell_clip: Option<f32>) {
     use wide::f32x8;
     let u = c.len();
-    let load = |s: &[f32], o: usize| f32x8::from(<[f32; 8]>::try_from(&s[o..o + 8]).expect("8 lanes"));
+    let load = |s: &[f32], o: usize| load8(&s[o..]);
     let (lo, hi) = match cell_clip {
         Some(cc) => (f32x8::splat(-cc), f32x8::splat(cc)),
         None => (f32x8::splat(f32::NEG_INFINITY), f32x8::splat(f32::INFINITY)),
@@ -257,7 +351,15 @@ pub fn lstm_cell_ref(zx: &[f32], zh: &[f32], bias: &[f32], c: &mut [f32], m: &mu
     lstm_cell_ref_range(zx, zh, bias, c, m, cell_clip, 0);
 }
 
-fn lstm_cell_ref_range(zx: &[f32], zh: &[f32], bias: &[f32], c: &mut [f32], m: &mut [f32], cc: Option<f32>, from: usize) {
+fn lstm_cell_ref_range(
+    zx: &[f32],
+    zh: &[f32],
+    bias: &[f32],
+    c: &mut [f32],
+    m: &mut [f32],
+    cc: Option<f32>,
+    from: usize,
+) {
     let u = c.len();
     for k in from..u {
         let g = |q: usize| zx[q * u + k] + zh[q * u + k] + bias[q * u + k];
@@ -271,7 +373,7 @@ fn lstm_cell_ref_range(zx: &[f32], zh: &[f32], bias: &[f32], c: &mut [f32], m: &
 /// `t = relu(transform)`; vectorised, scalar tail.
 pub fn highway_blend(x: &mut [f32], carry: &[f32], transform: &[f32]) {
     use wide::f32x8;
-    let load = |s: &[f32], o: usize| f32x8::from(<[f32; 8]>::try_from(&s[o..o + 8]).expect("8 lanes"));
+    let load = |s: &[f32], o: usize| load8(&s[o..]);
     let n = x.len();
     let mut i = 0;
     while i + 8 <= n {
@@ -343,7 +445,16 @@ mod tests {
 
     #[test]
     fn gemm_rows_matches_reference_and_is_row_independent() {
-        for &(m, k, n) in &[(1, 1, 1), (1, 7, 40), (3, 16, 24), (4, 33, 17), (9, 64, 129), (32, 40, 64)] {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (1, 7, 40),
+            (3, 16, 24),
+            (4, 33, 17),
+            (9, 64, 129),
+            (32, 40, 64),
+            (2, 9, 300),
+            (6, 300, 530),
+        ] {
             let a = fill(m * k, 5);
             let w = fill(k * n, 6);
             let mut c1 = vec![0f32; m * n];

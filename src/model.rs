@@ -603,7 +603,14 @@ impl ElmoModel {
                     // z = [x, m] W + b, gates i, j, f, o; forget bias 1.0 at run time.
                     let zxr = &zx[(segs[i].0 + t) * 4 * u..(segs[i].0 + t + 1) * 4 * u];
                     let zr = &zbuf[r * 4 * u..(r + 1) * 4 * u];
-                    lstm_cell(zxr, zr, bias, &mut cs[i * u..(i + 1) * u], &mut mbuf[r * u..(r + 1) * u], lo.cell_clip);
+                    lstm_cell(
+                        zxr,
+                        zr,
+                        bias,
+                        &mut cs[i * u..(i + 1) * u],
+                        &mut mbuf[r * u..(r + 1) * u],
+                        lo.cell_clip,
+                    );
                 }
                 // (na, P) = (sigmoid(o) tanh(c)) (na, U) x W_P (U, P), then the clip.
                 gemm_rows(na, u, p, &mbuf, u, wp, &mut pbuf, p);

@@ -33,6 +33,10 @@ use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+/// Internal results: a message that the caller wraps into an [`Error`]
+/// naming the file and the variable.
+type Msg<T> = std::result::Result<T, String>;
+
 // ---------------------------------------------------------------------------
 // CRC-32C (Castagnoli), software slice-by-8.
 
@@ -154,7 +158,7 @@ fn le_u32(b: &[u8]) -> u32 {
 const SNAPPY_MAX_RATIO: u64 = 22;
 
 /// Decompresses a raw (unframed) Snappy block.
-fn snappy_decompress(src: &[u8]) -> std::result::Result<Vec<u8>, String> {
+fn snappy_decompress(src: &[u8]) -> Msg<Vec<u8>> {
     let mut pos = 0;
     let n = varint(src, &mut pos).ok_or("Snappy block: bad length header")?;
     let bound = (src.len() as u64).saturating_mul(SNAPPY_MAX_RATIO);
@@ -262,13 +266,13 @@ enum Field<'a> {
 }
 
 impl<'a> Field<'a> {
-    fn varint(self, what: &str) -> std::result::Result<u64, String> {
+    fn varint(self, what: &str) -> Msg<u64> {
         match self {
             Field::Varint(v) => Ok(v),
             _ => Err(format!("{what}: wrong wire type, expected a varint")),
         }
     }
-    fn bytes(self, what: &str) -> std::result::Result<&'a [u8], String> {
+    fn bytes(self, what: &str) -> Msg<&'a [u8]> {
         match self {
             Field::Bytes(b) => Ok(b),
             _ => Err(format!("{what}: wrong wire type, expected a length-delimited field")),
@@ -278,10 +282,7 @@ impl<'a> Field<'a> {
 
 /// Calls `visit(field_number, value)` for every field of a message; unknown
 /// fields are the caller's to skip.
-fn parse_proto<'a>(
-    buf: &'a [u8],
-    mut visit: impl FnMut(u64, Field<'a>) -> std::result::Result<(), String>,
-) -> std::result::Result<(), String> {
+fn parse_proto<'a>(buf: &'a [u8], mut visit: impl FnMut(u64, Field<'a>) -> Msg<()>) -> Msg<()> {
     let mut pos = 0;
     while pos < buf.len() {
         let key = varint(buf, &mut pos).ok_or("truncated field tag")?;
@@ -329,6 +330,11 @@ const BLOCK_TRAILER_LEN: usize = 5;
 /// thousands of variables).
 const MAX_INDEX_BYTES: u64 = 256 << 20;
 
+/// A key and its value inside a block.
+type Entry<'a> = (Vec<u8>, &'a [u8]);
+/// A key and its value, copied out of its block.
+type OwnedEntry = (Vec<u8>, Vec<u8>);
+
 #[derive(Debug, Clone, Copy)]
 struct BlockHandle {
     offset: u64,
@@ -343,7 +349,7 @@ fn block_handle(buf: &[u8], pos: &mut usize) -> Option<BlockHandle> {
 }
 
 /// The contents of the block at `h`, its checksum verified, decompressed.
-fn read_block<'a>(file: &'a [u8], h: BlockHandle, what: &str) -> std::result::Result<Cow<'a, [u8]>, String> {
+fn read_block<'a>(file: &'a [u8], h: BlockHandle, what: &str) -> Msg<Cow<'a, [u8]>> {
     let end = h
         .offset
         .checked_add(h.size)
@@ -382,7 +388,7 @@ fn read_block<'a>(file: &'a [u8], h: BlockHandle, what: &str) -> std::result::Re
 }
 
 /// The key/value entries of a block, keys expanded from their shared prefixes.
-fn block_entries(block: &[u8]) -> std::result::Result<Vec<(Vec<u8>, &[u8])>, String> {
+fn block_entries(block: &[u8]) -> Msg<Vec<Entry<'_>>> {
     if block.len() < 4 {
         return Err(format!("block of {} bytes is too short", block.len()));
     }
@@ -424,7 +430,7 @@ fn block_entries(block: &[u8]) -> std::result::Result<Vec<(Vec<u8>, &[u8])>, Str
 }
 
 /// Every key/value pair of a table file, in key order.
-fn read_table(file: &[u8]) -> std::result::Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+fn read_table(file: &[u8]) -> Msg<Vec<OwnedEntry>> {
     if file.len() < FOOTER_LEN {
         return Err(format!(
             "{} bytes: too short for a checkpoint index (a {FOOTER_LEN}-byte footer at least): truncated",
@@ -445,7 +451,7 @@ fn read_table(file: &[u8]) -> std::result::Result<Vec<(Vec<u8>, Vec<u8>)>, Strin
     let _metaindex = block_handle(handles, &mut pos).ok_or("footer: bad metaindex block handle")?;
     let index = block_handle(handles, &mut pos).ok_or("footer: bad index block handle")?;
     let index_block = read_block(file, index, "index")?;
-    let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut out: Vec<OwnedEntry> = Vec::new();
     for (_, value) in block_entries(&index_block).map_err(|e| format!("index block: {e}"))? {
         let mut p = 0;
         let h = block_handle(value, &mut p).ok_or("index block: bad data block handle")?;
@@ -600,7 +606,7 @@ impl Variable {
     }
 }
 
-fn parse_shape(buf: &[u8]) -> std::result::Result<Vec<usize>, String> {
+fn parse_shape(buf: &[u8]) -> Msg<Vec<usize>> {
     let mut shape = Vec::new();
     parse_proto(buf, |num, f| {
         match num {
@@ -623,7 +629,7 @@ fn parse_shape(buf: &[u8]) -> std::result::Result<Vec<usize>, String> {
     Ok(shape)
 }
 
-fn parse_entry(name: &str, buf: &[u8]) -> std::result::Result<Variable, String> {
+fn parse_entry(name: &str, buf: &[u8]) -> Msg<Variable> {
     let mut v = Variable {
         name: name.to_string(),
         dtype: DType::Other(0),
@@ -823,7 +829,13 @@ impl Checkpoint {
                 .chunks_exact(2)
                 .map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]])))
                 .collect(),
-            _ => unreachable!("read_bytes accepts float types only"),
+            other => {
+                return Err(Error::tensor(
+                    &self.index_path,
+                    &v.name,
+                    format!("dtype {other} cannot be read as floats"),
+                ));
+            }
         })
     }
 
@@ -895,7 +907,7 @@ impl Checkpoint {
     }
 }
 
-fn parse_header(buf: &[u8]) -> std::result::Result<u32, String> {
+fn parse_header(buf: &[u8]) -> Msg<u32> {
     let mut num_shards = 0i64;
     let mut endianness = 0u64;
     parse_proto(buf, |num, f| {

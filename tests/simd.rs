@@ -9,6 +9,9 @@ fn avx2_and_fma_are_compiled_in_where_the_cpu_has_them() {
         let cpu = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
         let build = cfg!(target_feature = "avx2") && cfg!(target_feature = "fma");
         eprintln!("cpu has avx2+fma: {cpu}; build uses them: {build}");
-        assert!(!cpu || build, "this CPU has AVX2 and FMA but the build does not use them (see .cargo/config.toml)");
+        assert!(
+            !cpu || build,
+            "this CPU has AVX2 and FMA but the build does not use them (see .cargo/config.toml)"
+        );
     }
 }

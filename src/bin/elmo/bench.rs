@@ -85,7 +85,10 @@ pub fn run(
         } else {
             (times[runs / 2 - 1] + times[runs / 2]) / 2.0
         };
-        let workload = input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let workload = input
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let line = serde_json::json!({
             "runner": "rust",
             "output": output,
