@@ -143,7 +143,8 @@ pub fn gemm_rows(m: usize, k: usize, n: usize, a: &[f32], lda: usize, w: &[f32],
     if m == 0 || n == 0 {
         return;
     }
-    assert!(lda >= k && a.len() >= (m - 1) * lda + k, "gemm_rows: A too small");
+    // (lda < k is allowed: overlapping rows, as the char convolution uses.)
+    assert!(a.len() >= (m - 1) * lda + k, "gemm_rows: A too small");
     assert!(w.len() >= k * n, "gemm_rows: W too small");
     assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "gemm_rows: C too small");
     if m <= MR {
@@ -238,30 +239,10 @@ fn packed_rows(m: usize, k: usize, n: usize, a: &[f32], lda: usize, w: &[f32], c
                     panel[(s * k + p) * 16..(s * k + p + 1) * 16].copy_from_slice(src);
                 }
             }
-            for s in 0..ns {
-                let j = (s0 + s) * 16;
-                let strip = &panel[s * k * 16..(s + 1) * k * 16];
-                let mut r = 0;
-                while r < m {
-                    // 6 x 16 tiles: 12 accumulators + 2 W vectors + 1 broadcast
-                    // of the 16 AVX2 registers.
-                    let mr = 6.min(m - r);
-                    let (ar, cr) = (&a[r * lda..], &mut c[r * ldc + j..]);
-                    match mr {
-                        6 => tile16::<6>(ar, lda, k, strip, cr, ldc),
-                        5 => tile16::<5>(ar, lda, k, strip, cr, ldc),
-                        4 => tile16::<4>(ar, lda, k, strip, cr, ldc),
-                        3 => tile16::<3>(ar, lda, k, strip, cr, ldc),
-                        2 => tile16::<2>(ar, lda, k, strip, cr, ldc),
-                        _ => tile16::<1>(ar, lda, k, strip, cr, ldc),
-                    }
-                    r += mr;
-                }
-            }
+            strips_product(m, k, a, lda, &panel[..ns * k * 16], s0 * 16, c, ldc);
             s0 += ns;
         }
     });
-    // The last n % 16 columns: the streaming kernel on those columns alone.
     let j0 = full * 16;
     if j0 < n {
         let rest = n - j0;
@@ -269,10 +250,98 @@ fn packed_rows(m: usize, k: usize, n: usize, a: &[f32], lda: usize, w: &[f32], c
         for p in 0..k {
             cols[p * rest..(p + 1) * rest].copy_from_slice(&w[p * n + j0..(p + 1) * n]);
         }
-        let mut out = vec![0f32; rest];
-        for r in 0..m {
-            stream_rows::<1>(&a[r * lda..], lda, k, rest, &cols, &mut out, rest);
-            c[r * ldc + j0..r * ldc + n].copy_from_slice(&out);
+        tail_product(m, k, rest, a, lda, &cols, j0, c, ldc);
+    }
+}
+
+/// Products with consecutive 16-column strips (`k x 16` each, contiguous)
+/// whose first column is `j0`: 6 x 16 register tiles (12 accumulators + 2 W
+/// vectors + 1 broadcast of the 16 AVX2 registers).
+#[allow(clippy::too_many_arguments)]
+fn strips_product(m: usize, k: usize, a: &[f32], lda: usize, strips: &[f32], j0: usize, c: &mut [f32], ldc: usize) {
+    for (s, strip) in strips.chunks_exact(k * 16).enumerate() {
+        let j = j0 + s * 16;
+        let mut r = 0;
+        while r < m {
+            let mr = 6.min(m - r);
+            let (ar, cr) = (&a[r * lda..], &mut c[r * ldc + j..]);
+            match mr {
+                6 => tile16::<6>(ar, lda, k, strip, cr, ldc),
+                5 => tile16::<5>(ar, lda, k, strip, cr, ldc),
+                4 => tile16::<4>(ar, lda, k, strip, cr, ldc),
+                3 => tile16::<3>(ar, lda, k, strip, cr, ldc),
+                2 => tile16::<2>(ar, lda, k, strip, cr, ldc),
+                _ => tile16::<1>(ar, lda, k, strip, cr, ldc),
+            }
+            r += mr;
+        }
+    }
+}
+
+/// Columns `j0..j0 + rest` (fewer than 16, given row-major as `cols`,
+/// `k x rest`): the streaming kernel, one row at a time.
+#[allow(clippy::too_many_arguments)]
+fn tail_product(
+    m: usize,
+    k: usize,
+    rest: usize,
+    a: &[f32],
+    lda: usize,
+    cols: &[f32],
+    j0: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let mut out = vec![0f32; rest];
+    for r in 0..m {
+        stream_rows::<1>(&a[r * lda..], lda, k, rest, cols, &mut out, rest);
+        c[r * ldc + j0..r * ldc + j0 + rest].copy_from_slice(&out);
+    }
+}
+
+/// A `k x n` matrix packed once into 16-column strips (and its last `n % 16`
+/// columns row-major), for many products with it: an LSTM layer packs its
+/// recurrent and projection matrices once per batch instead of once per step.
+#[derive(Debug, Clone)]
+pub struct PackedW {
+    k: usize,
+    n: usize,
+    strips: Vec<f32>,
+    tail: Vec<f32>,
+}
+
+impl PackedW {
+    /// Packs `w` (`k x n`, row-major).
+    pub fn new(w: &[f32], k: usize, n: usize) -> Self {
+        assert!(w.len() >= k * n, "PackedW: W too small");
+        let full = n / 16;
+        let mut strips = vec![0f32; full * k * 16];
+        for p in 0..k {
+            for (s, src) in w[p * n..p * n + full * 16].chunks_exact(16).enumerate() {
+                strips[(s * k + p) * 16..(s * k + p + 1) * 16].copy_from_slice(src);
+            }
+        }
+        let rest = n - full * 16;
+        let mut tail = vec![0f32; k * rest];
+        for p in 0..k {
+            tail[p * rest..(p + 1) * rest].copy_from_slice(&w[p * n + full * 16..(p + 1) * n]);
+        }
+        PackedW { k, n, strips, tail }
+    }
+
+    /// `C = A W` for `m` rows, bitwise equal to [`gemm_rows`] with the
+    /// unpacked `W`.
+    pub fn product(&self, m: usize, a: &[f32], lda: usize, c: &mut [f32], ldc: usize) {
+        let (k, n) = (self.k, self.n);
+        if m == 0 || n == 0 {
+            return;
+        }
+        assert!(a.len() >= (m - 1) * lda + k, "PackedW: A too small");
+        assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "PackedW: C too small");
+        strips_product(m, k, a, lda, &self.strips, 0, c, ldc);
+        let full = n / 16;
+        if full * 16 < n {
+            tail_product(m, k, n - full * 16, a, lda, &self.tail, full * 16, c, ldc);
         }
     }
 }
@@ -281,12 +350,28 @@ fn packed_rows(m: usize, k: usize, n: usize, a: &[f32], lda: usize, w: &[f32], c
 #[inline(always)]
 fn tile16<const R: usize>(a: &[f32], lda: usize, k: usize, strip: &[f32], c: &mut [f32], ldc: usize) {
     use wide::f32x8;
+    assert!(
+        R >= 1 && a.len() >= (R - 1) * lda + k && strip.len() >= k * 16,
+        "tile16: operands too small"
+    );
+    assert!(c.len() >= (R - 1) * ldc + 16, "tile16: C too small");
     let mut acc = [[f32x8::ZERO; 2]; R];
-    let rows: [&[f32]; R] = std::array::from_fn(|i| &a[i * lda..i * lda + k]);
-    for (p, wp) in strip[..k * 16].chunks_exact(16).enumerate() {
-        let (w0, w1) = (load8(wp), load8(&wp[8..]));
-        for (acc, row) in acc.iter_mut().zip(&rows) {
-            let x = f32x8::splat(row[p]);
+    let ap = a.as_ptr();
+    let wp = strip.as_ptr();
+    for p in 0..k {
+        // SAFETY: p < k, so the 16 floats at wp + 16p lie in `strip` (length
+        // >= 16k, asserted) and a[i * lda + p] for i < R lies in `a` (length
+        // >= (R-1) lda + k, asserted). Unaligned reads of plain f32 data.
+        let (w0, w1) = unsafe {
+            let w = wp.add(p * 16);
+            (
+                f32x8::from(std::ptr::read_unaligned(w as *const [f32; 8])),
+                f32x8::from(std::ptr::read_unaligned(w.add(8) as *const [f32; 8])),
+            )
+        };
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: see above (i < R, p < k).
+            let x = f32x8::splat(unsafe { *ap.add(i * lda + p) });
             acc[0] = x.mul_add(w0, acc[0]);
             acc[1] = x.mul_add(w1, acc[1]);
         }
@@ -463,6 +548,10 @@ mod tests {
             gemm_ref(m, k, n, &a, k, &w, n, &mut c2, n, false);
             let maxdiff = c1.iter().zip(&c2).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
             assert!(maxdiff < 1e-4, "maxdiff {maxdiff} for {m}x{k}x{n}");
+            // The packed form gives the same bits.
+            let mut c3 = vec![0f32; m * n];
+            PackedW::new(&w, k, n).product(m, &a, k, &mut c3, n);
+            assert_eq!(c3, c1, "packed {m}x{k}x{n}");
             // Each row alone gives the same bits as inside the batch.
             for r in 0..m {
                 let mut one = vec![0f32; n];

@@ -8,7 +8,7 @@
 //! embedding, F = filters, P = projection, U = LSTM cell size, L = layers.
 
 use crate::chars::{CharIds, encode_batch};
-use crate::cpu::{add_bias, clip, gemm, gemm_rows, highway_blend, lstm_cell};
+use crate::cpu::{PackedW, add_bias, clip, gemm_rows, highway_blend, lstm_cell};
 use crate::error::{Error, Result};
 use crate::model_file::{ModelFile, lstm_name};
 use crate::options::{Activation, Options};
@@ -16,8 +16,10 @@ use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::path::Path;
 
-/// Tokens per parallel work item of the token (char CNN) pipeline.
-const TOKEN_CHUNK: usize = 32;
+/// Most tokens per parallel work item of the token (char CNN) pipeline: big
+/// enough that each highway matrix is packed for many tokens, small enough
+/// that a batch spreads over the threads.
+const TOKEN_CHUNK: usize = 128;
 
 struct Conv {
     width: usize,
@@ -506,7 +508,7 @@ impl ElmoModel {
             let (w, nf) = (conv.width, conv.count);
             let rows = n * c - w + 1;
             buf.resize(rows * nf, 0.0);
-            gemm(rows, w * e, nf, &emb, e, conv.kernel.data(), nf, &mut buf, nf, false);
+            gemm_rows(rows, w * e, nf, &emb, e, conv.kernel.data(), &mut buf, nf);
             let bias = conv.bias.data();
             for t in 0..n {
                 let dst = &mut x[t * f + col..t * f + col + nf];
@@ -534,9 +536,9 @@ impl ElmoModel {
         let mut trans = vec![0f32; n * f];
         for hw in &self.highways {
             // g = sigmoid(x Wc + bc), t = relu(x Wt + bt), x' = g t + (1 - g) x
-            gemm(n, f, f, &x, f, hw.w_carry.data(), f, &mut carry, f, false);
+            gemm_rows(n, f, f, &x, f, hw.w_carry.data(), &mut carry, f);
             add_bias(&mut carry, hw.b_carry.data());
-            gemm(n, f, f, &x, f, hw.w_transform.data(), f, &mut trans, f, false);
+            gemm_rows(n, f, f, &x, f, hw.w_transform.data(), &mut trans, f);
             add_bias(&mut trans, hw.b_transform.data());
             highway_blend(&mut x, &carry, &trans);
             if keep {
@@ -547,7 +549,7 @@ impl ElmoModel {
             Some((w, bias)) => {
                 let p = o.lstm.projection_dim;
                 let mut out = vec![0f32; n * p];
-                gemm(n, f, p, &x, f, w.data(), p, &mut out, p, false);
+                gemm_rows(n, f, p, &x, f, w.data(), &mut out, p);
                 add_bias(&mut out, bias.data());
                 out
             }
@@ -577,7 +579,7 @@ impl ElmoModel {
             let wp = layer.projection.data();
             // (N, 4U): the input half of every gate product, all steps at once.
             let mut zx = vec![0f32; n * 4 * u];
-            gemm(n, p, 4 * u, &x, p, w_in, 4 * u, &mut zx, 4 * u, false);
+            gemm_rows(n, p, 4 * u, &x, p, w_in, &mut zx, 4 * u);
             let (mut cs, mut hs) = match &init[l] {
                 Some((c0, h0)) => (c0.clone(), h0.clone()),
                 None => (vec![0f32; b * u], vec![0f32; b * p]),
@@ -589,6 +591,10 @@ impl ElmoModel {
             let mut pbuf = vec![0f32; b * p];
             let mut active = Vec::with_capacity(b);
             let residual = lo.use_skip_connections && l > 0;
+            // With more than a few sentences each step is a real matrix
+            // product: pack the recurrent and projection matrices once for all
+            // steps (same bits as the unpacked path, see `gemm_rows`).
+            let packed = (b > 4).then(|| (PackedW::new(w_h, p, 4 * u), PackedW::new(wp, u, p)));
             for t in 0..max_len {
                 // Sentences still running at step t; the others keep their state.
                 active.clear();
@@ -598,7 +604,10 @@ impl ElmoModel {
                     hbuf[r * p..(r + 1) * p].copy_from_slice(&hs[i * p..(i + 1) * p]);
                 }
                 // (na, 4U) = m_{t-1} (na, P) x W_h (P, 4U)
-                gemm_rows(na, p, 4 * u, &hbuf, p, w_h, &mut zbuf, 4 * u);
+                match &packed {
+                    Some((ph, _)) if na > 4 => ph.product(na, &hbuf, p, &mut zbuf, 4 * u),
+                    _ => gemm_rows(na, p, 4 * u, &hbuf, p, w_h, &mut zbuf, 4 * u),
+                }
                 for (r, &i) in active.iter().enumerate() {
                     // z = [x, m] W + b, gates i, j, f, o; forget bias 1.0 at run time.
                     let zxr = &zx[(segs[i].0 + t) * 4 * u..(segs[i].0 + t + 1) * 4 * u];
@@ -613,7 +622,10 @@ impl ElmoModel {
                     );
                 }
                 // (na, P) = (sigmoid(o) tanh(c)) (na, U) x W_P (U, P), then the clip.
-                gemm_rows(na, u, p, &mbuf, u, wp, &mut pbuf, p);
+                match &packed {
+                    Some((_, pp)) if na > 4 => pp.product(na, &mbuf, u, &mut pbuf, p),
+                    _ => gemm_rows(na, u, p, &mbuf, u, wp, &mut pbuf, p),
+                }
                 for (r, &i) in active.iter().enumerate() {
                     let row = segs[i].0 + t;
                     for k in 0..p {
