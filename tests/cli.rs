@@ -358,3 +358,87 @@ fn embed_mode_flags_are_checked() {
     let got = elmo::npz::read_npz(&d.join("o.npz")).unwrap();
     assert_eq!(got.keys().collect::<Vec<_>>(), ["default", "lengths"]);
 }
+
+#[test]
+fn convert_tf_checkpoint_and_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ckpt = fixture("small/hub_checkpoint");
+    let out = d.join("hub.safetensors");
+    let o = elmo(
+        &[
+            "convert",
+            "--tf-checkpoint",
+            ckpt.to_str().unwrap(),
+            "--preset",
+            "tfhub-elmo-2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Without options or preset: one line saying what is missing.
+    assert_one_line_error(
+        &elmo(
+            &[
+                "convert",
+                "--tf-checkpoint",
+                ckpt.to_str().unwrap(),
+                "--out",
+                "x.safetensors",
+            ],
+            d,
+        ),
+        "--preset",
+    );
+    assert_one_line_error(&elmo(&["convert", "--out", "x.safetensors"], d), "--tf-checkpoint");
+    // The mix starts from the checkpoint's aggregation values: `elmo` is elmo_custom.
+    let input = fixture("small/stateless.jsonl");
+    let npz = d.join("o.npz");
+    let o = elmo(
+        &[
+            "embed",
+            "--model",
+            out.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            npz.to_str().unwrap(),
+            "--outputs",
+            "elmo",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = elmo::npz::read_npz(&npz).unwrap();
+    let (t, dd) = (got["elmo"].shape[1], got["elmo"].shape[2]);
+    let ours = got["elmo"].to_f32().unwrap();
+    let g = Golden::load(&fixture("small/stateless_batch_00.npz"));
+    let (s, want) = g.f32("elmo_custom");
+    for (b, &len) in g.get("lengths").to_i64().unwrap().iter().enumerate() {
+        for j in 0..len as usize {
+            let o = (b * s[1] + j) * dd;
+            assert_close(
+                "elmo_custom via checkpoint",
+                &ours[(b * t + j) * dd..][..dd],
+                &want[o..o + dd],
+                ATOL,
+                RTOL,
+            );
+        }
+    }
+    // inspect: all three kinds of file.
+    for (path, needle) in [
+        (out.clone(), "aggregation/weights\t[3]\tF32"),
+        (ckpt.clone(), "bilm/CNN_proj/W_proj\t[176, 32]\tfloat32"),
+        (fixture("small/lm_weights.hdf5"), "CNN_proj/W_proj\t[176, 32]\tfloat32"),
+    ] {
+        let o = elmo(&["inspect", path.to_str().unwrap()], d);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains(needle), "{needle} not in {text}");
+    }
+    assert!(String::from_utf8_lossy(&elmo(&["inspect", out.to_str().unwrap()], d).stdout).contains("version 1"));
+    assert_one_line_error(&elmo(&["inspect", "/nonexistent"], d), "nonexistent");
+}

@@ -7,6 +7,7 @@ use elmo::{ElmoModel, Error, LstmState, Result, Tensor};
 use std::io::Write;
 
 mod bench;
+mod inspect;
 use std::path::{Path, PathBuf};
 
 /// The default model's file name inside `weights/`.
@@ -25,17 +26,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Convert bilm-tf/allennlp options.json + HDF5 weights into a model file.
+    /// Convert bilm-tf/allennlp options.json + HDF5 weights, or a TensorFlow
+    /// checkpoint / TF Hub module folder, into a model file.
     Convert {
-        /// The model's options.json.
+        /// The model's options.json (required with --hdf5; with
+        /// --tf-checkpoint it supplies what shapes cannot tell).
         #[arg(long)]
-        options: PathBuf,
+        options: Option<PathBuf>,
         /// The HDF5 weight file.
+        #[arg(long, conflicts_with = "tf_checkpoint")]
+        hdf5: Option<PathBuf>,
+        /// A TF V2 checkpoint: its prefix, a folder with a `checkpoint` file,
+        /// or a TF Hub module folder.
         #[arg(long)]
-        hdf5: PathBuf,
+        tf_checkpoint: Option<PathBuf>,
+        /// Settings of a known model for a checkpoint (`tfhub-elmo-2`).
+        #[arg(long, requires = "tf_checkpoint")]
+        preset: Option<String>,
         /// Where to write the converted model (.safetensors).
         #[arg(long)]
         out: PathBuf,
+    },
+    /// List the tensors (name, shape, dtype), options and format version of a
+    /// converted model, an HDF5 weight file or a TF checkpoint.
+    Inspect {
+        /// The file or checkpoint to describe.
+        path: PathBuf,
     },
     /// Embed sentences and write every biLM layer to an .npz file.
     Embed {
@@ -152,7 +168,28 @@ fn run(cmd: Command) -> Result<()> {
             output,
             batch_size,
         } => bench::run(&model, &input, runs, warmup, threads, &output, batch_size),
-        Command::Convert { options, hdf5, out } => {
+        Command::Inspect { path } => {
+            print!("{}", inspect::describe(&path)?);
+            Ok(())
+        }
+        Command::Convert {
+            options,
+            hdf5,
+            tf_checkpoint,
+            preset,
+            out,
+        } => {
+            if let Some(ckpt) = tf_checkpoint {
+                let t0 = std::time::Instant::now();
+                elmo::tfckpt::convert_tf_checkpoint(&ckpt, options.as_deref(), preset.as_deref(), &out)?;
+                eprintln!("wrote {} in {:.2} s", out.display(), t0.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            let (Some(options), Some(hdf5)) = (options, hdf5) else {
+                return Err(Error::Input(
+                    "convert needs --options and --hdf5, or --tf-checkpoint (see elmo convert --help)".into(),
+                ));
+            };
             // Progress only for large files; a missing file is reported by
             // the converter, after the options have been checked.
             let show = std::fs::metadata(&hdf5).map(|m| m.len() > 16 << 20).unwrap_or(false);

@@ -1,0 +1,88 @@
+//! `elmo inspect`: what a model file, HDF5 weight file or TF checkpoint holds.
+
+use elmo::model_file::{FORMAT_NAME, FORMAT_VERSION, ModelFile};
+use elmo::{Error, Result};
+use std::fmt::Write;
+use std::path::Path;
+
+const HDF5_MAGIC: &[u8] = b"\x89HDF\r\n\x1a\n";
+
+fn dims(s: &[usize]) -> String {
+    format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+/// A listing of `path`, whichever kind of file it is.
+pub fn describe(path: &Path) -> Result<String> {
+    let mut out = String::new();
+    if path.is_file() {
+        let mut head = [0u8; 8];
+        let n = std::io::Read::read(
+            &mut std::fs::File::open(path).map_err(|e| Error::io(path, e))?,
+            &mut head,
+        )
+        .map_err(|e| Error::io(path, e))?;
+        if head[..n] == HDF5_MAGIC[..n.min(8)] && n == 8 {
+            return describe_hdf5(path);
+        }
+        let is_ckpt = path.extension().is_some_and(|e| e == "index")
+            || path.file_name().is_some_and(|f| f.to_string_lossy().contains(".data-"));
+        if !is_ckpt {
+            let m = ModelFile::open(path)?;
+            let _ = writeln!(
+                out,
+                "{}: model file, format {FORMAT_NAME} version {FORMAT_VERSION}",
+                path.display()
+            );
+            let _ = writeln!(out, "options: {}", m.options.to_json());
+            for (name, t) in &m.tensors {
+                let mapped = if t.is_shared() { "mapped" } else { "copied" };
+                let _ = writeln!(out, "  {name}\t{}\tF32\t{mapped}", dims(t.shape()));
+            }
+            return Ok(out);
+        }
+    }
+    let ckpt = elmo::tfckpt::open_checkpoint(path)?;
+    let _ = writeln!(
+        out,
+        "{}: TensorFlow V2 checkpoint, {} shard(s)",
+        ckpt.prefix().display(),
+        ckpt.num_shards()
+    );
+    for v in ckpt.variables() {
+        let part = if v.is_partitioned() { "\tpartitioned" } else { "" };
+        let _ = writeln!(out, "  {}\t{}\t{}{part}", v.name, dims(&v.shape), v.dtype);
+    }
+    Ok(out)
+}
+
+fn describe_hdf5(path: &Path) -> Result<String> {
+    let f = hdf5_reader::Hdf5File::open(path).map_err(|e| Error::weights(path, format!("cannot read as HDF5: {e}")))?;
+    let mut out = format!("{}: HDF5 weight file\n", path.display());
+    let mut stack = vec![(
+        String::new(),
+        f.root_group().map_err(|e| Error::weights(path, e.to_string()))?,
+    )];
+    let mut lines = Vec::new();
+    while let Some((prefix, g)) = stack.pop() {
+        let (groups, datasets) = g.members().map_err(|e| Error::weights(path, e.to_string()))?;
+        for d in datasets {
+            let shape: Vec<usize> = d.shape().iter().map(|&x| x as usize).collect();
+            let dtype = match d.dtype() {
+                hdf5_reader::Datatype::FloatingPoint { size, .. } => format!("float{}", 8 * *size as usize),
+                hdf5_reader::Datatype::FixedPoint { size, signed, .. } => {
+                    format!("{}int{}", if *signed { "" } else { "u" }, 8 * *size as usize)
+                }
+                other => format!("{other:?}"),
+            };
+            lines.push(format!("  {prefix}{}\t{}\t{dtype}", d.name(), dims(&shape)));
+        }
+        for sub in groups {
+            stack.push((format!("{prefix}{}/", sub.name()), sub));
+        }
+    }
+    lines.sort();
+    for l in lines {
+        let _ = writeln!(out, "{l}");
+    }
+    Ok(out)
+}
