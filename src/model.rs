@@ -50,6 +50,19 @@ pub struct ElmoModel {
     highways: Vec<Highway>,
     projection: Option<(Tensor, Tensor)>, // (F, P), (P,)
     lstm: [Vec<LstmLayer>; 2],            // [direction][layer]
+    cache: Option<TokenCache>,
+}
+
+/// Token embeddings (char CNN + highway + projection) by character ids: a
+/// word's embedding does not depend on its context, so a vocabulary word is
+/// computed once. Bounded: once `capacity` words are held, new words are
+/// computed but not kept. Results are bitwise those of computing afresh
+/// (every product has the same fma order whatever its row count).
+struct TokenCache {
+    capacity: usize,
+    map: std::sync::RwLock<std::collections::HashMap<Vec<u16>, Vec<f32>>>,
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
 }
 
 /// The biLM's output for a batch: for every sentence, every layer, every
@@ -247,8 +260,77 @@ impl ElmoModel {
             highways,
             projection,
             lstm: [layers(0)?, layers(1)?],
+            cache: None,
             file,
         })
+    }
+
+    /// Keeps the token embeddings of up to `capacity` distinct words (0: no
+    /// cache). Outputs are bitwise the same; repeated words skip the char CNN,
+    /// highway and projection. Memory: `capacity * (P + C/2) * 4` bytes.
+    pub fn with_token_cache(mut self, capacity: usize) -> Self {
+        self.cache = (capacity > 0).then(|| TokenCache {
+            capacity,
+            map: Default::default(),
+            hits: Default::default(),
+            misses: Default::default(),
+        });
+        self
+    }
+
+    /// `(hits, misses)` of the token cache so far (zeros without one).
+    pub fn token_cache_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.cache
+            .as_ref()
+            .map_or((0, 0), |c| (c.hits.load(Relaxed), c.misses.load(Relaxed)))
+    }
+
+    /// Token embeddings of `ids` (n tokens of C ids): through the cache
+    /// when there is one and intermediates are not wanted.
+    fn tokens(&self, ids: &[u16], keep: bool) -> TokenOut {
+        let Some(cache) = self.cache.as_ref().filter(|_| !keep) else {
+            return self.token_pipeline(ids, keep);
+        };
+        use std::sync::atomic::Ordering::Relaxed;
+        let (c, p) = (
+            self.options().char_cnn.max_characters_per_token,
+            self.options().lstm.projection_dim,
+        );
+        let n = ids.len() / c;
+        let mut tok = vec![0f32; n * p];
+        let mut missing: Vec<usize> = Vec::new();
+        {
+            let map = cache.map.read().unwrap_or_else(|e| e.into_inner());
+            for (t, word) in ids.chunks_exact(c).enumerate() {
+                match map.get(word) {
+                    Some(v) => tok[t * p..(t + 1) * p].copy_from_slice(v),
+                    None => missing.push(t),
+                }
+            }
+        }
+        cache.hits.fetch_add((n - missing.len()) as u64, Relaxed);
+        cache.misses.fetch_add(missing.len() as u64, Relaxed);
+        if !missing.is_empty() {
+            let todo: Vec<u16> = missing
+                .iter()
+                .flat_map(|&t| ids[t * c..(t + 1) * c].iter().copied())
+                .collect();
+            let fresh = self.token_pipeline(&todo, false);
+            let mut map = cache.map.write().unwrap_or_else(|e| e.into_inner());
+            for (j, &t) in missing.iter().enumerate() {
+                let v = &fresh.tok[j * p..(j + 1) * p];
+                tok[t * p..(t + 1) * p].copy_from_slice(v);
+                if map.len() < cache.capacity {
+                    map.insert(ids[t * c..(t + 1) * c].to_vec(), v.to_vec());
+                }
+            }
+        }
+        TokenOut {
+            tok,
+            cnn: Vec::new(),
+            highway: Vec::new(),
+        }
     }
 
     /// The model's options.
@@ -334,7 +416,7 @@ impl ElmoModel {
                 packed.extend_from_slice(ids.token(i, t));
             }
         }
-        let tokens = self.token_pipeline(&packed, keep);
+        let tokens = self.tokens(&packed, keep);
 
         // Both directions at once; each reads its sentences in its own order.
         let segs: Vec<(usize, usize)> = offs.iter().copied().zip(lens.iter().copied()).collect();

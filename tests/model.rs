@@ -144,3 +144,23 @@ fn empty_batches_and_sentences() {
     let ids = encode_batch(&[vec!["a"]], 20).unwrap();
     assert!(matches!(model.forward(&ids, None), Err(Error::Input(_))));
 }
+
+#[test]
+fn token_cache_gives_identical_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = small_model(dir.path());
+    let sub = dir.path().join("c");
+    std::fs::create_dir(&sub).unwrap();
+    let cached = small_model(&sub).with_token_cache(3);
+    let all = sentences();
+    let want = plain.embed(&all).unwrap();
+    // First call fills the cache (capacity 3), the second hits it.
+    assert_eq!(cached.embed(&all).unwrap(), want);
+    let (h0, m0) = cached.token_cache_stats();
+    assert_eq!(cached.embed(&all).unwrap(), want);
+    let (h1, m1) = cached.token_cache_stats();
+    assert!(h1 - h0 >= 3, "hits {h0} -> {h1}");
+    assert!(m1 - m0 < m0, "fewer misses the second time: {m0} then {}", m1 - m0);
+    // Stateless result of one sentence is unchanged by what the cache holds.
+    assert_eq!(cached.embed(&all[2..3]).unwrap(), plain.embed(&all[2..3]).unwrap());
+}

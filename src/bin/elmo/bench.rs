@@ -27,6 +27,7 @@ fn forward(model: &ElmoModel, batch: &[Vec<String>], mix: Option<&ScalarMix>) ->
     Ok(mix.forward(&all, &mask, true)?.value().len())
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     model_path: &Path,
     input: &Path,
@@ -35,6 +36,7 @@ pub fn run(
     threads: usize,
     output: &str,
     batch_size: Option<usize>,
+    token_cache: usize,
 ) -> Result<()> {
     if runs == 0 {
         return Err(Error::Input("--runs must be at least 1".into()));
@@ -61,7 +63,7 @@ pub fn run(
     }
     pool.install(|| {
         let t0 = Instant::now();
-        let model = ElmoModel::load(model_path)?;
+        let model = ElmoModel::load(model_path)?.with_token_cache(token_cache);
         let k = model.options().n_output_layers();
         let mix = (output == "elmo")
             .then(|| ScalarMix::new(k, &vec![0.0; k], 1.0, MixConfig::default(), false))
@@ -103,6 +105,7 @@ pub fn run(
             "load_s": load_s,
             "peak_rss_mib": peak_rss_mib(),
             "threads": threads,
+            "token_cache": token_cache,
             "model": model_path.display().to_string(),
         });
         println!("{line}");

@@ -112,6 +112,10 @@ enum Command {
         /// Split each line into batches of at most this many sentences.
         #[arg(long)]
         batch_size: Option<usize>,
+        /// Keep the token embeddings of up to N distinct words (0: off, the
+        /// like-for-like setting against the peers).
+        #[arg(long, default_value_t = 0)]
+        token_cache: usize,
     },
 }
 
@@ -167,7 +171,8 @@ fn run(cmd: Command) -> Result<()> {
             threads,
             output,
             batch_size,
-        } => bench::run(&model, &input, runs, warmup, threads, &output, batch_size),
+            token_cache,
+        } => bench::run(&model, &input, runs, warmup, threads, &output, batch_size, token_cache),
         Command::Inspect { path } => {
             print!("{}", inspect::describe(&path)?);
             Ok(())

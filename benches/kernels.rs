@@ -1,0 +1,194 @@
+//! Kernel microbenchmarks at the real model's shapes (2x4096_512_2048cnn_2xhighway):
+//! char CNN, a highway layer, the projection, one LSTM step at batch 1 and
+//! 32, and the whole forward pass for the anchors' workloads W1, W2, W3.
+//!
+//! `cargo bench --bench kernels`. Throughput is printed as items/s where an
+//! item is one floating-point operation (so "Gitem/s" reads as GFLOP/s) or,
+//! for the batch-1 LSTM step, as bytes of weights read per second. This
+//! machine class measures ~100 GFLOP/s fp32 FMA peak per core (~200 on 2),
+//! 20-25 GB/s DRAM read for one core, ~30 GB/s for two.
+//!
+//! The forward benchmarks use `ELMO_BENCH_MODEL` (a converted full-size
+//! model) when set, else a random full-size model written to a temporary
+//! file once (about a second).
+
+use divan::counter::{BytesCount, ItemsCount};
+use divan::{Bencher, black_box};
+use elmo::cpu::{PackedW, gemm_rows, highway_blend, lstm_cell};
+use elmo::{ElmoModel, Options};
+use std::sync::OnceLock;
+
+const E: usize = 16; // char embedding
+const C: usize = 50; // chars per token
+const F: usize = 2048; // filters
+const P: usize = 512; // projection
+const U: usize = 4096; // LSTM cell
+const FILTERS: [(usize, usize); 7] = [(1, 32), (2, 32), (3, 64), (4, 128), (5, 256), (6, 512), (7, 1024)];
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            ((s >> 9) as f32 / (1u32 << 23) as f32 - 0.5) * 0.1
+        })
+        .collect()
+}
+
+/// The convolutions of 32 tokens (the GEMMs; max-pool and activation are
+/// a few percent on top).
+#[divan::bench]
+fn char_cnn_32_tokens(b: Bencher) {
+    let n = 32;
+    let emb = values(n * C * E, 1);
+    let kernels: Vec<Vec<f32>> = FILTERS.iter().map(|&(w, nf)| values(w * E * nf, 2)).collect();
+    let flops: usize = FILTERS.iter().map(|&(w, nf)| 2 * (n * C - w + 1) * w * E * nf).sum();
+    let mut out = vec![0f32; n * C * 1024];
+    b.counter(ItemsCount::new(flops)).bench_local(|| {
+        for (&(w, nf), k) in FILTERS.iter().zip(&kernels) {
+            gemm_rows(n * C - w + 1, w * E, nf, &emb, E, k, &mut out, nf);
+        }
+        black_box(&out);
+    });
+}
+
+/// One highway layer (carry and transform products, the blend) on N tokens.
+#[divan::bench(args = [12, 704])]
+fn highway_layer(b: Bencher, n: usize) {
+    let x0 = values(n * F, 3);
+    let (wc, wt) = (values(F * F, 4), values(F * F, 5));
+    let (mut carry, mut trans) = (vec![0f32; n * F], vec![0f32; n * F]);
+    b.counter(ItemsCount::new(2 * 2 * n * F * F)).bench_local(|| {
+        let mut x = x0.clone();
+        gemm_rows(n, F, F, &x, F, &wc, &mut carry, F);
+        gemm_rows(n, F, F, &x, F, &wt, &mut trans, F);
+        highway_blend(&mut x, &carry, &trans);
+        black_box(x);
+    });
+}
+
+/// The token projection 2048 -> 512 on N tokens.
+#[divan::bench(args = [12, 704])]
+fn projection(b: Bencher, n: usize) {
+    let (x, w) = (values(n * F, 6), values(F * P, 7));
+    let mut out = vec![0f32; n * P];
+    b.counter(ItemsCount::new(2 * n * F * P)).bench_local(|| {
+        gemm_rows(n, F, P, &x, F, &w, &mut out, P);
+        black_box(&out);
+    });
+}
+
+/// One LSTM step at batch 1: recurrent product (512 x 16384), cell,
+/// projection (4096 x 512). Memory-bound: counted in bytes of weights read.
+#[divan::bench]
+fn lstm_step_batch1(b: Bencher) {
+    let (h, wh, wp, zx, bias) = (
+        values(P, 8),
+        values(P * 4 * U, 9),
+        values(U * P, 10),
+        values(4 * U, 11),
+        values(4 * U, 12),
+    );
+    let (mut z, mut c, mut m, mut out) = (vec![0f32; 4 * U], vec![0f32; U], vec![0f32; U], vec![0f32; P]);
+    b.counter(BytesCount::new(4 * (P * 4 * U + U * P))).bench_local(|| {
+        gemm_rows(1, P, 4 * U, &h, P, &wh, &mut z, 4 * U);
+        lstm_cell(&zx, &z, &bias, &mut c, &mut m, Some(3.0));
+        gemm_rows(1, U, P, &m, U, &wp, &mut out, P);
+        black_box(&out);
+    });
+}
+
+/// One LSTM step at batch 32 with the matrices packed once (as a layer does
+/// for a batch). Counted in FLOPs.
+#[divan::bench]
+fn lstm_step_batch32(b: Bencher) {
+    let n = 32;
+    let (h, zx, bias) = (values(n * P, 13), values(n * 4 * U, 14), values(4 * U, 15));
+    let (ph, pp) = (
+        PackedW::new(&values(P * 4 * U, 16), P, 4 * U),
+        PackedW::new(&values(U * P, 17), U, P),
+    );
+    let (mut z, mut c, mut m, mut out) = (
+        vec![0f32; n * 4 * U],
+        vec![0f32; n * U],
+        vec![0f32; n * U],
+        vec![0f32; n * P],
+    );
+    b.counter(ItemsCount::new(2 * n * (P * 4 * U + U * P))).bench_local(|| {
+        ph.product(n, &h, P, &mut z, 4 * U);
+        for r in 0..n {
+            let (cr, mr) = (&mut c[r * U..(r + 1) * U], &mut m[r * U..(r + 1) * U]);
+            lstm_cell(
+                &zx[r * 4 * U..(r + 1) * 4 * U],
+                &z[r * 4 * U..(r + 1) * 4 * U],
+                &bias,
+                cr,
+                mr,
+                Some(3.0),
+            );
+        }
+        pp.product(n, &m, U, &mut out, P);
+        black_box(&out);
+    });
+}
+
+fn full_model() -> &'static ElmoModel {
+    static MODEL: OnceLock<ElmoModel> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        if let Ok(p) = std::env::var("ELMO_BENCH_MODEL") {
+            return ElmoModel::load(p.as_ref()).expect("ELMO_BENCH_MODEL");
+        }
+        let json = r#"{"lstm": {"cell_clip": 3, "use_skip_connections": true, "n_layers": 2, "proj_clip": 3,
+            "projection_dim": 512, "dim": 4096}, "char_cnn": {"embedding": {"dim": 16}, "filters": [[1, 32], [2, 32],
+            [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]], "n_highway": 2, "n_characters": 262,
+            "max_characters_per_token": 50, "activation": "relu"}}"#;
+        let o = Options::from_json(json).unwrap();
+        let tensors: Vec<_> = elmo::model_file::expected_tensors(&o)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, shape))| {
+                let n: usize = shape.iter().product();
+                let v = values(n, 100 + i as u32);
+                (name, shape, v)
+            })
+            .collect();
+        let path = std::env::temp_dir().join(format!("elmo-bench-full-{}.safetensors", std::process::id()));
+        elmo::model_file::write_model(&path, &o, &tensors).unwrap();
+        let m = ElmoModel::load(&path).unwrap();
+        let _ = std::fs::remove_file(&path); // the mapping stays valid
+        m
+    })
+}
+
+fn words(n: usize, seed: usize) -> Vec<String> {
+    let list = [
+        "the", "market", "rose", "sharply", "after", "news", "of", "a", "merger", "between", "banks", ".",
+    ];
+    (0..n).map(|i| list[(i * 7 + seed) % list.len()].to_string()).collect()
+}
+
+/// The anchors' workloads: W1 one 10-token sentence, W2 one of 30, W3 two
+/// batches of 32 x 20 tokens. Counted in tokens.
+#[divan::bench(args = ["W1", "W2", "W3"], sample_count = 5, sample_size = 1)]
+fn forward(b: Bencher, workload: &str) {
+    let m = full_model();
+    let batches: Vec<Vec<Vec<String>>> = match workload {
+        "W1" => vec![vec![words(10, 0)]],
+        "W2" => vec![vec![words(30, 1)]],
+        _ => (0..2)
+            .map(|k| (0..32).map(|s| words(20, k * 32 + s)).collect())
+            .collect(),
+    };
+    let tokens: usize = batches.iter().flatten().map(Vec::len).sum();
+    b.counter(ItemsCount::new(tokens)).bench_local(|| {
+        for batch in &batches {
+            black_box(m.embed(batch).unwrap());
+        }
+    });
+}
+
+fn main() {
+    // Two threads, as the peers use.
+    rayon::ThreadPoolBuilder::new().num_threads(2).build_global().ok();
+    divan::main();
+}
