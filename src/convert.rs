@@ -5,7 +5,7 @@
 //! the right shape; anything else is an error naming the dataset.
 
 use crate::error::{Error, Result};
-use crate::model_file::{NamedTensor, expected_tensors, write_model};
+use crate::model_file::{NamedTensor, expected_tensors};
 use crate::options::Options;
 use hdf5_reader::{Datatype, Hdf5File};
 use std::path::Path;
@@ -73,7 +73,47 @@ pub fn read_hdf5_weights(options: &Options, hdf5: &Path, progress: Progress) -> 
 
 /// Converts `options.json` + bilm-tf HDF5 weights into a model file at `out`.
 pub fn convert_hdf5(options_path: &Path, hdf5: &Path, out: &Path, progress: Progress) -> Result<()> {
+    convert_hdf5_with(options_path, hdf5, out, progress, WeightDtype::F32)
+}
+
+/// How `elmo convert` stores the LSTM matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightDtype {
+    /// Everything in f32 (the default; matches TensorFlow to f32 rounding).
+    F32,
+    /// The LSTM kernels and projections in bfloat16: half the bytes each step
+    /// reads; arithmetic stays f32.
+    Bf16,
+}
+
+impl std::str::FromStr for WeightDtype {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(WeightDtype::F32),
+            "bf16" => Ok(WeightDtype::Bf16),
+            _ => Err(Error::Input(format!("--dtype must be f32 or bf16, got {s:?}"))),
+        }
+    }
+}
+
+/// Writes a model, with the LSTM matrices in `dtype`.
+pub fn write_converted(out: &Path, options: &Options, tensors: &[NamedTensor], dtype: WeightDtype) -> Result<()> {
+    let half = dtype == WeightDtype::Bf16;
+    crate::model_file::write_model_with(out, options, tensors, &|name| {
+        half && crate::model_file::bf16_eligible(name)
+    })
+}
+
+/// [`convert_hdf5`] with a choice of weight dtype.
+pub fn convert_hdf5_with(
+    options_path: &Path,
+    hdf5: &Path,
+    out: &Path,
+    progress: Progress,
+    dtype: WeightDtype,
+) -> Result<()> {
     let options = Options::from_file(options_path)?;
     let tensors = read_hdf5_weights(&options, hdf5, progress)?;
-    write_model(out, &options, &tensors)
+    write_converted(out, &options, &tensors, dtype)
 }

@@ -139,7 +139,16 @@ const MR: usize = 4;
 /// # Panics
 /// When a slice is too short for the sizes given (a caller bug).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_rows(m: usize, k: usize, n: usize, a: &[f32], lda: usize, w: &[f32], c: &mut [f32], ldc: usize) {
+pub fn gemm_rows<T: WeightElem>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    lda: usize,
+    w: &[T],
+    c: &mut [f32],
+    ldc: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -149,13 +158,46 @@ pub fn gemm_rows(m: usize, k: usize, n: usize, a: &[f32], lda: usize, w: &[f32],
     assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "gemm_rows: C too small");
     if m <= MR {
         match m {
-            4 => stream_rows::<4>(a, lda, k, n, w, c, ldc),
-            3 => stream_rows::<3>(a, lda, k, n, w, c, ldc),
-            2 => stream_rows::<2>(a, lda, k, n, w, c, ldc),
-            _ => stream_rows::<1>(a, lda, k, n, w, c, ldc),
+            4 => stream_rows::<4, T>(a, lda, k, n, w, c, ldc),
+            3 => stream_rows::<3, T>(a, lda, k, n, w, c, ldc),
+            2 => stream_rows::<2, T>(a, lda, k, n, w, c, ldc),
+            _ => stream_rows::<1, T>(a, lda, k, n, w, c, ldc),
         }
     } else {
         packed_rows(m, k, n, a, lda, w, c, ldc);
+    }
+}
+
+/// An element type weight matrices are stored in: f32, or bfloat16 as
+/// `u16` (widened exactly to f32 on load; the arithmetic is f32 either way).
+pub trait WeightElem: Copy + Send + Sync + 'static {
+    /// Eight values from the start of `s`, as f32.
+    fn load8(s: &[Self]) -> wide::f32x8;
+    /// One value as f32.
+    fn to_f32(self) -> f32;
+}
+
+impl WeightElem for f32 {
+    #[inline(always)]
+    fn load8(s: &[f32]) -> wide::f32x8 {
+        load8(s)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+/// bfloat16.
+impl WeightElem for u16 {
+    #[inline(always)]
+    fn load8(s: &[u16]) -> wide::f32x8 {
+        let h: [u16; 8] = s[..8].try_into().expect("8 lanes");
+        wide::f32x8::from(h.map(crate::tensor::bf16_to_f32))
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        crate::tensor::bf16_to_f32(self)
     }
 }
 
@@ -167,7 +209,15 @@ fn load8(s: &[f32]) -> wide::f32x8 {
 /// `W`, `C[i, :] += a[i, p] W[p, :]` over the whole row, so `W` is read as one
 /// sequential stream (what hardware prefetchers follow best); `C`'s rows
 /// (64 KiB each for the real model) stay in L2 between rows of `W`.
-fn stream_rows<const R: usize>(a: &[f32], lda: usize, k: usize, n: usize, w: &[f32], c: &mut [f32], ldc: usize) {
+fn stream_rows<const R: usize, T: WeightElem>(
+    a: &[f32],
+    lda: usize,
+    k: usize,
+    n: usize,
+    w: &[T],
+    c: &mut [f32],
+    ldc: usize,
+) {
     use wide::f32x8;
     let vecs = n / 8;
     for i in 0..R {
@@ -177,16 +227,16 @@ fn stream_rows<const R: usize>(a: &[f32], lda: usize, k: usize, n: usize, w: &[f
     // and written a quarter as often; the fma order per element is still p.
     let mut p = 0;
     while p + 4 <= k {
-        let rows: [&[f32]; 4] = std::array::from_fn(|q| &w[(p + q) * n..(p + q) * n + vecs * 8]);
+        let rows: [&[T]; 4] = std::array::from_fn(|q| &w[(p + q) * n..(p + q) * n + vecs * 8]);
         for i in 0..R {
             let x: [f32x8; 4] = std::array::from_fn(|q| f32x8::splat(a[i * lda + p + q]));
             let ci = &mut c[i * ldc..i * ldc + vecs * 8];
             for (v, cv) in ci.chunks_exact_mut(8).enumerate() {
                 let o = v * 8;
-                let mut r = x[0].mul_add(load8(&rows[0][o..]), load8(cv));
-                r = x[1].mul_add(load8(&rows[1][o..]), r);
-                r = x[2].mul_add(load8(&rows[2][o..]), r);
-                r = x[3].mul_add(load8(&rows[3][o..]), r);
+                let mut r = x[0].mul_add(T::load8(&rows[0][o..]), load8(cv));
+                r = x[1].mul_add(T::load8(&rows[1][o..]), r);
+                r = x[2].mul_add(T::load8(&rows[2][o..]), r);
+                r = x[3].mul_add(T::load8(&rows[3][o..]), r);
                 cv.copy_from_slice(&r.to_array());
             }
         }
@@ -198,7 +248,7 @@ fn stream_rows<const R: usize>(a: &[f32], lda: usize, k: usize, n: usize, w: &[f
             let x = f32x8::splat(a[i * lda + p]);
             let ci = &mut c[i * ldc..i * ldc + vecs * 8];
             for (cv, wv) in ci.chunks_exact_mut(8).zip(row.chunks_exact(8)) {
-                let r = x.mul_add(load8(wv), load8(cv));
+                let r = x.mul_add(T::load8(wv), load8(cv));
                 cv.copy_from_slice(&r.to_array());
             }
         }
@@ -208,7 +258,7 @@ fn stream_rows<const R: usize>(a: &[f32], lda: usize, k: usize, n: usize, w: &[f
         for i in 0..R {
             let mut s = 0f32;
             for p in 0..k {
-                s = a[i * lda + p].mul_add(w[p * n + j], s);
+                s = a[i * lda + p].mul_add(w[p * n + j].to_f32(), s);
             }
             c[i * ldc + j] = s;
         }
@@ -222,7 +272,7 @@ thread_local! {
 
 /// The large-batch path of [`gemm_rows`].
 #[allow(clippy::too_many_arguments)]
-fn packed_rows(m: usize, k: usize, n: usize, a: &[f32], lda: usize, w: &[f32], c: &mut [f32], ldc: usize) {
+fn packed_rows<T: WeightElem>(m: usize, k: usize, n: usize, a: &[f32], lda: usize, w: &[T], c: &mut [f32], ldc: usize) {
     // Panel width: 16-column strips, at most 512 KiB of W per panel.
     let strips_per_panel = ((128 * 1024) / (16 * k.max(1))).max(1);
     let full = n / 16;
@@ -236,7 +286,9 @@ fn packed_rows(m: usize, k: usize, n: usize, a: &[f32], lda: usize, w: &[f32], c
             for p in 0..k {
                 let row = &w[p * n + s0 * 16..p * n + (s0 + ns) * 16];
                 for (s, src) in row.chunks_exact(16).enumerate() {
-                    panel[(s * k + p) * 16..(s * k + p + 1) * 16].copy_from_slice(src);
+                    for (d, &v) in panel[(s * k + p) * 16..(s * k + p + 1) * 16].iter_mut().zip(src) {
+                        *d = v.to_f32();
+                    }
                 }
             }
             strips_product(m, k, a, lda, &panel[..ns * k * 16], s0 * 16, c, ldc);
@@ -248,7 +300,12 @@ fn packed_rows(m: usize, k: usize, n: usize, a: &[f32], lda: usize, w: &[f32], c
         let rest = n - j0;
         let mut cols = vec![0f32; k * rest];
         for p in 0..k {
-            cols[p * rest..(p + 1) * rest].copy_from_slice(&w[p * n + j0..(p + 1) * n]);
+            for (d, &v) in cols[p * rest..(p + 1) * rest]
+                .iter_mut()
+                .zip(&w[p * n + j0..(p + 1) * n])
+            {
+                *d = v.to_f32();
+            }
         }
         tail_product(m, k, rest, a, lda, &cols, j0, c, ldc);
     }
@@ -294,7 +351,7 @@ fn tail_product(
 ) {
     let mut out = vec![0f32; rest];
     for r in 0..m {
-        stream_rows::<1>(&a[r * lda..], lda, k, rest, cols, &mut out, rest);
+        stream_rows::<1, f32>(&a[r * lda..], lda, k, rest, cols, &mut out, rest);
         c[r * ldc + j0..r * ldc + j0 + rest].copy_from_slice(&out);
     }
 }
@@ -311,20 +368,27 @@ pub struct PackedW {
 }
 
 impl PackedW {
-    /// Packs `w` (`k x n`, row-major).
-    pub fn new(w: &[f32], k: usize, n: usize) -> Self {
+    /// Packs `w` (`k x n`, row-major; f32 or bf16, widened to f32).
+    pub fn new<T: WeightElem>(w: &[T], k: usize, n: usize) -> Self {
         assert!(w.len() >= k * n, "PackedW: W too small");
         let full = n / 16;
         let mut strips = vec![0f32; full * k * 16];
         for p in 0..k {
             for (s, src) in w[p * n..p * n + full * 16].chunks_exact(16).enumerate() {
-                strips[(s * k + p) * 16..(s * k + p + 1) * 16].copy_from_slice(src);
+                for (d, &v) in strips[(s * k + p) * 16..(s * k + p + 1) * 16].iter_mut().zip(src) {
+                    *d = v.to_f32();
+                }
             }
         }
         let rest = n - full * 16;
         let mut tail = vec![0f32; k * rest];
         for p in 0..k {
-            tail[p * rest..(p + 1) * rest].copy_from_slice(&w[p * n + full * 16..(p + 1) * n]);
+            for (d, &v) in tail[p * rest..(p + 1) * rest]
+                .iter_mut()
+                .zip(&w[p * n + full * 16..(p + 1) * n])
+            {
+                *d = v.to_f32();
+            }
         }
         PackedW { k, n, strips, tail }
     }
@@ -552,6 +616,17 @@ mod tests {
             let mut c3 = vec![0f32; m * n];
             PackedW::new(&w, k, n).product(m, &a, k, &mut c3, n);
             assert_eq!(c3, c1, "packed {m}x{k}x{n}");
+            // bf16 weights: the streaming and packed paths agree bitwise with
+            // f32 weights that hold the same (rounded) values.
+            let wb: Vec<u16> = w.iter().map(|&x| crate::tensor::f32_to_bf16(x)).collect();
+            let wr: Vec<f32> = wb.iter().map(|&b| crate::tensor::bf16_to_f32(b)).collect();
+            let (mut cb, mut cr) = (vec![0f32; m * n], vec![0f32; m * n]);
+            gemm_rows(m, k, n, &a, k, &wb, &mut cb, n);
+            gemm_rows(m, k, n, &a, k, &wr, &mut cr, n);
+            assert_eq!(cb, cr, "bf16 {m}x{k}x{n}");
+            let mut cp = vec![0f32; m * n];
+            PackedW::new(&wb, k, n).product(m, &a, k, &mut cp, n);
+            assert_eq!(cp, cr, "bf16 packed {m}x{k}x{n}");
             // Each row alone gives the same bits as inside the batch.
             for r in 0..m {
                 let mut one = vec![0f32; n];

@@ -8,11 +8,11 @@
 //! embedding, F = filters, P = projection, U = LSTM cell size, L = layers.
 
 use crate::chars::{CharIds, encode_batch};
-use crate::cpu::{PackedW, add_bias, clip, gemm_rows, highway_blend, lstm_cell};
+use crate::cpu::{PackedW, WeightElem, add_bias, clip, gemm_rows, highway_blend, lstm_cell};
 use crate::error::{Error, Result};
 use crate::model_file::{ModelFile, lstm_name};
 use crate::options::{Activation, Options};
-use crate::tensor::Tensor;
+use crate::tensor::{Bf16Tensor, Tensor};
 use rayon::prelude::*;
 use std::path::Path;
 
@@ -35,10 +35,16 @@ struct Highway {
     b_transform: Tensor,
 }
 
+/// A weight matrix in f32 or bfloat16 (`elmo convert --dtype bf16`).
+enum Mat {
+    F32(Tensor),
+    Bf16(Bf16Tensor),
+}
+
 struct LstmLayer {
-    kernel: Tensor,     // (P + P, 4U): rows for the input, then for m_{t-1}
-    bias: Tensor,       // (4U,), gates i, j, f, o
-    projection: Tensor, // (U, P)
+    kernel: Mat,     // (P + P, 4U): rows for the input, then for m_{t-1}
+    bias: Tensor,    // (4U,), gates i, j, f, o
+    projection: Mat, // (U, P)
 }
 
 /// A loaded ELMo biLM. Immutable and `Send + Sync`: share it with `Arc` and
@@ -213,6 +219,10 @@ impl ElmoModel {
     /// Builds the model from a validated [`ModelFile`].
     pub fn from_file(file: ModelFile) -> Result<Self> {
         let t = |n: &str| file.tensor(n).cloned();
+        let mat = |n: &str| match file.bf16.get(n) {
+            Some(b) => Ok(Mat::Bf16(b.clone())),
+            None => t(n).map(Mat::F32),
+        };
         let o = file.options.clone();
         let convs = o
             .char_cnn
@@ -247,9 +257,9 @@ impl ElmoModel {
             (0..o.lstm.n_layers)
                 .map(|l| {
                     Ok(LstmLayer {
-                        kernel: t(&lstm_name(d, l, "W_0"))?,
+                        kernel: mat(&lstm_name(d, l, "W_0"))?,
                         bias: t(&lstm_name(d, l, "B"))?,
-                        projection: t(&lstm_name(d, l, "W_P_0"))?,
+                        projection: mat(&lstm_name(d, l, "W_P_0"))?,
                     })
                 })
                 .collect()
@@ -650,79 +660,103 @@ impl ElmoModel {
         init: &[Option<(Vec<f32>, Vec<f32>)>],
     ) -> DirectionOut {
         let lo = &self.options().lstm;
-        let (p, u, b) = (lo.projection_dim, lo.dim, segs.len());
-        let n = x.len() / p;
-        let max_len = segs.iter().map(|s| s.1).max().unwrap_or(0);
         let mut outputs = Vec::with_capacity(lo.n_layers);
         let mut finals = Vec::with_capacity(lo.n_layers);
         for (l, layer) in self.lstm[d].iter().enumerate() {
-            let (w_in, w_h) = layer.kernel.data().split_at(p * 4 * u);
-            let bias = layer.bias.data();
-            let wp = layer.projection.data();
-            // (N, 4U): the input half of every gate product, all steps at once.
-            let mut zx = vec![0f32; n * 4 * u];
-            gemm_rows(n, p, 4 * u, &x, p, w_in, &mut zx, 4 * u);
-            let (mut cs, mut hs) = match &init[l] {
-                Some((c0, h0)) => (c0.clone(), h0.clone()),
-                None => (vec![0f32; b * u], vec![0f32; b * p]),
+            let init = init[l].as_ref();
+            let (out, fin) = match (&layer.kernel, &layer.projection) {
+                (Mat::F32(k), Mat::F32(pj)) => self.lstm_layer(l, k.data(), pj.data(), layer, &x, segs, init),
+                (Mat::Bf16(k), Mat::Bf16(pj)) => self.lstm_layer(l, k.data(), pj.data(), layer, &x, segs, init),
+                (Mat::F32(k), Mat::Bf16(pj)) => self.lstm_layer(l, k.data(), pj.data(), layer, &x, segs, init),
+                (Mat::Bf16(k), Mat::F32(pj)) => self.lstm_layer(l, k.data(), pj.data(), layer, &x, segs, init),
             };
-            let mut out = vec![0f32; n * p];
-            let mut hbuf = vec![0f32; b * p];
-            let mut zbuf = vec![0f32; b * 4 * u];
-            let mut mbuf = vec![0f32; b * u];
-            let mut pbuf = vec![0f32; b * p];
-            let mut active = Vec::with_capacity(b);
-            let residual = lo.use_skip_connections && l > 0;
-            // With more than a few sentences each step is a real matrix
-            // product: pack the recurrent and projection matrices once for all
-            // steps (same bits as the unpacked path, see `gemm_rows`).
-            let packed = (b > 4).then(|| (PackedW::new(w_h, p, 4 * u), PackedW::new(wp, u, p)));
-            for t in 0..max_len {
-                // Sentences still running at step t; the others keep their state.
-                active.clear();
-                active.extend((0..b).filter(|&i| segs[i].1 > t));
-                let na = active.len();
-                for (r, &i) in active.iter().enumerate() {
-                    hbuf[r * p..(r + 1) * p].copy_from_slice(&hs[i * p..(i + 1) * p]);
-                }
-                // (na, 4U) = m_{t-1} (na, P) x W_h (P, 4U)
-                match &packed {
-                    Some((ph, _)) if na > 4 => ph.product(na, &hbuf, p, &mut zbuf, 4 * u),
-                    _ => gemm_rows(na, p, 4 * u, &hbuf, p, w_h, &mut zbuf, 4 * u),
-                }
-                for (r, &i) in active.iter().enumerate() {
-                    // z = [x, m] W + b, gates i, j, f, o; forget bias 1.0 at run time.
-                    let zxr = &zx[(segs[i].0 + t) * 4 * u..(segs[i].0 + t + 1) * 4 * u];
-                    let zr = &zbuf[r * 4 * u..(r + 1) * 4 * u];
-                    lstm_cell(
-                        zxr,
-                        zr,
-                        bias,
-                        &mut cs[i * u..(i + 1) * u],
-                        &mut mbuf[r * u..(r + 1) * u],
-                        lo.cell_clip,
-                    );
-                }
-                // (na, P) = (sigmoid(o) tanh(c)) (na, U) x W_P (U, P), then the clip.
-                match &packed {
-                    Some((_, pp)) if na > 4 => pp.product(na, &mbuf, u, &mut pbuf, p),
-                    _ => gemm_rows(na, u, p, &mbuf, u, wp, &mut pbuf, p),
-                }
-                for (r, &i) in active.iter().enumerate() {
-                    let row = segs[i].0 + t;
-                    for k in 0..p {
-                        let m = clip(pbuf[r * p + k], lo.proj_clip);
-                        hs[i * p + k] = m;
-                        // The skip connection is added to the output, not the state.
-                        out[row * p + k] = if residual { m + x[row * p + k] } else { m };
-                    }
-                }
-            }
-            finals.push((cs, hs));
+            finals.push(fin);
             x = out.clone();
             outputs.push(out);
         }
         DirectionOut { outputs, finals }
+    }
+
+    /// One LSTM layer of one direction over all steps; weights f32 or bf16
+    /// (`T` for the kernel, `Q` for the projection). Returns the outputs
+    /// (N, P) in processing order and the final (c, h) of every sentence.
+    #[allow(clippy::too_many_arguments)]
+    fn lstm_layer<T: WeightElem, Q: WeightElem>(
+        &self,
+        l: usize,
+        w0: &[T],
+        wp: &[Q],
+        layer: &LstmLayer,
+        x: &[f32],
+        segs: &[(usize, usize)],
+        init: Option<&(Vec<f32>, Vec<f32>)>,
+    ) -> (Vec<f32>, (Vec<f32>, Vec<f32>)) {
+        let lo = &self.options().lstm;
+        let (p, u, b) = (lo.projection_dim, lo.dim, segs.len());
+        let n = x.len() / p;
+        let max_len = segs.iter().map(|s| s.1).max().unwrap_or(0);
+        let (w_in, w_h) = w0.split_at(p * 4 * u);
+        // (N, 4U): the input half of every gate product, all steps at once.
+        let mut zx = vec![0f32; n * 4 * u];
+        gemm_rows(n, p, 4 * u, x, p, w_in, &mut zx, 4 * u);
+        let (mut cs, mut hs) = match init {
+            Some((c0, h0)) => (c0.clone(), h0.clone()),
+            None => (vec![0f32; b * u], vec![0f32; b * p]),
+        };
+        let bias = layer.bias.data();
+        let mut out = vec![0f32; n * p];
+        let mut hbuf = vec![0f32; b * p];
+        let mut zbuf = vec![0f32; b * 4 * u];
+        let mut mbuf = vec![0f32; b * u];
+        let mut pbuf = vec![0f32; b * p];
+        let mut active = Vec::with_capacity(b);
+        let residual = lo.use_skip_connections && l > 0;
+        // With more than a few sentences each step is a real matrix
+        // product: pack the recurrent and projection matrices once for all
+        // steps (same bits as the unpacked path, see `gemm_rows`).
+        let packed = (b > 4).then(|| (PackedW::new(w_h, p, 4 * u), PackedW::new(wp, u, p)));
+        for t in 0..max_len {
+            // Sentences still running at step t; the others keep their state.
+            active.clear();
+            active.extend((0..b).filter(|&i| segs[i].1 > t));
+            let na = active.len();
+            for (r, &i) in active.iter().enumerate() {
+                hbuf[r * p..(r + 1) * p].copy_from_slice(&hs[i * p..(i + 1) * p]);
+            }
+            // (na, 4U) = m_{t-1} (na, P) x W_h (P, 4U)
+            match &packed {
+                Some((ph, _)) if na > 4 => ph.product(na, &hbuf, p, &mut zbuf, 4 * u),
+                _ => gemm_rows(na, p, 4 * u, &hbuf, p, w_h, &mut zbuf, 4 * u),
+            }
+            for (r, &i) in active.iter().enumerate() {
+                // z = [x, m] W + b, gates i, j, f, o; forget bias 1.0 at run time.
+                let zxr = &zx[(segs[i].0 + t) * 4 * u..(segs[i].0 + t + 1) * 4 * u];
+                let zr = &zbuf[r * 4 * u..(r + 1) * 4 * u];
+                lstm_cell(
+                    zxr,
+                    zr,
+                    bias,
+                    &mut cs[i * u..(i + 1) * u],
+                    &mut mbuf[r * u..(r + 1) * u],
+                    lo.cell_clip,
+                );
+            }
+            // (na, P) = (sigmoid(o) tanh(c)) (na, U) x W_P (U, P), then the clip.
+            match &packed {
+                Some((_, pp)) if na > 4 => pp.product(na, &mbuf, u, &mut pbuf, p),
+                _ => gemm_rows(na, u, p, &mbuf, u, wp, &mut pbuf, p),
+            }
+            for (r, &i) in active.iter().enumerate() {
+                let row = segs[i].0 + t;
+                for k in 0..p {
+                    let m = clip(pbuf[r * p + k], lo.proj_clip);
+                    hs[i * p + k] = m;
+                    // The skip connection is added to the output, not the state.
+                    out[row * p + k] = if residual { m + x[row * p + k] } else { m };
+                }
+            }
+        }
+        (out, (cs, hs))
     }
 }
 

@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::options::{N_CHARACTERS, Options};
-use crate::tensor::{Bytes, Tensor};
+use crate::tensor::{Bf16Tensor, Bytes, Tensor, f32_to_bf16};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -70,6 +70,23 @@ pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 /// The file is written to a temporary name in the same folder and renamed into
 /// place, so a crash never leaves a half-written file under `path`.
 pub fn write_model(path: &Path, options: &Options, tensors: &[NamedTensor]) -> Result<()> {
+    write_model_with(path, options, tensors, &|_| false)
+}
+
+/// Whether a tensor may be stored in bfloat16 (`elmo convert --dtype
+/// bf16`): the LSTM matrices, which each step reads whole.
+pub fn bf16_eligible(name: &str) -> bool {
+    name.starts_with("RNN_") && (name.ends_with("/W_0") || name.ends_with("/W_P_0"))
+}
+
+/// [`write_model`], storing the tensors for which `bf16` is true as BF16
+/// (rounded to nearest even); the rest stay F32.
+pub fn write_model_with(
+    path: &Path,
+    options: &Options,
+    tensors: &[NamedTensor],
+    bf16: &dyn Fn(&str) -> bool,
+) -> Result<()> {
     let mut header = Map::new();
     header.insert(
         "__metadata__".into(),
@@ -85,11 +102,12 @@ pub fn write_model(path: &Path, options: &Options, tensors: &[NamedTensor]) -> R
                 format!("shape {shape:?} does not match {} values", data.len()),
             ));
         }
+        let (dtype, size) = if bf16(name) { ("BF16", 2) } else { ("F32", 4) };
         header.insert(
             name.clone(),
-            json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + 4 * n]}),
+            json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size * n]}),
         );
-        offset += 4 * n;
+        offset += size * n;
     }
     let mut hbytes = Value::Object(header).to_string().into_bytes();
     // Pad so the data starts 8-aligned (safetensors allows trailing spaces):
@@ -100,11 +118,16 @@ pub fn write_model(path: &Path, options: &Options, tensors: &[NamedTensor]) -> R
     write_atomically(path, |w| {
         w.write_all(&(hbytes.len() as u64).to_le_bytes())?;
         w.write_all(&hbytes)?;
-        for (_, _, data) in tensors {
+        for (name, _, data) in tensors {
+            let half = bf16(name);
             for chunk in data.chunks(1 << 16) {
                 let mut buf = Vec::with_capacity(chunk.len() * 4);
                 for v in chunk {
-                    buf.extend_from_slice(&v.to_le_bytes());
+                    if half {
+                        buf.extend_from_slice(&f32_to_bf16(*v).to_le_bytes());
+                    } else {
+                        buf.extend_from_slice(&v.to_le_bytes());
+                    }
                 }
                 w.write_all(&buf)?;
             }
@@ -152,8 +175,10 @@ pub struct ModelFile {
     pub path: PathBuf,
     /// The model's options from the metadata.
     pub options: Options,
-    /// Every tensor in the file by name.
+    /// Every F32 tensor in the file by name.
     pub tensors: BTreeMap<String, Tensor>,
+    /// Tensors stored in bfloat16 (only the LSTM matrices may be).
+    pub bf16: BTreeMap<String, Bf16Tensor>,
 }
 
 impl ModelFile {
@@ -212,15 +237,19 @@ impl ModelFile {
             .map_err(|e| err(format!("options in metadata: {e}")))?;
         let data_len = bytes.len() - data_start;
         let mut tensors = BTreeMap::new();
+        let mut bf16 = BTreeMap::new();
         for (name, info) in header {
             if name == "__metadata__" {
                 continue;
             }
             let terr = |m: &str| Error::tensor(path, name, m);
             let dtype = info.get("dtype").and_then(Value::as_str);
-            if dtype != Some("F32") {
-                return Err(terr(&format!("dtype {dtype:?} is not supported, only F32")));
-            }
+            let size = match dtype {
+                Some("F32") => 4,
+                Some("BF16") if bf16_eligible(name) => 2,
+                Some("BF16") => return Err(terr("only the LSTM matrices may be stored as BF16")),
+                _ => return Err(terr(&format!("dtype {dtype:?} is not supported, only F32 (and BF16)"))),
+            };
             let shape: Vec<usize> = info
                 .get("shape")
                 .and_then(Value::as_array)
@@ -243,23 +272,33 @@ impl ModelFile {
             let numel = shape
                 .iter()
                 .try_fold(1usize, |a, &d| a.checked_mul(d))
-                .and_then(|n| n.checked_mul(4));
+                .and_then(|n| n.checked_mul(size));
             if offs[0] > offs[1] || offs[1] > data_len || numel != Some(offs[1] - offs[0]) {
                 return Err(terr(&format!(
                     "data_offsets {offs:?} do not match shape {shape:?} inside {data_len} data bytes (file truncated or corrupt)"
                 )));
             }
-            let t = Tensor::from_bytes(&shape, &bytes, data_start + offs[0]).map_err(|e| terr(&e.to_string()))?;
-            tensors.insert(name.clone(), t);
+            if size == 2 {
+                let t =
+                    Bf16Tensor::from_bytes(&shape, &bytes, data_start + offs[0]).map_err(|e| terr(&e.to_string()))?;
+                bf16.insert(name.clone(), t);
+            } else {
+                let t = Tensor::from_bytes(&shape, &bytes, data_start + offs[0]).map_err(|e| terr(&e.to_string()))?;
+                tensors.insert(name.clone(), t);
+            }
         }
         for (name, shape) in expected_tensors(&options) {
-            match tensors.get(&name) {
+            let found = tensors
+                .get(&name)
+                .map(Tensor::shape)
+                .or_else(|| bf16.get(&name).map(Bf16Tensor::shape));
+            match found {
                 None => return Err(Error::tensor(path, &name, "missing from the model file")),
-                Some(t) if t.shape() != shape.as_slice() => {
+                Some(s) if s != shape.as_slice() => {
                     return Err(Error::tensor(
                         path,
                         &name,
-                        format!("shape {:?} does not match the options, which need {shape:?}", t.shape()),
+                        format!("shape {s:?} does not match the options, which need {shape:?}"),
                     ));
                 }
                 _ => {}
@@ -269,6 +308,7 @@ impl ModelFile {
             path: path.to_path_buf(),
             options,
             tensors,
+            bf16,
         })
     }
 

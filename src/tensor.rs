@@ -185,8 +185,125 @@ impl Tensor {
     }
 }
 
+/// bfloat16 -> f32 (exact: bf16 is the top half of an f32).
+#[inline]
+pub fn bf16_to_f32(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+/// f32 -> bfloat16, rounding to nearest even (NaN stays NaN).
+pub fn f32_to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let round = 0x7FFF + ((bits >> 16) & 1);
+    (bits.wrapping_add(round) >> 16) as u16
+}
+
+#[derive(Debug, Clone)]
+enum Bf16Storage {
+    Owned(Vec<u16>),
+    Shared {
+        bytes: Arc<Bytes>,
+        offset: usize,
+        len: usize,
+    },
+}
+
+/// A bfloat16 tensor (reduced-precision weights), used in place from the
+/// mapping when 2-byte aligned and copied otherwise.
+#[derive(Debug, Clone)]
+pub struct Bf16Tensor {
+    shape: Vec<usize>,
+    storage: Bf16Storage,
+}
+
+impl Bf16Tensor {
+    /// Little-endian bf16 values at byte `offset` of `bytes`.
+    pub fn from_bytes(shape: &[usize], bytes: &Arc<Bytes>, offset: usize) -> Result<Self> {
+        let n = numel(shape)?;
+        let nbytes = n
+            .checked_mul(2)
+            .ok_or_else(|| Error::Shape("tensor too large".into()))?;
+        let end = offset
+            .checked_add(nbytes)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| Error::Shape(format!("{nbytes} bytes at offset {offset} lie outside the buffer")))?;
+        let raw = &bytes[offset..end];
+        let storage = if cfg!(target_endian = "little") && bytemuck::try_cast_slice::<u8, u16>(raw).is_ok() {
+            Bf16Storage::Shared {
+                bytes: Arc::clone(bytes),
+                offset,
+                len: n,
+            }
+        } else {
+            Bf16Storage::Owned(raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+        };
+        Ok(Bf16Tensor {
+            shape: shape.to_vec(),
+            storage,
+        })
+    }
+
+    /// From f32 values, rounded to nearest even.
+    pub fn from_f32(shape: &[usize], data: &[f32]) -> Result<Self> {
+        if numel(shape)? != data.len() {
+            return Err(Error::Shape(format!(
+                "shape {shape:?} does not match {} values",
+                data.len()
+            )));
+        }
+        Ok(Bf16Tensor {
+            shape: shape.to_vec(),
+            storage: Bf16Storage::Owned(data.iter().map(|&x| f32_to_bf16(x)).collect()),
+        })
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.data().len()
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The raw bf16 values.
+    pub fn data(&self) -> &[u16] {
+        match &self.storage {
+            Bf16Storage::Owned(v) => v,
+            // Alignment and bounds were checked in `from_bytes`.
+            Bf16Storage::Shared { bytes, offset, len } => bytemuck::cast_slice(&bytes[*offset..*offset + *len * 2]),
+        }
+    }
+
+    /// The values widened to f32 (exactly).
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.data().iter().map(|&b| bf16_to_f32(b)).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(bf16_to_f32(f32_to_bf16(f32::INFINITY)), f32::INFINITY);
+        for x in [0.0f32, 1.0, -2.5, 3.25, 1e-20, 65504.0] {
+            let r = bf16_to_f32(f32_to_bf16(x));
+            assert!((r - x).abs() <= x.abs() / 128.0, "{x} -> {r}");
+        }
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: even mantissa (1.0) wins.
+        assert_eq!(bf16_to_f32(f32_to_bf16(1.0 + 1.0 / 256.0)), 1.0);
+        assert!(bf16_to_f32(f32_to_bf16(f32::NAN)).is_nan());
+    }
+
     use super::*;
 
     #[test]

@@ -46,6 +46,10 @@ enum Command {
         /// Where to write the converted model (.safetensors).
         #[arg(long)]
         out: PathBuf,
+        /// `f32` (default), or `bf16` for the LSTM matrices: half the memory
+        /// traffic per step, results within bf16 rounding (see README).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
     },
     /// List the tensors (name, shape, dtype), options and format version of a
     /// converted model, an HDF5 weight file or a TF checkpoint.
@@ -183,10 +187,19 @@ fn run(cmd: Command) -> Result<()> {
             tf_checkpoint,
             preset,
             out,
+            dtype,
         } => {
+            let dtype: elmo::convert::WeightDtype = dtype.parse()?;
             if let Some(ckpt) = tf_checkpoint {
                 let t0 = std::time::Instant::now();
-                elmo::tfckpt::convert_tf_checkpoint(&ckpt, options.as_deref(), preset.as_deref(), &out)?;
+                if dtype == elmo::convert::WeightDtype::F32 {
+                    elmo::tfckpt::convert_tf_checkpoint(&ckpt, options.as_deref(), preset.as_deref(), &out)?;
+                } else {
+                    let opts = options.as_deref().map(elmo::Options::from_file).transpose()?;
+                    let c = elmo::tfckpt::open_checkpoint(&ckpt)?;
+                    let (o, tensors) = elmo::tfckpt::elmo_from_checkpoint(&c, opts, preset.as_deref())?;
+                    elmo::convert::write_converted(&out, &o, &tensors, dtype)?;
+                }
                 eprintln!("wrote {} in {:.2} s", out.display(), t0.elapsed().as_secs_f64());
                 return Ok(());
             }
@@ -205,7 +218,7 @@ fn run(cmd: Command) -> Result<()> {
                 }
             };
             let t0 = std::time::Instant::now();
-            let r = elmo::convert::convert_hdf5(&options, &hdf5, &out, &mut progress);
+            let r = elmo::convert::convert_hdf5_with(&options, &hdf5, &out, &mut progress, dtype);
             if show {
                 eprintln!();
             }
