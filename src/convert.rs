@@ -18,6 +18,17 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64, u64, &str);
 /// converted layout (the zero padding row prepended to `char_embed`).
 pub fn read_hdf5_weights(options: &Options, hdf5: &Path, progress: Progress) -> Result<Vec<NamedTensor>> {
     let file = Hdf5File::open(hdf5).map_err(|e| Error::weights(hdf5, format!("cannot read as HDF5: {e}")))?;
+    read_from(options, file, hdf5, progress)
+}
+
+/// [`read_hdf5_weights`] from an HDF5 file held in memory (`name` is only
+/// used in messages); used by the fuzz target.
+pub fn read_hdf5_weights_from_bytes(options: &Options, bytes: &[u8], name: &Path) -> Result<Vec<NamedTensor>> {
+    let file = Hdf5File::from_bytes(bytes).map_err(|e| Error::weights(name, format!("cannot read as HDF5: {e}")))?;
+    read_from(options, file, name, &mut |_, _, _| {})
+}
+
+fn read_from(options: &Options, file: Hdf5File, hdf5: &Path, progress: Progress) -> Result<Vec<NamedTensor>> {
     let expected = expected_tensors(options);
     let total: u64 = expected
         .iter()

@@ -211,8 +211,17 @@ impl std::fmt::Debug for ElmoModel {
 }
 
 impl ElmoModel {
-    /// Loads a converted model file (memory-mapped).
+    /// Loads a converted model file (memory-mapped), checking that every
+    /// weight is finite (an error names the tensor).
     pub fn load(path: &Path) -> Result<Self> {
+        let file = ModelFile::open(path)?;
+        file.check_finite()?;
+        Self::from_file(file)
+    }
+
+    /// [`load`](Self::load) without the finiteness scan: loading costs only
+    /// the mapping and the header checks (about a millisecond).
+    pub fn load_unchecked(path: &Path) -> Result<Self> {
         Self::from_file(ModelFile::open(path)?)
     }
 

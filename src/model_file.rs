@@ -312,6 +312,31 @@ impl ModelFile {
         })
     }
 
+    /// Fails on the first tensor holding NaN or an infinity, naming it and
+    /// the position (tensors are scanned in parallel; ~20 ms for the full
+    /// model, whose pages the first forward pass would read anyway).
+    pub fn check_finite(&self) -> Result<()> {
+        use rayon::prelude::*;
+        let f32s = self.tensors.par_iter().find_map_any(|(name, t)| {
+            t.data()
+                .iter()
+                .position(|v| !v.is_finite())
+                .map(|i| (name.clone(), i, t.data()[i]))
+        });
+        let bf16s = || {
+            self.bf16.par_iter().find_map_any(|(name, t)| {
+                t.data()
+                    .iter()
+                    .position(|&b| !crate::tensor::bf16_to_f32(b).is_finite())
+                    .map(|i| (name.clone(), i, crate::tensor::bf16_to_f32(t.data()[i])))
+            })
+        };
+        match f32s.or_else(bf16s) {
+            Some((name, i, v)) => Err(Error::tensor(&self.path, name, format!("holds {v} at flat index {i}"))),
+            None => Ok(()),
+        }
+    }
+
     /// A tensor by name (present: checked at load for every required name).
     pub fn tensor(&self, name: &str) -> Result<&Tensor> {
         self.tensors

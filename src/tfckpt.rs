@@ -710,7 +710,14 @@ impl Checkpoint {
             ));
         }
         let bytes = std::fs::read(&index_path).map_err(|e| Error::io(&index_path, e))?;
-        let entries = read_table(&bytes).map_err(|m| Error::weights(&index_path, m))?;
+        Self::from_index_bytes(prefix, &bytes)
+    }
+
+    /// Like [`open`](Self::open) with the index's bytes given (data shards
+    /// are still read from `prefix.data-*`); used by the fuzz target.
+    pub fn from_index_bytes(prefix: &Path, bytes: &[u8]) -> Result<Self> {
+        let index_path = with_suffix(prefix, ".index");
+        let entries = read_table(bytes).map_err(|m| Error::weights(&index_path, m))?;
         let mut num_shards: Option<u32> = None;
         let mut variables = Vec::new();
         for (key, value) in entries {

@@ -151,3 +151,31 @@ fn loader_refuses_bad_model_files() {
         let _ = ElmoModel::load(&p);
     }
 }
+
+#[test]
+fn non_finite_weights_are_named_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let mut bytes = std::fs::read(&model.file().path).unwrap();
+    // Overwrite the first value of CNN/b_cnn_2 with NaN, through the header's offsets.
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let h: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let off = 8 + n + h["CNN/b_cnn_2"]["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[off..off + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let p = dir.path().join("nan.safetensors");
+    std::fs::write(&p, &bytes).unwrap();
+    let msg = ElmoModel::load(&p).unwrap_err().to_string();
+    assert!(msg.contains("CNN/b_cnn_2") && msg.contains("NaN"), "{msg}");
+    assert!(
+        ElmoModel::load_unchecked(&p).is_ok(),
+        "the unchecked fast path skips the scan"
+    );
+    // HDF5 with an infinity: the converter names the dataset.
+    let e = elmo::convert::read_hdf5_weights_from_bytes(
+        &elmo::Options::from_file(&fixture("bilm-tf-fixture/options.json")).unwrap(),
+        b"not hdf5",
+        std::path::Path::new("mem.hdf5"),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("mem.hdf5"), "{e}");
+}
