@@ -16,6 +16,11 @@ use crate::tensor::{Bf16Tensor, Tensor};
 use rayon::prelude::*;
 use std::path::Path;
 
+/// Most rows of input-side gate products held at once per LSTM layer and
+/// direction (64 MiB for the real model): longer inputs are processed in
+/// blocks of steps with the same results.
+const ZX_BLOCK_ROWS: usize = 1024;
+
 /// Most tokens per parallel work item of the token (char CNN) pipeline: big
 /// enough that each highway matrix is packed for many tokens, small enough
 /// that a batch spreads over the threads.
@@ -705,9 +710,14 @@ impl ElmoModel {
         let n = x.len() / p;
         let max_len = segs.iter().map(|s| s.1).max().unwrap_or(0);
         let (w_in, w_h) = w0.split_at(p * 4 * u);
-        // (N, 4U): the input half of every gate product, all steps at once.
-        let mut zx = vec![0f32; n * 4 * u];
-        gemm_rows(n, p, 4 * u, x, p, w_in, &mut zx, 4 * u);
+        // The input half of every gate product, one matrix product for a
+        // block of steps: all steps at once unless that would exceed
+        // ZX_BLOCK_ROWS rows (a 100,000-token sentence), which bounds memory.
+        // Rows give the same bits whichever block computes them.
+        let block_steps = (ZX_BLOCK_ROWS / b.max(1)).max(1);
+        let mut zx = Vec::new(); // (rows of the block, 4U)
+        let mut zx_row = vec![usize::MAX; block_steps.min(max_len.max(1)) * b]; // (step in block, sentence) -> row
+        let mut xb = Vec::new();
         let (mut cs, mut hs) = match init {
             Some((c0, h0)) => (c0.clone(), h0.clone()),
             None => (vec![0f32; b * u], vec![0f32; b * p]),
@@ -725,6 +735,23 @@ impl ElmoModel {
         // steps (same bits as the unpacked path, see `gemm_rows`).
         let packed = (b > 4).then(|| (PackedW::new(w_h, p, 4 * u), PackedW::new(wp, u, p)));
         for t in 0..max_len {
+            if t % block_steps == 0 {
+                let t1 = (t + block_steps).min(max_len);
+                xb.clear();
+                zx_row.fill(usize::MAX);
+                let mut rows = 0;
+                for s in t..t1 {
+                    for (i, &(off, len)) in segs.iter().enumerate() {
+                        if len > s {
+                            zx_row[(s - t) * b + i] = rows;
+                            xb.extend_from_slice(&x[(off + s) * p..(off + s + 1) * p]);
+                            rows += 1;
+                        }
+                    }
+                }
+                zx.resize(rows * 4 * u, 0.0);
+                gemm_rows(rows, p, 4 * u, &xb, p, w_in, &mut zx, 4 * u);
+            }
             // Sentences still running at step t; the others keep their state.
             active.clear();
             active.extend((0..b).filter(|&i| segs[i].1 > t));
@@ -739,7 +766,8 @@ impl ElmoModel {
             }
             for (r, &i) in active.iter().enumerate() {
                 // z = [x, m] W + b, gates i, j, f, o; forget bias 1.0 at run time.
-                let zxr = &zx[(segs[i].0 + t) * 4 * u..(segs[i].0 + t + 1) * 4 * u];
+                let row = zx_row[(t % block_steps) * b + i];
+                let zxr = &zx[row * 4 * u..(row + 1) * 4 * u];
                 let zr = &zbuf[r * 4 * u..(r + 1) * 4 * u];
                 lstm_cell(
                     zxr,
