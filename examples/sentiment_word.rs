@@ -23,20 +23,12 @@ use elmo::optim::Adam;
 use elmo::train::{FitOptions, Loss, Metric, Sequential};
 
 fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    common::exit_on_error(run());
 }
 
 fn run() -> elmo::Result<()> {
     let args = common::args();
-    let (vocab, x_train, y_train, x_test, y_test, source) = common::data(&args)?;
-    println!(
-        "data: {source}: {} training, {} validation reviews",
-        x_train.shape()[0],
-        x_test.shape()[0]
-    );
+    let (vocab, x_train, y_train, x_test, y_test) = common::data(&args)?;
     let elmo_model = common::model(&args)?;
 
     let mut model = Sequential::new(1);
@@ -64,11 +56,6 @@ fn run() -> elmo::Result<()> {
             ..FitOptions::default()
         },
     )?;
-    let per_epoch: f64 = history.epoch_seconds.iter().sum::<f64>() / history.epoch_seconds.len().max(1) as f64;
-    println!(
-        "final: accuracy {:.4}, val_accuracy {:.4}, {per_epoch:.1} s per epoch",
-        history.accuracy.last().unwrap_or(&0.0),
-        history.val_accuracy.last().unwrap_or(&0.0)
-    );
+    common::report(&history);
     Ok(())
 }

@@ -46,6 +46,18 @@ pub struct Tensor {
     storage: Storage,
 }
 
+/// The bytes of `n` elements of `size` bytes at `offset`, bounds-checked.
+fn byte_range(bytes: &[u8], n: usize, size: usize, offset: usize) -> Result<&[u8]> {
+    let nbytes = n
+        .checked_mul(size)
+        .ok_or_else(|| Error::Shape("tensor too large".into()))?;
+    let end = offset
+        .checked_add(nbytes)
+        .filter(|&e| e <= bytes.len())
+        .ok_or_else(|| Error::Shape(format!("{nbytes} bytes at offset {offset} lie outside the buffer")))?;
+    Ok(&bytes[offset..end])
+}
+
 fn numel(shape: &[usize]) -> Result<usize> {
     shape
         .iter()
@@ -78,14 +90,7 @@ impl Tensor {
     /// when 4-byte aligned and copied otherwise.
     pub fn from_bytes(shape: &[usize], bytes: &Arc<Bytes>, offset: usize) -> Result<Self> {
         let n = numel(shape)?;
-        let nbytes = n
-            .checked_mul(4)
-            .ok_or_else(|| Error::Shape("tensor too large".into()))?;
-        let end = offset
-            .checked_add(nbytes)
-            .filter(|&e| e <= bytes.len())
-            .ok_or_else(|| Error::Shape(format!("{nbytes} bytes at offset {offset} lie outside the buffer")))?;
-        let raw = &bytes[offset..end];
+        let raw = byte_range(bytes, n, 4, offset)?;
         if cfg!(target_endian = "little") && bytemuck::try_cast_slice::<u8, f32>(raw).is_ok() {
             return Ok(Tensor {
                 shape: shape.to_vec(),
@@ -223,14 +228,7 @@ impl Bf16Tensor {
     /// Little-endian bf16 values at byte `offset` of `bytes`.
     pub fn from_bytes(shape: &[usize], bytes: &Arc<Bytes>, offset: usize) -> Result<Self> {
         let n = numel(shape)?;
-        let nbytes = n
-            .checked_mul(2)
-            .ok_or_else(|| Error::Shape("tensor too large".into()))?;
-        let end = offset
-            .checked_add(nbytes)
-            .filter(|&e| e <= bytes.len())
-            .ok_or_else(|| Error::Shape(format!("{nbytes} bytes at offset {offset} lie outside the buffer")))?;
-        let raw = &bytes[offset..end];
+        let raw = byte_range(bytes, n, 2, offset)?;
         let storage = if cfg!(target_endian = "little") && bytemuck::try_cast_slice::<u8, u16>(raw).is_ok() {
             Bf16Storage::Shared {
                 bytes: Arc::clone(bytes),

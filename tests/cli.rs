@@ -27,23 +27,31 @@ fn assert_one_line_error(o: &Output, needle: &str) {
     assert!(!e.contains("panicked"), "{e}");
 }
 
-fn convert_tiny(dir: &Path) -> String {
-    let f = fixture("bilm-tf-fixture");
-    let out = dir.join("tiny.safetensors");
-    let o = elmo(
-        &[
-            "convert",
-            "--options",
-            f.join("options.json").to_str().unwrap(),
-            "--hdf5",
-            f.join("lm_weights.hdf5").to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        dir,
-    );
+/// Converts a fixture model with the CLI into `dir/<name>.safetensors`.
+fn convert_fixture(dir: &Path, folder: &str, name: &str) -> String {
+    let f = fixture(folder);
+    let out = dir.join(format!("{name}.safetensors"));
+    let (opts, h5) = (f.join("options.json"), f.join("lm_weights.hdf5"));
+    let args = [
+        "convert",
+        "--options",
+        opts.to_str().unwrap(),
+        "--hdf5",
+        h5.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let o = elmo(&args, dir);
     assert!(o.status.success(), "{}", stderr(&o));
     out.to_str().unwrap().to_owned()
+}
+
+fn convert_tiny(dir: &Path) -> String {
+    convert_fixture(dir, "bilm-tf-fixture", "tiny")
+}
+
+fn convert_small(dir: &Path) -> String {
+    convert_fixture(dir, "small", "small")
 }
 
 /// Runs `embed` on a golden set's .jsonl and compares every sentence with the
@@ -197,25 +205,6 @@ fn bad_input_gives_one_line_errors() {
     // Thousands of bytes in one token: fine.
     let o = run(format!("{}\n", "x".repeat(10_000)).as_bytes(), "long.txt", &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-}
-
-fn convert_small(dir: &Path) -> String {
-    let f = fixture("small");
-    let out = dir.join("small.safetensors");
-    let o = elmo(
-        &[
-            "convert",
-            "--options",
-            f.join("options.json").to_str().unwrap(),
-            "--hdf5",
-            f.join("lm_weights.hdf5").to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        dir,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    out.to_str().unwrap().to_owned()
 }
 
 /// Every output mode and mix variant through the CLI, against the goldens

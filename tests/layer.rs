@@ -11,30 +11,6 @@ use elmo::{ElmoModel, Error, Tensor};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// idx2word over the batch's words with gaps in the ids (id = 3 * rank + 5),
-/// and the post-padded id rows of the batch.
-fn vocab_and_ids(batch: &[Vec<String>]) -> (HashMap<i64, String>, TokenIds) {
-    let mut words: Vec<&String> = batch.iter().flatten().collect();
-    words.sort();
-    words.dedup();
-    let idx2word: HashMap<i64, String> = words
-        .iter()
-        .enumerate()
-        .map(|(i, w)| (3 * i as i64 + 5, (*w).clone()))
-        .collect();
-    let word2idx: HashMap<&String, i64> = idx2word.iter().map(|(k, v)| (v, *k)).collect();
-    let t = batch.iter().map(Vec::len).max().unwrap_or(0);
-    let rows: Vec<Vec<i64>> = batch
-        .iter()
-        .map(|s| {
-            let mut r: Vec<i64> = s.iter().map(|w| word2idx[w]).collect();
-            r.resize(t, 0);
-            r
-        })
-        .collect();
-    (idx2word, TokenIds::from_rows(&rows).unwrap())
-}
-
 struct Variant {
     name: &'static str,
     w: [f32; 3],

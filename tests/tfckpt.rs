@@ -8,11 +8,10 @@
 
 mod common;
 use common::*;
-use elmo::layer::{ElmoEmbedding, OutputMode, TokenIds};
+use elmo::layer::{ElmoEmbedding, OutputMode};
 use elmo::model_file::{ModelFile, NamedTensor};
 use elmo::tfckpt::{Checkpoint, DType, convert_tf_checkpoint, crc32c, elmo_from_checkpoint, mask_crc, open_checkpoint};
 use elmo::{ElmoModel, Error, Options};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -329,30 +328,6 @@ fn converts_bitwise_like_the_hdf5_file() {
         );
     }
     assert_eq!(file.tensor("aggregation/scaling").unwrap().shape(), &[1]);
-}
-
-/// idx2word over the batch's words and the post-padded id rows (as in
-/// tests/layer.rs).
-fn vocab_and_ids(batch: &[Vec<String>]) -> (HashMap<i64, String>, TokenIds) {
-    let mut words: Vec<&String> = batch.iter().flatten().collect();
-    words.sort();
-    words.dedup();
-    let idx2word: HashMap<i64, String> = words
-        .iter()
-        .enumerate()
-        .map(|(i, w)| (3 * i as i64 + 5, (*w).clone()))
-        .collect();
-    let word2idx: HashMap<&String, i64> = idx2word.iter().map(|(k, v)| (v, *k)).collect();
-    let t = batch.iter().map(Vec::len).max().unwrap_or(0);
-    let rows: Vec<Vec<i64>> = batch
-        .iter()
-        .map(|s| {
-            let mut r: Vec<i64> = s.iter().map(|w| word2idx[w]).collect();
-            r.resize(t, 0);
-            r
-        })
-        .collect();
-    (idx2word, TokenIds::from_rows(&rows).unwrap())
 }
 
 #[test]

@@ -68,8 +68,37 @@ pub fn args() -> Args {
     a
 }
 
-/// The data as Keras would feed it: (vocab, x_train, y_train, x_val, y_val).
-pub fn data(a: &Args) -> Result<(Vocab, Tensor, Tensor, Tensor, Tensor, String)> {
+/// Prints `error: ...` and exits 1 on an error.
+pub fn exit_on_error(r: Result<()>) {
+    if let Err(e) = r {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The last epoch's metrics and the mean time per epoch.
+pub fn report(h: &elmo::train::History) {
+    let per_epoch: f64 = h.epoch_seconds.iter().sum::<f64>() / h.epoch_seconds.len().max(1) as f64;
+    println!(
+        "final: accuracy {:.4}, val_accuracy {:.4}, {per_epoch:.1} s per epoch",
+        h.accuracy.last().unwrap_or(&0.0),
+        h.val_accuracy.last().unwrap_or(&0.0)
+    );
+}
+
+/// The data as Keras would feed it: (vocab, x_train, y_train, x_val, y_val);
+/// prints where it came from.
+pub fn data(a: &Args) -> Result<(Vocab, Tensor, Tensor, Tensor, Tensor)> {
+    let (vocab, xt, yt, xv, yv, source) = load(a)?;
+    println!(
+        "data: {source}: {} training, {} validation reviews",
+        xt.shape()[0],
+        xv.shape()[0]
+    );
+    Ok((vocab, xt, yt, xv, yv))
+}
+
+fn load(a: &Args) -> Result<(Vocab, Tensor, Tensor, Tensor, Tensor, String)> {
     if let Some((npz, index)) = &a.imdb_npz {
         let imdb = elmo::data::load_imdb_npz(npz, index, a.limit)?;
         let (xt, yt) = imdb.tensors(true, a.maxlen)?;

@@ -154,3 +154,27 @@ pub fn random_model(options_json: &str, dir: &Path, seed: u64) -> ElmoModel {
     elmo::model_file::write_model(&path, &options, &tensors).unwrap();
     ElmoModel::load(&path).unwrap()
 }
+
+/// idx2word over the batch's words with gaps in the ids (id = 3 * rank + 5),
+/// and the post-padded id rows of the batch.
+pub fn vocab_and_ids(batch: &[Vec<String>]) -> (std::collections::HashMap<i64, String>, elmo::layer::TokenIds) {
+    let mut words: Vec<&String> = batch.iter().flatten().collect();
+    words.sort();
+    words.dedup();
+    let idx2word: std::collections::HashMap<i64, String> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (3 * i as i64 + 5, (*w).clone()))
+        .collect();
+    let word2idx: std::collections::HashMap<&String, i64> = idx2word.iter().map(|(k, v)| (v, *k)).collect();
+    let t = batch.iter().map(Vec::len).max().unwrap_or(0);
+    let rows: Vec<Vec<i64>> = batch
+        .iter()
+        .map(|s| {
+            let mut r: Vec<i64> = s.iter().map(|w| word2idx[w]).collect();
+            r.resize(t, 0);
+            r
+        })
+        .collect();
+    (idx2word, elmo::layer::TokenIds::from_rows(&rows).unwrap())
+}
