@@ -313,7 +313,7 @@ impl ModelFile {
     }
 
     /// Fails on the first tensor holding NaN or an infinity, naming it and
-    /// the position (tensors are scanned in parallel; ~20 ms for the full
+    /// the position (tensors are scanned in parallel; ~0.1 s for the full
     /// model, whose pages the first forward pass would read anyway).
     pub fn check_finite(&self) -> Result<()> {
         use rayon::prelude::*;
