@@ -14,7 +14,7 @@
 
 use divan::counter::{BytesCount, ItemsCount};
 use divan::{Bencher, black_box};
-use elmo::cpu::{PackedW, gemm_rows, highway_blend, lstm_cell};
+use elmo::cpu::{Strips, highway_blend, lstm_cell, pack_strips, strips_gemm};
 use elmo::{ElmoModel, Options};
 use std::sync::OnceLock;
 
@@ -41,12 +41,16 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
 fn char_cnn_32_tokens(b: Bencher) {
     let n = 32;
     let emb = values(n * C * E, 1);
-    let kernels: Vec<Vec<f32>> = FILTERS.iter().map(|&(w, nf)| values(w * E * nf, 2)).collect();
+    let kernels: Vec<Vec<f32>> = FILTERS
+        .iter()
+        .map(|&(w, nf)| pack_strips(&values(w * E * nf, 2), w * E, nf))
+        .collect();
     let flops: usize = FILTERS.iter().map(|&(w, nf)| 2 * (n * C - w + 1) * w * E * nf).sum();
     let mut out = vec![0f32; n * C * 1024];
     b.counter(ItemsCount::new(flops)).bench_local(|| {
         for (&(w, nf), k) in FILTERS.iter().zip(&kernels) {
-            gemm_rows(n * C - w + 1, w * E, nf, &emb, E, k, &mut out, nf);
+            let k = Strips::new(k, w * E, nf);
+            strips_gemm(n * C - w + 1, &emb, E, k, 0, nf / 16, &mut out, nf, false);
         }
         black_box(&out);
     });
@@ -56,12 +60,16 @@ fn char_cnn_32_tokens(b: Bencher) {
 #[divan::bench(args = [12, 704])]
 fn highway_layer(b: Bencher, n: usize) {
     let x0 = values(n * F, 3);
-    let (wc, wt) = (values(F * F, 4), values(F * F, 5));
+    let (wc, wt) = (
+        pack_strips(&values(F * F, 4), F, F),
+        pack_strips(&values(F * F, 5), F, F),
+    );
+    let (wc, wt) = (Strips::new(&wc, F, F), Strips::new(&wt, F, F));
     let (mut carry, mut trans) = (vec![0f32; n * F], vec![0f32; n * F]);
     b.counter(ItemsCount::new(2 * 2 * n * F * F)).bench_local(|| {
         let mut x = x0.clone();
-        gemm_rows(n, F, F, &x, F, &wc, &mut carry, F);
-        gemm_rows(n, F, F, &x, F, &wt, &mut trans, F);
+        strips_gemm(n, &x, F, wc, 0, F / 16, &mut carry, F, false);
+        strips_gemm(n, &x, F, wt, 0, F / 16, &mut trans, F, false);
         highway_blend(&mut x, &carry, &trans);
         black_box(x);
     });
@@ -70,44 +78,55 @@ fn highway_layer(b: Bencher, n: usize) {
 /// The token projection 2048 -> 512 on N tokens.
 #[divan::bench(args = [12, 704])]
 fn projection(b: Bencher, n: usize) {
-    let (x, w) = (values(n * F, 6), values(F * P, 7));
+    let (x, w) = (values(n * F, 6), pack_strips(&values(F * P, 7), F, P));
+    let w = Strips::new(&w, F, P);
     let mut out = vec![0f32; n * P];
     b.counter(ItemsCount::new(2 * n * F * P)).bench_local(|| {
-        gemm_rows(n, F, P, &x, F, &w, &mut out, P);
+        strips_gemm(n, &x, F, w, 0, P / 16, &mut out, P, false);
         black_box(&out);
     });
 }
 
-/// One LSTM step at batch 1: recurrent product (512 x 16384), cell,
-/// projection (4096 x 512). Memory-bound: counted in bytes of weights read.
-#[divan::bench]
-fn lstm_step_batch1(b: Bencher) {
-    let (h, wh, wp, zx, bias) = (
-        values(P, 8),
-        values(P * 4 * U, 9),
-        values(U * P, 10),
-        values(4 * U, 11),
-        values(4 * U, 12),
+/// One LSTM step at batch 1 on one thread: recurrent product (512 x 16384),
+/// cell, projection (4096 x 512), f32 and bf16 weights. Memory-bound
+/// (40 MiB / 20 MiB of weights, more than this machine's L3 holds): counted
+/// in bytes of weights read.
+#[divan::bench(args = ["f32", "bf16"])]
+fn lstm_step_batch1(b: Bencher, dtype: &str) {
+    fn run<T: elmo::cpu::WeightElem + Default>(b: Bencher, wh: &[T], wp: &[T]) {
+        let (h, zx, bias) = (values(P, 8), values(4 * U, 11), values(4 * U, 12));
+        let (wh, wp) = (Strips::new(wh, P, 4 * U), Strips::new(wp, U, P));
+        let (mut z, mut c, mut m, mut out) = (vec![0f32; 4 * U], vec![0f32; U], vec![0f32; U], vec![0f32; P]);
+        let bytes = std::mem::size_of::<T>() * (P * 4 * U + U * P);
+        b.counter(BytesCount::new(bytes)).bench_local(|| {
+            strips_gemm(1, &h, P, wh, 0, 4 * U / 16, &mut z, 4 * U, false);
+            lstm_cell(&zx, &z, &bias, &mut c, &mut m, Some(3.0));
+            strips_gemm(1, &m, U, wp, 0, P / 16, &mut out, P, false);
+            black_box(&out);
+        });
+    }
+    let (wh, wp) = (
+        pack_strips(&values(P * 4 * U, 9), P, 4 * U),
+        pack_strips(&values(U * P, 10), U, P),
     );
-    let (mut z, mut c, mut m, mut out) = (vec![0f32; 4 * U], vec![0f32; U], vec![0f32; U], vec![0f32; P]);
-    b.counter(BytesCount::new(4 * (P * 4 * U + U * P))).bench_local(|| {
-        gemm_rows(1, P, 4 * U, &h, P, &wh, &mut z, 4 * U);
-        lstm_cell(&zx, &z, &bias, &mut c, &mut m, Some(3.0));
-        gemm_rows(1, U, P, &m, U, &wp, &mut out, P);
-        black_box(&out);
-    });
+    if dtype == "f32" {
+        run(b, &wh, &wp);
+    } else {
+        let bf = |v: &[f32]| v.iter().map(|&x| elmo::tensor::f32_to_bf16(x)).collect::<Vec<u16>>();
+        run(b, &bf(&wh), &bf(&wp));
+    }
 }
 
-/// One LSTM step at batch 32 with the matrices packed once (as a layer does
-/// for a batch). Counted in FLOPs.
+/// One LSTM step at batch 32 on one thread. Counted in FLOPs.
 #[divan::bench]
 fn lstm_step_batch32(b: Bencher) {
     let n = 32;
     let (h, zx, bias) = (values(n * P, 13), values(n * 4 * U, 14), values(4 * U, 15));
-    let (ph, pp) = (
-        PackedW::new(&values(P * 4 * U, 16), P, 4 * U),
-        PackedW::new(&values(U * P, 17), U, P),
+    let (wh, wp) = (
+        pack_strips(&values(P * 4 * U, 16), P, 4 * U),
+        pack_strips(&values(U * P, 17), U, P),
     );
+    let (wh, wp) = (Strips::new(&wh, P, 4 * U), Strips::new(&wp, U, P));
     let (mut z, mut c, mut m, mut out) = (
         vec![0f32; n * 4 * U],
         vec![0f32; n * U],
@@ -115,7 +134,7 @@ fn lstm_step_batch32(b: Bencher) {
         vec![0f32; n * P],
     );
     b.counter(ItemsCount::new(2 * n * (P * 4 * U + U * P))).bench_local(|| {
-        ph.product(n, &h, P, &mut z, 4 * U);
+        strips_gemm(n, &h, P, wh, 0, 4 * U / 16, &mut z, 4 * U, false);
         for r in 0..n {
             let (cr, mr) = (&mut c[r * U..(r + 1) * U], &mut m[r * U..(r + 1) * U]);
             lstm_cell(
@@ -127,7 +146,7 @@ fn lstm_step_batch32(b: Bencher) {
                 Some(3.0),
             );
         }
-        pp.product(n, &m, U, &mut out, P);
+        strips_gemm(n, &m, U, wp, 0, P / 16, &mut out, P, false);
         black_box(&out);
     });
 }

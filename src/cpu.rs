@@ -119,28 +119,11 @@ pub fn gemm_ref(
     }
 }
 
-/// Rows per register tile of [`gemm_rows`].
-const MR: usize = 4;
-
-/// `C = A W` for the recurrent products of the LSTM: `A` is `m x k` (rows
-/// `lda` apart), `W` is `k x n` row-major (rows `n` apart), `C` is `m x n`
-/// (rows `ldc` apart), overwritten.
-///
-/// Every element of `C` is the same sequence of fused multiply-adds,
-/// `c = fma(a[p], w[p], c)` for `p = 0..k` in order, whichever path computes
-/// it, so a sentence's result does not depend on its batch, bitwise. Two
-/// paths, both with `wide::f32x8`:
-/// * up to 16 rows (latency): `W` is streamed, row after row, into the rows
-///   of `C`, once per group of 4 rows (no packing: at batch 1 a step must
-///   read the 32 MiB recurrent matrix once, not copy it; up to 16 rows,
-///   re-reading `W` costs less than packing it: W1 ~10 % faster);
-/// * more rows (throughput): a panel of `W` (at most 512 KiB) is packed into
-///   16-column strips, then register tiles of 4 rows x 16 columns run over it.
-///
-/// # Panics
-/// When a slice is too short for the sizes given (a caller bug).
+/// Scalar reference of [`strips_gemm`] on a row-major `W` (`k x n`, rows `n`
+/// apart): each element the same fma chain, `c = fma(a[p], w[p], c)` for
+/// `p = 0..k` in order from zero, so the fast kernel must match it bitwise.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_rows<T: WeightElem>(
+pub fn gemm_fma_ref<T: WeightElem>(
     m: usize,
     k: usize,
     n: usize,
@@ -150,120 +133,8 @@ pub fn gemm_rows<T: WeightElem>(
     c: &mut [f32],
     ldc: usize,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    // (lda < k is allowed: overlapping rows, as the char convolution uses.)
-    assert!(a.len() >= (m - 1) * lda + k, "gemm_rows: A too small");
-    assert!(w.len() >= k * n, "gemm_rows: W too small");
-    assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "gemm_rows: C too small");
-    if m <= 4 * MR {
-        // Few rows: stream W once per group of up to 4 rows; cheaper than
-        // packing a panel of W for so few rows.
-        let mut r = 0;
-        while r < m {
-            let (ar, cr) = (&a[r * lda..], &mut c[r * ldc..]);
-            match (m - r).min(MR) {
-                4 => stream_rows::<4, T>(ar, lda, k, n, w, cr, ldc),
-                3 => stream_rows::<3, T>(ar, lda, k, n, w, cr, ldc),
-                2 => stream_rows::<2, T>(ar, lda, k, n, w, cr, ldc),
-                _ => stream_rows::<1, T>(ar, lda, k, n, w, cr, ldc),
-            }
-            r += MR;
-        }
-    } else {
-        packed_rows(m, k, n, a, lda, w, c, ldc);
-    }
-}
-
-/// An element type weight matrices are stored in: f32, or bfloat16 as
-/// `u16` (widened exactly to f32 on load; the arithmetic is f32 either way).
-pub trait WeightElem: Copy + Send + Sync + 'static {
-    /// Eight values from the start of `s`, as f32.
-    fn load8(s: &[Self]) -> wide::f32x8;
-    /// One value as f32.
-    fn to_f32(self) -> f32;
-}
-
-impl WeightElem for f32 {
-    #[inline(always)]
-    fn load8(s: &[f32]) -> wide::f32x8 {
-        load8(s)
-    }
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        self
-    }
-}
-
-/// bfloat16.
-impl WeightElem for u16 {
-    #[inline(always)]
-    fn load8(s: &[u16]) -> wide::f32x8 {
-        let h: [u16; 8] = s[..8].try_into().expect("8 lanes");
-        wide::f32x8::from(h.map(crate::tensor::bf16_to_f32))
-    }
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        crate::tensor::bf16_to_f32(self)
-    }
-}
-
-fn load8(s: &[f32]) -> wide::f32x8 {
-    wide::f32x8::from(<[f32; 8]>::try_from(&s[..8]).expect("8 lanes"))
-}
-
-/// The small-batch path of [`gemm_rows`] for `R` rows: for each row `p` of
-/// `W`, `C[i, :] += a[i, p] W[p, :]` over the whole row, so `W` is read as one
-/// sequential stream (what hardware prefetchers follow best); `C`'s rows
-/// (64 KiB each for the real model) stay in L2 between rows of `W`.
-fn stream_rows<const R: usize, T: WeightElem>(
-    a: &[f32],
-    lda: usize,
-    k: usize,
-    n: usize,
-    w: &[T],
-    c: &mut [f32],
-    ldc: usize,
-) {
-    use wide::f32x8;
-    let vecs = n / 8;
-    for i in 0..R {
-        c[i * ldc..i * ldc + n].fill(0.0);
-    }
-    // Four rows of W per pass over C: four sequential streams, and C is read
-    // and written a quarter as often; the fma order per element is still p.
-    let mut p = 0;
-    while p + 4 <= k {
-        let rows: [&[T]; 4] = std::array::from_fn(|q| &w[(p + q) * n..(p + q) * n + vecs * 8]);
-        for i in 0..R {
-            let x: [f32x8; 4] = std::array::from_fn(|q| f32x8::splat(a[i * lda + p + q]));
-            let ci = &mut c[i * ldc..i * ldc + vecs * 8];
-            for (v, cv) in ci.chunks_exact_mut(8).enumerate() {
-                let o = v * 8;
-                let mut r = x[0].mul_add(T::load8(&rows[0][o..]), load8(cv));
-                r = x[1].mul_add(T::load8(&rows[1][o..]), r);
-                r = x[2].mul_add(T::load8(&rows[2][o..]), r);
-                r = x[3].mul_add(T::load8(&rows[3][o..]), r);
-                cv.copy_from_slice(&r.to_array());
-            }
-        }
-        p += 4;
-    }
-    for p in p..k {
-        let row = &w[p * n..p * n + vecs * 8];
-        for i in 0..R {
-            let x = f32x8::splat(a[i * lda + p]);
-            let ci = &mut c[i * ldc..i * ldc + vecs * 8];
-            for (cv, wv) in ci.chunks_exact_mut(8).zip(row.chunks_exact(8)) {
-                let r = x.mul_add(T::load8(wv), load8(cv));
-                cv.copy_from_slice(&r.to_array());
-            }
-        }
-    }
-    // Columns past the last full vector: the same fma sequence, scalar.
-    for j in vecs * 8..n {
-        for i in 0..R {
+    for i in 0..m {
+        for j in 0..n {
             let mut s = 0f32;
             for p in 0..k {
                 s = a[i * lda + p].mul_add(w[p * n + j].to_f32(), s);
@@ -273,184 +144,341 @@ fn stream_rows<const R: usize, T: WeightElem>(
     }
 }
 
-thread_local! {
-    /// Packing buffer of [`packed_rows`], reused across calls on a thread.
-    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+/// An element type weight matrices are stored in: f32, or bfloat16 as
+/// `u16` (widened exactly to f32 on load; the arithmetic is f32 either way).
+pub trait WeightElem: Copy + Send + Sync + 'static {
+    /// One value as f32.
+    fn to_f32(self) -> f32;
+    /// Eight values at `p`, as f32.
+    ///
+    /// # Safety
+    /// `p .. p + 8` must be readable values of `Self`.
+    unsafe fn load8_ptr(p: *const Self) -> wide::f32x8;
 }
 
-/// The large-batch path of [`gemm_rows`].
+impl WeightElem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    unsafe fn load8_ptr(p: *const f32) -> wide::f32x8 {
+        // SAFETY: the caller guarantees 8 readable floats at p.
+        wide::f32x8::from(unsafe { std::ptr::read_unaligned(p as *const [f32; 8]) })
+    }
+}
+
+/// bfloat16.
+impl WeightElem for u16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        crate::tensor::bf16_to_f32(self)
+    }
+    #[inline(always)]
+    unsafe fn load8_ptr(p: *const u16) -> wide::f32x8 {
+        // SAFETY: the caller guarantees 8 readable u16 at p.
+        let h = unsafe { std::ptr::read_unaligned(p as *const [u16; 8]) };
+        wide::f32x8::from(h.map(crate::tensor::bf16_to_f32))
+    }
+}
+
+fn load8(s: &[f32]) -> wide::f32x8 {
+    wide::f32x8::from(<[f32; 8]>::try_from(&s[..8]).expect("8 lanes"))
+}
+
+/// Columns per strip of the strip-packed layout ([`pack_strips`]).
+pub const STRIP: usize = 16;
+
+/// Packs a row-major `k x n` matrix into `ceil(n / 16)` strips of `k` rows x
+/// 16 columns, each contiguous; columns past `n` in the last strip are zero.
+/// Element `(p, j)` lands at `((j / 16) * k + p) * 16 + j % 16`.
+///
+/// This is how the model file stores the LSTM matrices: a product then
+/// streams each strip from memory in order, with no packing per call.
+///
+/// # Panics
+/// When `w` holds fewer than `k * n` values (a caller bug).
+pub fn pack_strips<T: Copy + Default>(w: &[T], k: usize, n: usize) -> Vec<T> {
+    assert!(w.len() >= k * n, "pack_strips: W too small");
+    let ns = n.div_ceil(STRIP);
+    let mut out = vec![T::default(); ns * k * STRIP];
+    for p in 0..k {
+        for (j, &v) in w[p * n..(p + 1) * n].iter().enumerate() {
+            out[((j / STRIP) * k + p) * STRIP + j % STRIP] = v;
+        }
+    }
+    out
+}
+
+/// The inverse of [`pack_strips`]: the row-major `k x n` matrix.
+///
+/// # Panics
+/// When `s` is not `ceil(n / 16) * k * 16` values long (a caller bug).
+pub fn unpack_strips<T: Copy + Default>(s: &[T], k: usize, n: usize) -> Vec<T> {
+    assert_eq!(s.len(), n.div_ceil(STRIP) * k * STRIP, "unpack_strips: wrong length");
+    let mut w = vec![T::default(); k * n];
+    for p in 0..k {
+        for (j, v) in w[p * n..(p + 1) * n].iter_mut().enumerate() {
+            *v = s[((j / STRIP) * k + p) * STRIP + j % STRIP];
+        }
+    }
+    w
+}
+
+/// A view of rows `r0 .. r0 + k` of a strip-packed matrix (see
+/// [`pack_strips`]) with `depth` rows per strip and `n` columns: the LSTM
+/// kernel `W_0` is packed over its `2P` rows, and the input and recurrent
+/// products each use one half.
+#[derive(Debug, Clone, Copy)]
+pub struct Strips<'a, T> {
+    data: &'a [T],
+    depth: usize,
+    r0: usize,
+    k: usize,
+    n: usize,
+}
+
+impl<'a, T: WeightElem> Strips<'a, T> {
+    /// All `depth` rows of a packed `depth x n` matrix.
+    ///
+    /// # Panics
+    /// When `data` is not `ceil(n / 16) * depth * 16` values long.
+    pub fn new(data: &'a [T], depth: usize, n: usize) -> Self {
+        assert_eq!(data.len(), n.div_ceil(STRIP) * depth * STRIP, "Strips: wrong length");
+        Strips {
+            data,
+            depth,
+            r0: 0,
+            k: depth,
+            n,
+        }
+    }
+
+    /// Rows `r0 .. r0 + k` of this view.
+    ///
+    /// # Panics
+    /// When the rows are not inside the view.
+    pub fn rows(self, r0: usize, k: usize) -> Self {
+        assert!(r0 + k <= self.k, "Strips::rows out of range");
+        Strips {
+            r0: self.r0 + r0,
+            k,
+            ..self
+        }
+    }
+
+    /// Number of strips (`ceil(n / 16)`).
+    pub fn n_strips(&self) -> usize {
+        self.n.div_ceil(STRIP)
+    }
+
+    /// Rows (`k`) and columns (`n`).
+    pub fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    /// Strip `s`: `k * 16` values.
+    fn strip(&self, s: usize) -> &'a [T] {
+        let at = (s * self.depth + self.r0) * STRIP;
+        &self.data[at..at + self.k * STRIP]
+    }
+}
+
+/// Rows of `A` per block of [`strips_gemm`]: a block (`rows x k` floats)
+/// stays in L2 while every strip passes over it.
+fn row_block(k: usize) -> usize {
+    ((256 * 1024 / 4) / k.max(1)).clamp(6, 192) / 6 * 6
+}
+
+/// `C = A W` over strips `s0 .. s1` of `W`: `A` is `m x k` (rows `lda`
+/// apart), `C` receives columns `16 s0 .. min(16 s1, n)` of the product as
+/// its columns `0 ..` (rows `ldc` apart). `reverse` visits the strips last
+/// to first (the results are the same: it only changes which weights are
+/// still in cache for the next call).
+///
+/// Every element of `C` is the fma chain of [`gemm_fma_ref`] (`p = 0..k` in
+/// order from zero), so all tiles, row counts and strip ranges agree bitwise. Register tiles: 1 row x 4
+/// strips (8 accumulators) for a single row, 2 or 3 rows x 2 strips, and
+/// 6 rows x 1 strip (12 accumulators) for more.
+///
+/// # Panics
+/// When a slice is too short for the sizes given (a caller bug).
 #[allow(clippy::too_many_arguments)]
-fn packed_rows<T: WeightElem>(m: usize, k: usize, n: usize, a: &[f32], lda: usize, w: &[T], c: &mut [f32], ldc: usize) {
-    // Panel width: 16-column strips, at most 512 KiB of W per panel.
-    let strips_per_panel = ((128 * 1024) / (16 * k.max(1))).max(1);
-    let full = n / 16;
-    PANEL.with(|panel| {
-        let mut panel = panel.borrow_mut();
-        let mut s0 = 0;
-        while s0 < full {
-            let ns = strips_per_panel.min(full - s0);
-            panel.resize(ns * k * 16, 0.0);
-            // Row after row of W (contiguous reads), into 16-column strips.
-            for p in 0..k {
-                let row = &w[p * n + s0 * 16..p * n + (s0 + ns) * 16];
-                for (s, src) in row.chunks_exact(16).enumerate() {
-                    for (d, &v) in panel[(s * k + p) * 16..(s * k + p + 1) * 16].iter_mut().zip(src) {
-                        *d = v.to_f32();
+pub fn strips_gemm<T: WeightElem>(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    w: Strips<'_, T>,
+    s0: usize,
+    s1: usize,
+    c: &mut [f32],
+    ldc: usize,
+    reverse: bool,
+) {
+    let (k, n) = (w.k, w.n);
+    if m == 0 || s0 >= s1 {
+        return;
+    }
+    assert!(s1 <= w.n_strips(), "strips_gemm: strip range");
+    assert!(a.len() >= (m - 1) * lda + k, "strips_gemm: A too small");
+    let width = (s1 * STRIP).min(n) - s0 * STRIP;
+    assert!(
+        ldc >= width && c.len() >= (m - 1) * ldc + width,
+        "strips_gemm: C too small"
+    );
+    // Groups of `g` consecutive strips, in the order asked for.
+    let groups = |g: usize| {
+        let starts: Vec<usize> = (s0..s1).step_by(g).collect();
+        let order: Box<dyn Iterator<Item = usize>> = if reverse {
+            Box::new(starts.into_iter().rev())
+        } else {
+            Box::new(starts.into_iter())
+        };
+        order.map(move |s| (s, g.min(s1 - s)))
+    };
+    // Columns of the group starting at strip `s` that exist (the last strip
+    // may be padding past n) and where they go in C.
+    let cols = |s: usize, g: usize| ((s + g) * STRIP).min(n) - s * STRIP;
+    let at = |s: usize| (s - s0) * STRIP;
+    match m {
+        1..=3 => {
+            let g = if m == 1 { 4 } else { 2 };
+            for (s, gs) in groups(g) {
+                let (cs, j) = (cols(s, gs), at(s));
+                let c = &mut c[j..];
+                match (m, gs) {
+                    (1, 4) => tile::<1, 4, T>(a, lda, k, &w, s, c, ldc, cs),
+                    (2, 2) => tile::<2, 2, T>(a, lda, k, &w, s, c, ldc, cs),
+                    (3, 2) => tile::<3, 2, T>(a, lda, k, &w, s, c, ldc, cs),
+                    (1, _) => {
+                        for q in 0..gs {
+                            let cq = cols(s + q, 1);
+                            tile::<1, 1, T>(a, lda, k, &w, s + q, &mut c[q * STRIP..], ldc, cq);
+                        }
+                    }
+                    (2, _) => tile::<2, 1, T>(a, lda, k, &w, s, c, ldc, cs),
+                    _ => tile::<3, 1, T>(a, lda, k, &w, s, c, ldc, cs),
+                }
+            }
+        }
+        _ => {
+            let rb = row_block(k);
+            for r0 in (0..m).step_by(rb) {
+                let r1 = (r0 + rb).min(m);
+                for (s, _) in groups(1) {
+                    let (cs, j) = (cols(s, 1), at(s));
+                    let mut r = r0;
+                    while r < r1 {
+                        let mr = 6.min(r1 - r);
+                        let (ar, cr) = (&a[r * lda..], &mut c[r * ldc + j..]);
+                        match mr {
+                            6 => tile::<6, 1, T>(ar, lda, k, &w, s, cr, ldc, cs),
+                            5 => tile::<5, 1, T>(ar, lda, k, &w, s, cr, ldc, cs),
+                            4 => tile::<4, 1, T>(ar, lda, k, &w, s, cr, ldc, cs),
+                            3 => tile::<3, 1, T>(ar, lda, k, &w, s, cr, ldc, cs),
+                            2 => tile::<2, 1, T>(ar, lda, k, &w, s, cr, ldc, cs),
+                            _ => tile::<1, 1, T>(ar, lda, k, &w, s, cr, ldc, cs),
+                        }
+                        r += mr;
                     }
                 }
             }
-            strips_product(m, k, a, lda, &panel[..ns * k * 16], s0 * 16, c, ldc);
-            s0 += ns;
-        }
-    });
-    let j0 = full * 16;
-    if j0 < n {
-        let rest = n - j0;
-        let mut cols = vec![0f32; k * rest];
-        for p in 0..k {
-            for (d, &v) in cols[p * rest..(p + 1) * rest]
-                .iter_mut()
-                .zip(&w[p * n + j0..(p + 1) * n])
-            {
-                *d = v.to_f32();
-            }
-        }
-        tail_product(m, k, rest, a, lda, &cols, j0, c, ldc);
-    }
-}
-
-/// Products with consecutive 16-column strips (`k x 16` each, contiguous)
-/// whose first column is `j0`: 6 x 16 register tiles (12 accumulators + 2 W
-/// vectors + 1 broadcast of the 16 AVX2 registers).
-#[allow(clippy::too_many_arguments)]
-fn strips_product(m: usize, k: usize, a: &[f32], lda: usize, strips: &[f32], j0: usize, c: &mut [f32], ldc: usize) {
-    for (s, strip) in strips.chunks_exact(k * 16).enumerate() {
-        let j = j0 + s * 16;
-        let mut r = 0;
-        while r < m {
-            let mr = 6.min(m - r);
-            let (ar, cr) = (&a[r * lda..], &mut c[r * ldc + j..]);
-            match mr {
-                6 => tile16::<6>(ar, lda, k, strip, cr, ldc),
-                5 => tile16::<5>(ar, lda, k, strip, cr, ldc),
-                4 => tile16::<4>(ar, lda, k, strip, cr, ldc),
-                3 => tile16::<3>(ar, lda, k, strip, cr, ldc),
-                2 => tile16::<2>(ar, lda, k, strip, cr, ldc),
-                _ => tile16::<1>(ar, lda, k, strip, cr, ldc),
-            }
-            r += mr;
         }
     }
 }
 
-/// Columns `j0..j0 + rest` (fewer than 16, given row-major as `cols`,
-/// `k x rest`): the streaming kernel, one row at a time.
+/// [`strips_gemm`] over all strips of `w`, the strips shared between up to
+/// `parts` rayon tasks (each computes its columns into its own buffer, then
+/// they are copied into `C`): for products with few rows, where splitting
+/// the rows would leave threads idle. Small products (under ~4 M
+/// multiply-adds or a 1 MiB matrix) stay on the calling thread: handing
+/// work to another thread costs more than it saves there. Results are the
+/// same bits either way.
 #[allow(clippy::too_many_arguments)]
-fn tail_product(
+pub fn strips_gemm_par<T: WeightElem>(
     m: usize,
-    k: usize,
-    rest: usize,
     a: &[f32],
     lda: usize,
-    cols: &[f32],
-    j0: usize,
+    w: Strips<'_, T>,
     c: &mut [f32],
     ldc: usize,
+    parts: usize,
 ) {
-    let mut out = vec![0f32; rest];
-    for r in 0..m {
-        stream_rows::<1, f32>(&a[r * lda..], lda, k, rest, cols, &mut out, rest);
-        c[r * ldc + j0..r * ldc + j0 + rest].copy_from_slice(&out);
+    use rayon::prelude::*;
+    let ns = w.n_strips();
+    let small = w.k * w.n < (1 << 18) || m * w.k * w.n < (1 << 22);
+    if parts <= 1 || ns < 2 * parts || m == 0 || small {
+        strips_gemm(m, a, lda, w, 0, ns, c, ldc, false);
+        return;
     }
-}
-
-/// A `k x n` matrix packed once into 16-column strips (and its last `n % 16`
-/// columns row-major), for many products with it: an LSTM layer packs its
-/// recurrent and projection matrices once per batch instead of once per step.
-#[derive(Debug, Clone)]
-pub struct PackedW {
-    k: usize,
-    n: usize,
-    strips: Vec<f32>,
-    tail: Vec<f32>,
-}
-
-impl PackedW {
-    /// Packs `w` (`k x n`, row-major; f32 or bf16, widened to f32).
-    pub fn new<T: WeightElem>(w: &[T], k: usize, n: usize) -> Self {
-        assert!(w.len() >= k * n, "PackedW: W too small");
-        let full = n / 16;
-        let mut strips = vec![0f32; full * k * 16];
-        for p in 0..k {
-            for (s, src) in w[p * n..p * n + full * 16].chunks_exact(16).enumerate() {
-                for (d, &v) in strips[(s * k + p) * 16..(s * k + p + 1) * 16].iter_mut().zip(src) {
-                    *d = v.to_f32();
-                }
-            }
-        }
-        let rest = n - full * 16;
-        let mut tail = vec![0f32; k * rest];
-        for p in 0..k {
-            for (d, &v) in tail[p * rest..(p + 1) * rest]
-                .iter_mut()
-                .zip(&w[p * n + full * 16..(p + 1) * n])
-            {
-                *d = v.to_f32();
-            }
-        }
-        PackedW { k, n, strips, tail }
-    }
-
-    /// `C = A W` for `m` rows, bitwise equal to [`gemm_rows`] with the
-    /// unpacked `W`.
-    pub fn product(&self, m: usize, a: &[f32], lda: usize, c: &mut [f32], ldc: usize) {
-        let (k, n) = (self.k, self.n);
-        if m == 0 || n == 0 {
-            return;
-        }
-        assert!(a.len() >= (m - 1) * lda + k, "PackedW: A too small");
-        assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "PackedW: C too small");
-        strips_product(m, k, a, lda, &self.strips, 0, c, ldc);
-        let full = n / 16;
-        if full * 16 < n {
-            tail_product(m, k, n - full * 16, a, lda, &self.tail, full * 16, c, ldc);
+    let n = w.n;
+    let bufs: Vec<(usize, usize, Vec<f32>)> = (0..parts)
+        .into_par_iter()
+        .map(|t| {
+            let (s0, s1) = (ns * t / parts, ns * (t + 1) / parts);
+            let (j0, j1) = (s0 * STRIP, (s1 * STRIP).min(n));
+            let mut buf = vec![0f32; m * (j1 - j0)];
+            strips_gemm(m, a, lda, w, s0, s1, &mut buf, j1 - j0, false);
+            (j0, j1, buf)
+        })
+        .collect();
+    for (j0, j1, buf) in bufs {
+        for (r, row) in buf.chunks_exact(j1 - j0).enumerate() {
+            c[r * ldc + j0..r * ldc + j1].copy_from_slice(row);
         }
     }
 }
 
-/// `R` rows x 16 columns over a packed strip (`k` rows of 16, contiguous).
+/// `R` rows x `S` strips (16 S columns) of `C = A W`, the first `cols` of
+/// them stored: `2 R S` accumulators, one fma chain per element.
 #[inline(always)]
-fn tile16<const R: usize>(a: &[f32], lda: usize, k: usize, strip: &[f32], c: &mut [f32], ldc: usize) {
+#[allow(clippy::too_many_arguments)]
+fn tile<const R: usize, const S: usize, T: WeightElem>(
+    a: &[f32],
+    lda: usize,
+    k: usize,
+    w: &Strips<'_, T>,
+    s: usize,
+    c: &mut [f32],
+    ldc: usize,
+    cols: usize,
+) {
     use wide::f32x8;
+    let strips: [&[T]; S] = std::array::from_fn(|q| w.strip(s + q));
+    assert!(a.len() >= (R - 1) * lda + k, "tile: A too small");
+    assert!(strips.iter().all(|st| st.len() >= k * STRIP), "tile: strip too small");
     assert!(
-        R >= 1 && a.len() >= (R - 1) * lda + k && strip.len() >= k * 16,
-        "tile16: operands too small"
+        cols <= S * STRIP && c.len() >= (R - 1) * ldc + cols,
+        "tile: C too small"
     );
-    assert!(c.len() >= (R - 1) * ldc + 16, "tile16: C too small");
-    let mut acc = [[f32x8::ZERO; 2]; R];
+    let mut acc = [[[f32x8::ZERO; 2]; S]; R];
     let ap = a.as_ptr();
-    let wp = strip.as_ptr();
     for p in 0..k {
-        // SAFETY: p < k, so the 16 floats at wp + 16p lie in `strip` (length
-        // >= 16k, asserted) and a[i * lda + p] for i < R lies in `a` (length
-        // >= (R-1) lda + k, asserted). Unaligned reads of plain f32 data.
-        let (w0, w1) = unsafe {
-            let w = wp.add(p * 16);
-            (
-                f32x8::from(std::ptr::read_unaligned(w as *const [f32; 8])),
-                f32x8::from(std::ptr::read_unaligned(w.add(8) as *const [f32; 8])),
-            )
-        };
-        for (i, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: see above (i < R, p < k).
-            let x = f32x8::splat(unsafe { *ap.add(i * lda + p) });
-            acc[0] = x.mul_add(w0, acc[0]);
-            acc[1] = x.mul_add(w1, acc[1]);
+        for (q, st) in strips.iter().enumerate() {
+            // SAFETY: p < k and every strip holds at least 16k values
+            // (asserted), so the 16 values at 16p lie inside it.
+            let (w0, w1) = unsafe {
+                let wp = st.as_ptr().add(p * STRIP);
+                (T::load8_ptr(wp), T::load8_ptr(wp.add(8)))
+            };
+            for (i, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: i < R and p < k, and `a` holds lda + k values.
+                let x = f32x8::splat(unsafe { *ap.add(i * lda + p) });
+                acc[q][0] = x.mul_add(w0, acc[q][0]);
+                acc[q][1] = x.mul_add(w1, acc[q][1]);
+            }
         }
     }
     for (i, acc) in acc.iter().enumerate() {
-        c[i * ldc..i * ldc + 8].copy_from_slice(&acc[0].to_array());
-        c[i * ldc + 8..i * ldc + 16].copy_from_slice(&acc[1].to_array());
+        for (q, halves) in acc.iter().enumerate() {
+            for (h, v) in halves.iter().enumerate() {
+                let j = q * STRIP + h * 8;
+                if j < cols {
+                    let len = 8.min(cols - j);
+                    c[i * ldc + j..i * ldc + j + len].copy_from_slice(&v.to_array()[..len]);
+                }
+            }
+        }
     }
 }
 
@@ -601,7 +629,7 @@ mod tests {
     }
 
     #[test]
-    fn gemm_rows_matches_reference_and_is_row_independent() {
+    fn strips_gemm_matches_the_fma_reference_bitwise() {
         for &(m, k, n) in &[
             (1, 1, 1),
             (1, 7, 40),
@@ -611,37 +639,70 @@ mod tests {
             (32, 40, 64),
             (2, 9, 300),
             (6, 300, 530),
+            (5, 20, 100),
+            (14, 50, 48),
+            (200, 3, 20),
+            (17, 256, 1030), // large enough for strips_gemm_par to share it
         ] {
             let a = fill(m * k, 5);
             let w = fill(k * n, 6);
-            let mut c1 = vec![0f32; m * n];
-            let mut c2 = vec![0f32; m * n];
-            gemm_rows(m, k, n, &a, k, &w, &mut c1, n);
-            gemm_ref(m, k, n, &a, k, &w, n, &mut c2, n, false);
-            let maxdiff = c1.iter().zip(&c2).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            let mut want = vec![0f32; m * n];
+            gemm_fma_ref(m, k, n, &a, k, &w, &mut want, n);
+            let mut textbook = vec![0f32; m * n];
+            gemm_ref(m, k, n, &a, k, &w, n, &mut textbook, n, false);
+            let maxdiff = want
+                .iter()
+                .zip(&textbook)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
             assert!(maxdiff < 1e-4, "maxdiff {maxdiff} for {m}x{k}x{n}");
-            // The packed form gives the same bits.
-            let mut c3 = vec![0f32; m * n];
-            PackedW::new(&w, k, n).product(m, &a, k, &mut c3, n);
-            assert_eq!(c3, c1, "packed {m}x{k}x{n}");
-            // bf16 weights: the streaming and packed paths agree bitwise with
-            // f32 weights that hold the same (rounded) values.
-            let wb: Vec<u16> = w.iter().map(|&x| crate::tensor::f32_to_bf16(x)).collect();
-            let wr: Vec<f32> = wb.iter().map(|&b| crate::tensor::bf16_to_f32(b)).collect();
-            let (mut cb, mut cr) = (vec![0f32; m * n], vec![0f32; m * n]);
-            gemm_rows(m, k, n, &a, k, &wb, &mut cb, n);
-            gemm_rows(m, k, n, &a, k, &wr, &mut cr, n);
-            assert_eq!(cb, cr, "bf16 {m}x{k}x{n}");
-            let mut cp = vec![0f32; m * n];
-            PackedW::new(&wb, k, n).product(m, &a, k, &mut cp, n);
-            assert_eq!(cp, cr, "bf16 packed {m}x{k}x{n}");
+            // Any strip order, any strip range, rows of a deeper matrix, and
+            // the column-shared variant: the same bits.
+            let ns = n.div_ceil(STRIP);
+            let mut deep_w = fill((k + 3) * n, 7);
+            deep_w[3 * n..].copy_from_slice(&w);
+            let packed = pack_strips(&deep_w, k + 3, n);
+            assert_eq!(unpack_strips(&packed, k + 3, n), deep_w);
+            let view = Strips::new(&packed, k + 3, n).rows(3, k);
+            for reverse in [false, true] {
+                let mut c = vec![0f32; m * n];
+                strips_gemm(m, &a, k, view, 0, ns, &mut c, n, reverse);
+                assert_eq!(c, want, "strips {m}x{k}x{n} reverse {reverse}");
+            }
+            let mut c = vec![0f32; m * n];
+            strips_gemm_par(m, &a, k, view, &mut c, n, 3);
+            assert_eq!(c, want, "shared {m}x{k}x{n}");
+            let (s0, s1) = (ns / 3, ns - ns / 4);
+            let (j0, j1) = (s0 * STRIP, (s1 * STRIP).min(n));
+            let mut part = vec![0f32; m * (j1 - j0)];
+            strips_gemm(m, &a, k, view, s0, s1, &mut part, j1 - j0, true);
+            for r in 0..m {
+                assert_eq!(part[r * (j1 - j0)..(r + 1) * (j1 - j0)], want[r * n + j0..r * n + j1]);
+            }
             // Each row alone gives the same bits as inside the batch.
             for r in 0..m {
                 let mut one = vec![0f32; n];
-                gemm_rows(1, k, n, &a[r * k..], k, &w, &mut one, n);
-                assert_eq!(one, c1[r * n..(r + 1) * n], "row {r} of {m}x{k}x{n}");
+                strips_gemm(1, &a[r * k..], k, view, 0, ns, &mut one, n, false);
+                assert_eq!(one, want[r * n..(r + 1) * n], "row {r} of {m}x{k}x{n}");
             }
+            // bf16 weights: widened exactly, the same fma chains.
+            let wb: Vec<u16> = w.iter().map(|&x| crate::tensor::f32_to_bf16(x)).collect();
+            let mut want_b = vec![0f32; m * n];
+            gemm_fma_ref(m, k, n, &a, k, &wb, &mut want_b, n);
+            let pb = pack_strips(&wb, k, n);
+            let mut cb = vec![0f32; m * n];
+            strips_gemm(m, &a, k, Strips::new(&pb, k, n), 0, ns, &mut cb, n, false);
+            assert_eq!(cb, want_b, "bf16 strips {m}x{k}x{n}");
         }
+        // Overlapping rows of A (lda < k), as the char convolution reads them.
+        let (m, k, n, lda) = (20, 12, 9, 4);
+        let a = fill((m - 1) * lda + k, 8);
+        let w = fill(k * n, 9);
+        let (mut want, mut c) = (vec![0f32; m * n], vec![0f32; m * n]);
+        gemm_fma_ref(m, k, n, &a, lda, &w, &mut want, n);
+        let pw = pack_strips(&w, k, n);
+        strips_gemm(m, &a, lda, Strips::new(&pw, k, n), 0, 1, &mut c, n, false);
+        assert_eq!(c, want);
     }
 
     #[test]

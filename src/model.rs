@@ -8,7 +8,7 @@
 //! embedding, F = filters, P = projection, U = LSTM cell size, L = layers.
 
 use crate::chars::{CharIds, encode_batch};
-use crate::cpu::{PackedW, WeightElem, add_bias, clip, gemm_rows, highway_blend, lstm_cell};
+use crate::cpu::{STRIP, Strips, WeightElem, add_bias, clip, highway_blend, lstm_cell, strips_gemm_par};
 use crate::error::{Error, Result};
 use crate::model_file::{ModelFile, lstm_name};
 use crate::options::{Activation, Options};
@@ -26,10 +26,11 @@ const ZX_BLOCK_ROWS: usize = 1024;
 /// that a batch spreads over the threads.
 const TOKEN_CHUNK: usize = 128;
 
+// Matrices are strip-packed ([`crate::cpu::pack_strips`]) as the file stores them.
 struct Conv {
     width: usize,
     count: usize,
-    kernel: Tensor, // (1, w, E, n) = (w*E, n) row-major
+    kernel: Tensor, // (1, w, E, n) as (w*E, n), packed
     bias: Tensor,   // (n,)
 }
 
@@ -46,10 +47,98 @@ enum Mat {
     Bf16(Bf16Tensor),
 }
 
+/// One LSTM layer's weights; the matrices are strip-packed
+/// ([`crate::cpu::pack_strips`]), as the model file stores them.
 struct LstmLayer {
-    kernel: Mat,     // (P + P, 4U): rows for the input, then for m_{t-1}
+    kernel: Mat,     // (P + P, 4U) packed: rows for the input, then for m_{t-1}
     bias: Tensor,    // (4U,), gates i, j, f, o
-    projection: Mat, // (U, P)
+    projection: Mat, // (U, P) packed
+}
+
+/// Largest batch for which an LSTM layer's steps are shared between the
+/// threads (each thread a share of every gate's units and of the
+/// projection's columns, one direction after the other) rather than the two
+/// directions running side by side. Small batches are bound by reading the
+/// weights: sharing one direction's weights between the cores keeps more of
+/// them in the shared cache from step to step.
+const SHARED_STEPS_MAX_BATCH: usize = 8;
+
+/// Fewest recurrent + projection weights (`5 U P`) for which sharing steps
+/// pays: below (4 MiB of f32), a step is too short for the hand-off.
+const SHARED_STEPS_MIN_WEIGHTS: usize = 1 << 20;
+
+/// One thread's share of an LSTM layer (see [`ElmoModel::lstm_layer`]):
+/// units `u0..u1` of every gate and some strips of the projection, with the
+/// buffers for them.
+struct Part {
+    gates: Vec<(usize, usize, usize)>, // (first strip, end strip, column in zx/zh rows)
+    units: (usize, usize),             // u0..u1
+    proj: (usize, usize),              // projection strips
+    bias: Vec<f32>,                    // (4w,) this part's gate biases
+    zx: Vec<f32>,                      // (rows of the block, 4w)
+    zh: Vec<f32>,                      // (active, 4w)
+    c: Vec<f32>,                       // (B, w) cell states of these units
+    m: Vec<f32>,                       // (active, w)
+    h: Vec<f32>,                       // (active, projection columns)
+}
+
+impl Part {
+    /// `n` shares of a layer with `u` units and `p` outputs; one share
+    /// unless the units split into whole strips.
+    fn split(n: usize, u: usize, p: usize, bias: &[f32]) -> Vec<Part> {
+        let (us, ps) = (u / STRIP, p.div_ceil(STRIP));
+        let n = if u.is_multiple_of(STRIP) {
+            n.min(us).min(ps).max(1)
+        } else {
+            1
+        };
+        (0..n)
+            .map(|t| {
+                let (a, b) = if n == 1 {
+                    (0, u)
+                } else {
+                    (us * t / n * STRIP, us * (t + 1) / n * STRIP)
+                };
+                let w = b - a;
+                // One share: the packed gate columns are the rows' own layout.
+                let gates = if n == 1 {
+                    vec![(0, (4 * u).div_ceil(STRIP), 0)]
+                } else {
+                    (0..4)
+                        .map(|g| ((g * u + a) / STRIP, (g * u + b) / STRIP, g * w))
+                        .collect()
+                };
+                let bias = (0..4)
+                    .flat_map(|g| bias[g * u + a..g * u + b].iter().copied())
+                    .collect();
+                Part {
+                    gates,
+                    units: (a, b),
+                    proj: (ps * t / n, ps * (t + 1) / n),
+                    bias,
+                    zx: Vec::new(),
+                    zh: Vec::new(),
+                    c: Vec::new(),
+                    m: Vec::new(),
+                    h: Vec::new(),
+                }
+            })
+            .collect()
+    }
+
+    /// Columns of the projection this part computes: `j0..j1`.
+    fn proj_cols(&self, p: usize) -> (usize, usize) {
+        (self.proj.0 * STRIP, (self.proj.1 * STRIP).min(p))
+    }
+}
+
+/// Runs `f` on every part, in parallel when there are several.
+fn each_part(parts: &mut [Part], f: impl Fn(&mut Part) + Send + Sync) {
+    if parts.len() > 1 {
+        parts.par_iter_mut().for_each(f);
+    } else {
+        parts.iter_mut().for_each(f);
+    }
 }
 
 /// A loaded ELMo biLM. Immutable and `Send + Sync`: share it with `Arc` and
@@ -453,10 +542,21 @@ impl ElmoModel {
         let init0: Vec<_> = (0..nl).map(|l| init(0, l)).collect();
         let init1: Vec<_> = (0..nl).map(|l| init(1, l)).collect();
         let reversed = reverse_segments(&tokens.tok, &segs, p);
-        let (fwd, mut bwd) = rayon::join(
-            || self.lstm_direction(0, tokens.tok.clone(), &segs, &init0),
-            || self.lstm_direction(1, reversed, &segs, &init1),
-        );
+        // Small batches: one direction after the other, every thread on a
+        // share of each step. Larger ones: the directions side by side.
+        let big = 5 * u * p >= SHARED_STEPS_MIN_WEIGHTS;
+        let (fwd, mut bwd) = if b <= SHARED_STEPS_MAX_BATCH && big && rayon::current_num_threads() > 1 {
+            let n = rayon::current_num_threads();
+            (
+                self.lstm_direction(0, tokens.tok.clone(), &segs, &init0, n),
+                self.lstm_direction(1, reversed, &segs, &init1, n),
+            )
+        } else {
+            rayon::join(
+                || self.lstm_direction(0, tokens.tok.clone(), &segs, &init0, 1),
+                || self.lstm_direction(1, reversed, &segs, &init1, 1),
+            )
+        };
         for out in &mut bwd.outputs {
             *out = reverse_segments(out, &segs, p);
         }
@@ -570,9 +670,13 @@ impl ElmoModel {
     /// parallel chunks. `keep`: also return the CNN and highway outputs.
     fn token_pipeline(&self, ids: &[u16], keep: bool) -> TokenOut {
         let c = self.options().char_cnn.max_characters_per_token;
+        let chunks = ids.len().div_ceil(TOKEN_CHUNK * c).max(1);
+        // Fewer chunks than threads (a short request): the threads share
+        // each product's columns instead.
+        let parts = rayon::current_num_threads() / chunks;
         let parts: Vec<TokenOut> = ids
             .par_chunks(TOKEN_CHUNK * c)
-            .map(|ch| self.token_chunk(ch, keep))
+            .map(|ch| self.token_chunk(ch, keep, parts))
             .collect();
         let mut all = TokenOut {
             tok: Vec::new(),
@@ -589,7 +693,7 @@ impl ElmoModel {
         all
     }
 
-    fn token_chunk(&self, ids: &[u16], keep: bool) -> TokenOut {
+    fn token_chunk(&self, ids: &[u16], keep: bool, parts: usize) -> TokenOut {
         let o = self.options();
         let (c, e, f) = (
             o.char_cnn.max_characters_per_token,
@@ -614,7 +718,8 @@ impl ElmoModel {
             let (w, nf) = (conv.width, conv.count);
             let rows = n * c - w + 1;
             buf.resize(rows * nf, 0.0);
-            gemm_rows(rows, w * e, nf, &emb, e, conv.kernel.data(), &mut buf, nf);
+            let kernel = Strips::new(conv.kernel.data(), w * e, nf);
+            strips_gemm_par(rows, &emb, e, kernel, &mut buf, nf, parts);
             let bias = conv.bias.data();
             for t in 0..n {
                 let dst = &mut x[t * f + col..t * f + col + nf];
@@ -642,9 +747,9 @@ impl ElmoModel {
         let mut trans = vec![0f32; n * f];
         for hw in &self.highways {
             // g = sigmoid(x Wc + bc), t = relu(x Wt + bt), x' = g t + (1 - g) x
-            gemm_rows(n, f, f, &x, f, hw.w_carry.data(), &mut carry, f);
+            strips_gemm_par(n, &x, f, Strips::new(hw.w_carry.data(), f, f), &mut carry, f, parts);
             add_bias(&mut carry, hw.b_carry.data());
-            gemm_rows(n, f, f, &x, f, hw.w_transform.data(), &mut trans, f);
+            strips_gemm_par(n, &x, f, Strips::new(hw.w_transform.data(), f, f), &mut trans, f, parts);
             add_bias(&mut trans, hw.b_transform.data());
             highway_blend(&mut x, &carry, &trans);
             if keep {
@@ -655,7 +760,7 @@ impl ElmoModel {
             Some((w, bias)) => {
                 let p = o.lstm.projection_dim;
                 let mut out = vec![0f32; n * p];
-                gemm_rows(n, f, p, &x, f, w.data(), &mut out, p);
+                strips_gemm_par(n, &x, f, Strips::new(w.data(), f, p), &mut out, p, parts);
                 add_bias(&mut out, bias.data());
                 out
             }
@@ -665,24 +770,39 @@ impl ElmoModel {
     }
 
     /// All layers of one direction. `x`: (N, P) layer-0 input in processing
-    /// order; `init[l]`: the starting (c, h) rows of layer l, or zeros.
+    /// order; `init[l]`: the starting (c, h) rows of layer l, or zeros;
+    /// `parts`: threads sharing each step.
     fn lstm_direction(
         &self,
         d: usize,
         mut x: Vec<f32>,
         segs: &[(usize, usize)],
         init: &[Option<(Vec<f32>, Vec<f32>)>],
+        parts: usize,
     ) -> DirectionOut {
         let lo = &self.options().lstm;
+        let (p, u) = (lo.projection_dim, lo.dim);
         let mut outputs = Vec::with_capacity(lo.n_layers);
         let mut finals = Vec::with_capacity(lo.n_layers);
         for (l, layer) in self.lstm[d].iter().enumerate() {
             let init = init[l].as_ref();
             let (out, fin) = match (&layer.kernel, &layer.projection) {
-                (Mat::F32(k), Mat::F32(pj)) => self.lstm_layer(l, k.data(), pj.data(), layer, &x, segs, init),
-                (Mat::Bf16(k), Mat::Bf16(pj)) => self.lstm_layer(l, k.data(), pj.data(), layer, &x, segs, init),
-                (Mat::F32(k), Mat::Bf16(pj)) => self.lstm_layer(l, k.data(), pj.data(), layer, &x, segs, init),
-                (Mat::Bf16(k), Mat::F32(pj)) => self.lstm_layer(l, k.data(), pj.data(), layer, &x, segs, init),
+                (Mat::F32(k), Mat::F32(pj)) => {
+                    let (k, pj) = (Strips::new(k.data(), 2 * p, 4 * u), Strips::new(pj.data(), u, p));
+                    self.lstm_layer(l, k, pj, layer, &x, segs, init, parts)
+                }
+                (Mat::Bf16(k), Mat::Bf16(pj)) => {
+                    let (k, pj) = (Strips::new(k.data(), 2 * p, 4 * u), Strips::new(pj.data(), u, p));
+                    self.lstm_layer(l, k, pj, layer, &x, segs, init, parts)
+                }
+                (Mat::F32(k), Mat::Bf16(pj)) => {
+                    let (k, pj) = (Strips::new(k.data(), 2 * p, 4 * u), Strips::new(pj.data(), u, p));
+                    self.lstm_layer(l, k, pj, layer, &x, segs, init, parts)
+                }
+                (Mat::Bf16(k), Mat::F32(pj)) => {
+                    let (k, pj) = (Strips::new(k.data(), 2 * p, 4 * u), Strips::new(pj.data(), u, p));
+                    self.lstm_layer(l, k, pj, layer, &x, segs, init, parts)
+                }
             };
             finals.push(fin);
             x = out.clone();
@@ -692,48 +812,55 @@ impl ElmoModel {
     }
 
     /// One LSTM layer of one direction over all steps; weights f32 or bf16
-    /// (`T` for the kernel, `Q` for the projection). Returns the outputs
-    /// (N, P) in processing order and the final (c, h) of every sentence.
+    /// (`T` for the kernel, `Q` for the projection), strip-packed. Returns
+    /// the outputs (N, P) in processing order and the final (c, h) of every
+    /// sentence.
+    ///
+    /// Each step's work is split into `n_parts` shares run in parallel: a
+    /// share owns a range of units (its columns of all four gates, its cell
+    /// states) and a range of the projection's columns. Every output element
+    /// is the same fma chain whatever the split, so results are bitwise the
+    /// same for any thread count and batch.
     #[allow(clippy::too_many_arguments)]
     fn lstm_layer<T: WeightElem, Q: WeightElem>(
         &self,
         l: usize,
-        w0: &[T],
-        wp: &[Q],
+        w0: Strips<'_, T>,
+        wp: Strips<'_, Q>,
         layer: &LstmLayer,
         x: &[f32],
         segs: &[(usize, usize)],
         init: Option<&(Vec<f32>, Vec<f32>)>,
+        n_parts: usize,
     ) -> (Vec<f32>, (Vec<f32>, Vec<f32>)) {
         let lo = &self.options().lstm;
         let (p, u, b) = (lo.projection_dim, lo.dim, segs.len());
         let n = x.len() / p;
         let max_len = segs.iter().map(|s| s.1).max().unwrap_or(0);
-        let (w_in, w_h) = w0.split_at(p * 4 * u);
+        let (w_in, w_h) = (w0.rows(0, p), w0.rows(p, p));
+        let mut parts = Part::split(n_parts, u, p, layer.bias.data());
+        let (cs, mut hs) = match init {
+            Some((c0, h0)) => (c0.clone(), h0.clone()),
+            None => (vec![0f32; b * u], vec![0f32; b * p]),
+        };
+        for part in &mut parts {
+            let (u0, u1) = part.units;
+            part.c = (0..b)
+                .flat_map(|i| cs[i * u + u0..i * u + u1].iter().copied())
+                .collect();
+        }
         // The input half of every gate product, one matrix product for a
         // block of steps: all steps at once unless that would exceed
         // ZX_BLOCK_ROWS rows (a 100,000-token sentence), which bounds memory.
         // Rows give the same bits whichever block computes them.
         let block_steps = (ZX_BLOCK_ROWS / b.max(1)).max(1);
-        let mut zx = Vec::new(); // (rows of the block, 4U)
         let mut zx_row = vec![usize::MAX; block_steps.min(max_len.max(1)) * b]; // (step in block, sentence) -> row
         let mut xb = Vec::new();
-        let (mut cs, mut hs) = match init {
-            Some((c0, h0)) => (c0.clone(), h0.clone()),
-            None => (vec![0f32; b * u], vec![0f32; b * p]),
-        };
-        let bias = layer.bias.data();
         let mut out = vec![0f32; n * p];
         let mut hbuf = vec![0f32; b * p];
-        let mut zbuf = vec![0f32; b * 4 * u];
         let mut mbuf = vec![0f32; b * u];
-        let mut pbuf = vec![0f32; b * p];
         let mut active = Vec::with_capacity(b);
         let residual = lo.use_skip_connections && l > 0;
-        // With more than a few sentences each step is a real matrix
-        // product: pack the recurrent and projection matrices once for all
-        // steps (same bits as the unpacked path, see `gemm_rows`).
-        let packed = (b > 4).then(|| (PackedW::new(w_h, p, 4 * u), PackedW::new(wp, u, p)));
         for t in 0..max_len {
             if t % block_steps == 0 {
                 let t1 = (t + block_steps).min(max_len);
@@ -749,8 +876,14 @@ impl ElmoModel {
                         }
                     }
                 }
-                zx.resize(rows * 4 * u, 0.0);
-                gemm_rows(rows, p, 4 * u, &xb, p, w_in, &mut zx, 4 * u);
+                // (rows, 4w) per part = x (rows, P) x its gate columns of W_x.
+                each_part(&mut parts, |part| {
+                    let w4 = 4 * (part.units.1 - part.units.0);
+                    part.zx.resize(rows * w4, 0.0);
+                    for &(s0, s1, col) in &part.gates {
+                        crate::cpu::strips_gemm(rows, &xb, p, w_in, s0, s1, &mut part.zx[col..], w4, false);
+                    }
+                });
             }
             // Sentences still running at step t; the others keep their state.
             active.clear();
@@ -759,38 +892,70 @@ impl ElmoModel {
             for (r, &i) in active.iter().enumerate() {
                 hbuf[r * p..(r + 1) * p].copy_from_slice(&hs[i * p..(i + 1) * p]);
             }
-            // (na, 4U) = m_{t-1} (na, P) x W_h (P, 4U)
-            match &packed {
-                Some((ph, _)) if na > 4 => ph.product(na, &hbuf, p, &mut zbuf, 4 * u),
-                _ => gemm_rows(na, p, 4 * u, &hbuf, p, w_h, &mut zbuf, 4 * u),
-            }
-            for (r, &i) in active.iter().enumerate() {
-                // z = [x, m] W + b, gates i, j, f, o; forget bias 1.0 at run time.
-                let row = zx_row[(t % block_steps) * b + i];
-                let zxr = &zx[row * 4 * u..(row + 1) * 4 * u];
-                let zr = &zbuf[r * 4 * u..(r + 1) * 4 * u];
-                lstm_cell(
-                    zxr,
-                    zr,
-                    bias,
-                    &mut cs[i * u..(i + 1) * u],
-                    &mut mbuf[r * u..(r + 1) * u],
-                    lo.cell_clip,
-                );
-            }
-            // (na, P) = (sigmoid(o) tanh(c)) (na, U) x W_P (U, P), then the clip.
-            match &packed {
-                Some((_, pp)) if na > 4 => pp.product(na, &mbuf, u, &mut pbuf, p),
-                _ => gemm_rows(na, u, p, &mbuf, u, wp, &mut pbuf, p),
-            }
-            for (r, &i) in active.iter().enumerate() {
-                let row = segs[i].0 + t;
-                for k in 0..p {
-                    let m = clip(pbuf[r * p + k], lo.proj_clip);
-                    hs[i * p + k] = m;
-                    // The skip connection is added to the output, not the state.
-                    out[row * p + k] = if residual { m + x[row * p + k] } else { m };
+            // Alternate the order weights are read in from step to step: the
+            // ones read last are the likeliest to still be in cache.
+            let rev = t % 2 == 1;
+            let zx_rows = &zx_row[(t % block_steps) * b..(t % block_steps + 1) * b];
+            each_part(&mut parts, |part| {
+                let w = part.units.1 - part.units.0;
+                // (na, 4w) = m_{t-1} (na, P) x this part's gate columns of W_h.
+                part.zh.resize(na * 4 * w, 0.0);
+                part.m.resize(na * w, 0.0);
+                let order: Vec<_> = if rev {
+                    part.gates.iter().rev().collect()
+                } else {
+                    part.gates.iter().collect()
+                };
+                for &(s0, s1, col) in order {
+                    crate::cpu::strips_gemm(na, &hbuf, p, w_h, s0, s1, &mut part.zh[col..], 4 * w, rev);
                 }
+                for (r, &i) in active.iter().enumerate() {
+                    // z = [x, m] W + b, gates i, j, f, o; forget bias 1.0 at run time.
+                    let row = zx_rows[i];
+                    lstm_cell(
+                        &part.zx[row * 4 * w..(row + 1) * 4 * w],
+                        &part.zh[r * 4 * w..(r + 1) * 4 * w],
+                        &part.bias,
+                        &mut part.c[i * w..(i + 1) * w],
+                        &mut part.m[r * w..(r + 1) * w],
+                        lo.cell_clip,
+                    );
+                }
+            });
+            for part in &parts {
+                let (u0, u1) = part.units;
+                let w = u1 - u0;
+                for r in 0..na {
+                    mbuf[r * u + u0..r * u + u1].copy_from_slice(&part.m[r * w..(r + 1) * w]);
+                }
+            }
+            // (na, P) = (sigmoid(o) tanh(c)) (na, U) x W_P (U, P), by columns.
+            each_part(&mut parts, |part| {
+                let (j0, j1) = part.proj_cols(p);
+                part.h.resize(na * (j1 - j0), 0.0);
+                let (s0, s1) = part.proj;
+                crate::cpu::strips_gemm(na, &mbuf, u, wp, s0, s1, &mut part.h, j1 - j0, rev);
+            });
+            for part in &parts {
+                let (j0, j1) = part.proj_cols(p);
+                let pw = j1 - j0;
+                for (r, &i) in active.iter().enumerate() {
+                    let row = segs[i].0 + t;
+                    for (k, &v) in (j0..j1).zip(&part.h[r * pw..(r + 1) * pw]) {
+                        let m = clip(v, lo.proj_clip);
+                        hs[i * p + k] = m;
+                        // The skip connection is added to the output, not the state.
+                        out[row * p + k] = if residual { m + x[row * p + k] } else { m };
+                    }
+                }
+            }
+        }
+        let mut cs = cs;
+        for part in &parts {
+            let (u0, u1) = part.units;
+            let w = u1 - u0;
+            for i in 0..b {
+                cs[i * u + u0..i * u + u1].copy_from_slice(&part.c[i * w..(i + 1) * w]);
             }
         }
         (out, (cs, hs))

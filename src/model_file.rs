@@ -7,6 +7,13 @@
 //! [`FORMAT_VERSION`] and `options` = the model's `options.json`. Tensor names
 //! are bilm-tf's HDF5 dataset names (see [`expected_tensors`]), except that
 //! `char_embed` already carries the zero padding row (262 rows).
+//!
+//! Every weight matrix (the convolution kernels as `(w E, n)`, the highway and
+//! projection matrices, the LSTM's `W_0` and `W_P_0`; logically `k x n`) is
+//! stored *strip-packed* ([`crate::cpu::pack_strips`]), shape
+//! `(ceil(n / 16), k, 16)`: products stream them from the mapping as they lie,
+//! with no packing per call. Version 1 files (row-major matrices) are still
+//! read; they are packed when loaded.
 
 use crate::error::{Error, Result};
 use crate::options::{N_CHARACTERS, Options};
@@ -20,7 +27,7 @@ use std::sync::Arc;
 /// Value of `__metadata__.format`.
 pub const FORMAT_NAME: &str = "elmo-rs-bilm";
 /// Value of `__metadata__.format_version`; bumped on any incompatible change.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Largest JSON header accepted (real models need a few KiB).
 const MAX_HEADER: u64 = 64 << 20;
 
@@ -62,6 +69,29 @@ pub fn expected_tensors(o: &Options) -> Vec<(String, Vec<usize>)> {
     v
 }
 
+/// `(k, n)` when tensor `name` of logical shape `shape` is a weight matrix,
+/// stored strip-packed: the convolution kernels `(1, w, E, n)` as `(w E, n)`,
+/// the highway, projection and LSTM matrices as they are.
+pub fn packed_matrix(name: &str, shape: &[usize]) -> Option<(usize, usize)> {
+    let matrix = name.starts_with("CNN/W_cnn_")
+        || (name.starts_with("CNN_high_") && name.contains("/W_"))
+        || name == "CNN_proj/W_proj"
+        || bf16_eligible(name);
+    match shape {
+        [.., n] if matrix && shape.len() >= 2 => Some((shape[..shape.len() - 1].iter().product(), *n)),
+        _ => None,
+    }
+}
+
+/// The shape a tensor of logical shape `shape` is stored with: matrices
+/// `k x n` as strips `(ceil(n / 16), k, 16)`, the rest as they are.
+pub fn stored_shape(name: &str, shape: &[usize]) -> Vec<usize> {
+    match packed_matrix(name, shape) {
+        Some((k, n)) => vec![n.div_ceil(crate::cpu::STRIP), k, crate::cpu::STRIP],
+        None => shape.to_vec(),
+    }
+}
+
 /// A tensor to write: name, shape, row-major values.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
@@ -92,19 +122,39 @@ pub fn write_model_with(
         "__metadata__".into(),
         json!({"format": FORMAT_NAME, "format_version": FORMAT_VERSION.to_string(), "options": options.to_json()}),
     );
+    // The LSTM matrices are written strip-packed (see the module docs).
+    type Stored<'a> = (&'a str, Vec<usize>, std::borrow::Cow<'a, [f32]>);
+    let stored: Vec<Stored<'_>> = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            let n: usize = shape.iter().product();
+            if n != data.len() {
+                return Err(Error::tensor(
+                    path,
+                    name,
+                    format!("shape {shape:?} does not match {} values", data.len()),
+                ));
+            }
+            Ok(match packed_matrix(name, shape) {
+                Some((k, n)) => (
+                    name.as_str(),
+                    stored_shape(name, shape),
+                    std::borrow::Cow::Owned(crate::cpu::pack_strips(data, k, n)),
+                ),
+                None => (
+                    name.as_str(),
+                    shape.clone(),
+                    std::borrow::Cow::Borrowed(data.as_slice()),
+                ),
+            })
+        })
+        .collect::<Result<_>>()?;
     let mut offset = 0usize;
-    for (name, shape, data) in tensors {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
-            return Err(Error::tensor(
-                path,
-                name,
-                format!("shape {shape:?} does not match {} values", data.len()),
-            ));
-        }
+    for (name, shape, data) in &stored {
+        let n = data.len();
         let (dtype, size) = if bf16(name) { ("BF16", 2) } else { ("F32", 4) };
         header.insert(
-            name.clone(),
+            name.to_string(),
             json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size * n]}),
         );
         offset += size * n;
@@ -118,7 +168,7 @@ pub fn write_model_with(
     write_atomically(path, |w| {
         w.write_all(&(hbytes.len() as u64).to_le_bytes())?;
         w.write_all(&hbytes)?;
-        for (name, _, data) in tensors {
+        for (name, _, data) in &stored {
             let half = bf16(name);
             for chunk in data.chunks(1 << 16) {
                 let mut buf = Vec::with_capacity(chunk.len() * 4);
@@ -173,6 +223,8 @@ pub fn write_atomically(path: &Path, body: impl FnOnce(&mut dyn Write) -> std::i
 pub struct ModelFile {
     /// Where it was loaded from (for messages).
     pub path: PathBuf,
+    /// The file's format version (1 or [`FORMAT_VERSION`]).
+    pub version: u32,
     /// The model's options from the metadata.
     pub options: Options,
     /// Every F32 tensor in the file by name.
@@ -228,11 +280,16 @@ impl ModelFile {
             )));
         }
         let version = meta_str("format_version").unwrap_or("missing");
-        if version != FORMAT_VERSION.to_string() {
-            return Err(err(format!(
-                "format version {version} is not supported (this build reads version {FORMAT_VERSION}); convert the model again"
-            )));
-        }
+        // Version 1 differs only in storing the LSTM matrices row-major.
+        let packed = match version {
+            "1" => false,
+            v if v == FORMAT_VERSION.to_string() => true,
+            _ => {
+                return Err(err(format!(
+                    "format version {version} is not supported (this build reads versions 1 to {FORMAT_VERSION}); convert the model again"
+                )));
+            }
+        };
         let options = Options::from_json(meta_str("options").ok_or_else(|| err("metadata has no options".into()))?)
             .map_err(|e| err(format!("options in metadata: {e}")))?;
         let data_len = bytes.len() - data_start;
@@ -288,6 +345,7 @@ impl ModelFile {
             }
         }
         for (name, shape) in expected_tensors(&options) {
+            let shape = if packed { stored_shape(&name, &shape) } else { shape };
             let found = tensors
                 .get(&name)
                 .map(Tensor::shape)
@@ -304,7 +362,23 @@ impl ModelFile {
                 _ => {}
             }
         }
+        if !packed {
+            // Version 1: pack the matrices now (owned copies).
+            for (name, shape) in expected_tensors(&options) {
+                let Some((k, n)) = packed_matrix(&name, &shape) else {
+                    continue;
+                };
+                let to = stored_shape(&name, &shape);
+                let terr = |e: Error| Error::tensor(path, &name, e.to_string());
+                if let Some(t) = tensors.get_mut(&name) {
+                    *t = Tensor::from_vec(&to, crate::cpu::pack_strips(t.data(), k, n)).map_err(terr)?;
+                } else if let Some(t) = bf16.get_mut(&name) {
+                    *t = Bf16Tensor::from_bits(&to, crate::cpu::pack_strips(t.data(), k, n)).map_err(terr)?;
+                }
+            }
+        }
         Ok(ModelFile {
+            version: if packed { FORMAT_VERSION } else { 1 },
             path: path.to_path_buf(),
             options,
             tensors,
@@ -335,6 +409,24 @@ impl ModelFile {
             Some((name, i, v)) => Err(Error::tensor(&self.path, name, format!("holds {v} at flat index {i}"))),
             None => Ok(()),
         }
+    }
+
+    /// The values of tensor `name` in its logical (bilm-tf) layout, as f32:
+    /// the LSTM matrices unpacked from strips and widened from bf16.
+    pub fn values(&self, name: &str) -> Result<Vec<f32>> {
+        let logical = expected_tensors(&self.options)
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s);
+        let raw = match (self.tensors.get(name), self.bf16.get(name)) {
+            (Some(t), _) => t.data().to_vec(),
+            (None, Some(t)) => t.to_f32(),
+            (None, None) => return Err(Error::tensor(&self.path, name, "missing from the model file")),
+        };
+        Ok(match logical.and_then(|s| packed_matrix(name, &s)) {
+            Some((k, n)) => crate::cpu::unpack_strips(&raw, k, n),
+            None => raw,
+        })
     }
 
     /// A tensor by name (present: checked at load for every required name).

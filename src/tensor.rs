@@ -258,6 +258,20 @@ impl Bf16Tensor {
         })
     }
 
+    /// From raw bf16 values (owned).
+    pub fn from_bits(shape: &[usize], data: Vec<u16>) -> Result<Self> {
+        if numel(shape)? != data.len() {
+            return Err(Error::Shape(format!(
+                "shape {shape:?} does not match {} values",
+                data.len()
+            )));
+        }
+        Ok(Bf16Tensor {
+            shape: shape.to_vec(),
+            storage: Bf16Storage::Owned(data),
+        })
+    }
+
     /// The shape.
     pub fn shape(&self) -> &[usize] {
         &self.shape

@@ -428,6 +428,6 @@ fn convert_tf_checkpoint_and_inspect() {
         let text = String::from_utf8_lossy(&o.stdout);
         assert!(text.contains(needle), "{needle} not in {text}");
     }
-    assert!(String::from_utf8_lossy(&elmo(&["inspect", out.to_str().unwrap()], d).stdout).contains("version 1"));
+    assert!(String::from_utf8_lossy(&elmo(&["inspect", out.to_str().unwrap()], d).stdout).contains("version 2"));
     assert_one_line_error(&elmo(&["inspect", "/nonexistent"], d), "nonexistent");
 }

@@ -74,10 +74,47 @@ fn converted_file_holds_options_version_and_padding_row() {
     let header_len = u64::from_le_bytes(std::fs::read(&f.path).unwrap()[..8].try_into().unwrap()) as usize;
     let header: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&f.path).unwrap()[8..8 + header_len]).unwrap();
-    assert_eq!(header["__metadata__"]["format_version"], "1");
+    assert_eq!(header["__metadata__"]["format_version"], "2");
+    // Matrices are stored strip-packed: (ceil(n / 16), k, 16).
+    let w0 = &header["RNN_0/RNN/MultiRNNCell/Cell0/LSTMCell/W_0"]["shape"];
+    let (p, u) = (model.options().lstm.projection_dim, model.options().lstm.dim);
+    assert_eq!(w0, &serde_json::json!([(4 * u).div_ceil(16), 2 * p, 16]));
     assert_eq!(header["__metadata__"]["format"], elmo::model_file::FORMAT_NAME);
     let opts = elmo::Options::from_json(header["__metadata__"]["options"].as_str().unwrap()).unwrap();
     assert_eq!(&opts, model.options());
+}
+
+/// A file written by format version 1 (row-major matrices; the bilm-tf test
+/// model as the first release converted it) still loads: its matrices are
+/// packed at load, and it gives the same values and outputs, bitwise, as
+/// the same weights converted now.
+#[test]
+fn format_version_1_files_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = elmo::ElmoModel::load(&fixture("format_v1/bilm-tf-test.safetensors")).unwrap();
+    assert_eq!(old.file().version, 1);
+    let out = dir.path().join("v2.safetensors");
+    let src = fixture("bilm-tf-fixture");
+    elmo::convert::convert_hdf5(
+        &src.join("options.json"),
+        &src.join("lm_weights.hdf5"),
+        &out,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    let new = elmo::ElmoModel::load(&out).unwrap();
+    assert_eq!(new.file().version, elmo::model_file::FORMAT_VERSION);
+    for (name, _) in elmo::model_file::expected_tensors(new.options()) {
+        assert_eq!(
+            old.file().values(&name).unwrap(),
+            new.file().values(&name).unwrap(),
+            "{name}"
+        );
+        let stored = |m: &elmo::ElmoModel| m.file().tensor(&name).unwrap().shape().to_vec();
+        assert_eq!(stored(&old), stored(&new), "{name}");
+    }
+    let sentences = [vec!["The", "cat", "sat"], vec!["Hello", "world", "!", "again"]];
+    assert_eq!(old.embed(&sentences).unwrap(), new.embed(&sentences).unwrap());
 }
 
 /// Rewrites the JSON header of a model file.

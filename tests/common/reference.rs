@@ -9,14 +9,7 @@ use elmo::options::Activation;
 use elmo::{CharIds, ElmoModel};
 
 fn w(model: &ElmoModel, name: &str) -> Vec<f64> {
-    model
-        .file()
-        .tensor(name)
-        .unwrap()
-        .data()
-        .iter()
-        .map(|&x| x as f64)
-        .collect()
+    model.file().values(name).unwrap().iter().map(|&x| x as f64).collect()
 }
 
 fn sig(x: f64) -> f64 {

@@ -1,6 +1,6 @@
 //! `elmo inspect`: what a model file, HDF5 weight file or TF checkpoint holds.
 
-use elmo::model_file::{FORMAT_NAME, FORMAT_VERSION, ModelFile};
+use elmo::model_file::{FORMAT_NAME, FORMAT_VERSION, ModelFile, expected_tensors, packed_matrix};
 use elmo::{Error, Result};
 use std::fmt::Write;
 use std::path::Path;
@@ -30,13 +30,28 @@ pub fn describe(path: &Path) -> Result<String> {
             let m = ModelFile::open(path)?;
             let _ = writeln!(
                 out,
-                "{}: model file, format {FORMAT_NAME} version {FORMAT_VERSION}",
-                path.display()
+                "{}: model file, format {FORMAT_NAME} version {} (this build writes {FORMAT_VERSION})",
+                path.display(),
+                m.version
             );
             let _ = writeln!(out, "options: {}", m.options.to_json());
+            let logical: std::collections::BTreeMap<_, _> = expected_tensors(&m.options).into_iter().collect();
+            let mut rows: Vec<(String, String)> = Vec::new();
             for (name, t) in &m.tensors {
                 let mapped = if t.is_shared() { "mapped" } else { "copied" };
-                let _ = writeln!(out, "  {name}\t{}\tF32\t{mapped}", dims(t.shape()));
+                rows.push((name.clone(), format!("{}\tF32\t{mapped}", dims(t.shape()))));
+            }
+            for (name, t) in &m.bf16 {
+                rows.push((name.clone(), format!("{}\tBF16", dims(t.shape()))));
+            }
+            rows.sort();
+            for (name, desc) in rows {
+                let packed = logical
+                    .get(&name)
+                    .and_then(|s| packed_matrix(&name, s))
+                    .map(|(k, n)| format!("\tstrips of the {k} x {n} matrix"))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "  {name}\t{desc}{packed}");
             }
             return Ok(out);
         }
