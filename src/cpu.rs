@@ -284,10 +284,12 @@ impl<'a, T: WeightElem> Strips<'a, T> {
     }
 }
 
-/// Rows of `A` per block of [`strips_gemm`]: a block (`rows x k` floats)
-/// stays in L2 while every strip passes over it.
+/// Rows of `A` per block of [`strips_gemm`]: each strip of `W` is read from
+/// memory once per block, and a block of `A` (up to 512 KiB) stays in L2
+/// while the strips pass over it. (The LSTM projection at batch 32 is one
+/// block: its 8 MiB matrix is read once per step.)
 fn row_block(k: usize) -> usize {
-    ((256 * 1024 / 4) / k.max(1)).clamp(6, 192) / 6 * 6
+    ((128 * 1024) / k.max(1)).max(6) / 6 * 6
 }
 
 /// `C = A W` over strips `s0 .. s1` of `W`: `A` is `m x k` (rows `lda`
@@ -473,8 +475,12 @@ fn tile<const R: usize, const S: usize, T: WeightElem>(
         for (q, halves) in acc.iter().enumerate() {
             for (h, v) in halves.iter().enumerate() {
                 let j = q * STRIP + h * 8;
-                if j < cols {
-                    let len = 8.min(cols - j);
+                if j + 8 <= cols {
+                    // Whole vector: a fixed-size store (no memcpy call).
+                    let dst: &mut [f32; 8] = (&mut c[i * ldc + j..i * ldc + j + 8]).try_into().expect("8 lanes");
+                    *dst = v.to_array();
+                } else if j < cols {
+                    let len = cols - j;
                     c[i * ldc + j..i * ldc + j + len].copy_from_slice(&v.to_array()[..len]);
                 }
             }

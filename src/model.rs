@@ -16,15 +16,54 @@ use crate::tensor::{Bf16Tensor, Tensor};
 use rayon::prelude::*;
 use std::path::Path;
 
-/// Most rows of input-side gate products held at once per LSTM layer and
-/// direction (64 MiB for the real model): longer inputs are processed in
-/// blocks of steps with the same results.
-const ZX_BLOCK_ROWS: usize = 1024;
+/// Default working-memory budget of a forward pass
+/// ([`ElmoModel::with_memory_budget`]).
+pub const DEFAULT_MEMORY_BUDGET: usize = 512 << 20;
 
-/// Most tokens per parallel work item of the token (char CNN) pipeline: big
-/// enough that each highway matrix is packed for many tokens, small enough
-/// that a batch spreads over the threads.
+/// Most tokens per parallel work item of the token (char CNN) pipeline:
+/// small enough that a batch spreads over the threads (and within the
+/// memory budget, see [`Limits`]).
 const TOKEN_CHUNK: usize = 128;
+
+/// How a forward pass splits its work to stay within the memory budget.
+/// Every split gives the same bits: rows of a product do not depend on each
+/// other, and sentences do not depend on each other.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Rows of input-side gate products held at once per layer and
+    /// direction (longer inputs: blocks of steps).
+    zx_rows: usize,
+    /// Sentences run through an LSTM layer at once (more: one group after
+    /// the other).
+    group: usize,
+    /// Tokens per work item of the token pipeline.
+    token_chunk: usize,
+}
+
+impl Limits {
+    /// Splits `budget` bytes: half to the two directions' LSTM work (for
+    /// each, half to gate products of the input, half to per-sentence step
+    /// buffers), half to the token pipeline's work items (one per thread).
+    fn new(o: &Options, budget: usize) -> Self {
+        let (u, p) = (o.lstm.dim, o.lstm.projection_dim);
+        let per_dir = budget / 4;
+        let zx_rows = (per_dir / 2 / (16 * u).max(1)).max(1);
+        // Per sentence and step: zh (4U), m twice, c (U each), h, out, x (P each).
+        let group = (per_dir / 2 / (4 * (7 * u + 3 * p)).max(1)).max(1);
+        let c = o.char_cnn.max_characters_per_token;
+        let widest = o.char_cnn.filters.iter().map(|f| f.1).max().unwrap_or(1);
+        // Per token: the convolution's output rows (C x widest filter), the
+        // character embeddings, the highway buffers (3 F).
+        let per_token = 4 * (c * widest + c * o.char_cnn.embedding_dim + 3 * o.n_filters());
+        let threads = rayon::current_num_threads().max(1);
+        let token_chunk = (budget / 2 / threads / per_token.max(1)).clamp(1, TOKEN_CHUNK);
+        Limits {
+            zx_rows,
+            group,
+            token_chunk,
+        }
+    }
+}
 
 // Matrices are strip-packed ([`crate::cpu::pack_strips`]) as the file stores them.
 struct Conv {
@@ -151,6 +190,7 @@ pub struct ElmoModel {
     projection: Option<(Tensor, Tensor)>, // (F, P), (P,)
     lstm: [Vec<LstmLayer>; 2],            // [direction][layer]
     cache: Option<TokenCache>,
+    budget: usize,
 }
 
 /// Token embeddings (char CNN + highway + projection) by character ids: a
@@ -374,6 +414,7 @@ impl ElmoModel {
             projection,
             lstm: [layers(0)?, layers(1)?],
             cache: None,
+            budget: DEFAULT_MEMORY_BUDGET,
             file,
         })
     }
@@ -389,6 +430,23 @@ impl ElmoModel {
             misses: Default::default(),
         });
         self
+    }
+
+    /// Bounds the working memory of a forward pass to about `bytes`
+    /// (default [`DEFAULT_MEMORY_BUDGET`], 512 MiB): long sentences are run
+    /// in blocks of steps, many sentences in groups, the token pipeline in
+    /// smaller pieces. Results are bitwise the same for any budget. Not
+    /// counted: the weights (mapped), the activations that grow with the
+    /// input (each layer's outputs, `N x P` floats per layer and direction)
+    /// and the returned output itself; memory for those grows with the input.
+    pub fn with_memory_budget(mut self, bytes: usize) -> Self {
+        self.budget = bytes;
+        self
+    }
+
+    /// The working-memory budget (see [`with_memory_budget`](Self::with_memory_budget)).
+    pub fn memory_budget(&self) -> usize {
+        self.budget
     }
 
     /// `(hits, misses)` of the token cache so far (zeros without one).
@@ -670,12 +728,13 @@ impl ElmoModel {
     /// parallel chunks. `keep`: also return the CNN and highway outputs.
     fn token_pipeline(&self, ids: &[u16], keep: bool) -> TokenOut {
         let c = self.options().char_cnn.max_characters_per_token;
-        let chunks = ids.len().div_ceil(TOKEN_CHUNK * c).max(1);
+        let chunk = Limits::new(self.options(), self.budget).token_chunk * c;
+        let chunks = ids.len().div_ceil(chunk).max(1);
         // Fewer chunks than threads (a short request): the threads share
         // each product's columns instead.
         let parts = rayon::current_num_threads() / chunks;
         let parts: Vec<TokenOut> = ids
-            .par_chunks(TOKEN_CHUNK * c)
+            .par_chunks(chunk)
             .map(|ch| self.token_chunk(ch, keep, parts))
             .collect();
         let mut all = TokenOut {
@@ -836,13 +895,51 @@ impl ElmoModel {
         let lo = &self.options().lstm;
         let (p, u, b) = (lo.projection_dim, lo.dim, segs.len());
         let n = x.len() / p;
-        let max_len = segs.iter().map(|s| s.1).max().unwrap_or(0);
-        let (w_in, w_h) = (w0.rows(0, p), w0.rows(p, p));
-        let mut parts = Part::split(n_parts, u, p, layer.bias.data());
-        let (cs, mut hs) = match init {
+        let (mut cs, mut hs) = match init {
             Some((c0, h0)) => (c0.clone(), h0.clone()),
             None => (vec![0f32; b * u], vec![0f32; b * p]),
         };
+        let mut out = vec![0f32; n * p];
+        // Many sentences: one group after the other (memory budget).
+        let limits = Limits::new(self.options(), self.budget);
+        for g0 in (0..b).step_by(limits.group.max(1)) {
+            let g1 = (g0 + limits.group).min(b);
+            self.lstm_group(
+                l,
+                (w0, wp),
+                layer,
+                x,
+                &segs[g0..g1],
+                (&mut cs[g0 * u..g1 * u], &mut hs[g0 * p..g1 * p]),
+                &mut out,
+                n_parts,
+                limits.zx_rows,
+            );
+        }
+        (out, (cs, hs))
+    }
+
+    /// [`lstm_layer`](Self::lstm_layer) for a group of sentences `segs`
+    /// (rows of `x` and `out` by their offsets), whose (c, h) are `state`;
+    /// at most `zx_rows` rows of input-side products at once.
+    #[allow(clippy::too_many_arguments)]
+    fn lstm_group<T: WeightElem, Q: WeightElem>(
+        &self,
+        l: usize,
+        (w0, wp): (Strips<'_, T>, Strips<'_, Q>),
+        layer: &LstmLayer,
+        x: &[f32],
+        segs: &[(usize, usize)],
+        (cs, hs): (&mut [f32], &mut [f32]),
+        out: &mut [f32],
+        n_parts: usize,
+        zx_rows: usize,
+    ) {
+        let lo = &self.options().lstm;
+        let (p, u, b) = (lo.projection_dim, lo.dim, segs.len());
+        let max_len = segs.iter().map(|s| s.1).max().unwrap_or(0);
+        let (w_in, w_h) = (w0.rows(0, p), w0.rows(p, p));
+        let mut parts = Part::split(n_parts, u, p, layer.bias.data());
         for part in &mut parts {
             let (u0, u1) = part.units;
             part.c = (0..b)
@@ -851,12 +948,11 @@ impl ElmoModel {
         }
         // The input half of every gate product, one matrix product for a
         // block of steps: all steps at once unless that would exceed
-        // ZX_BLOCK_ROWS rows (a 100,000-token sentence), which bounds memory.
+        // `zx_rows` rows (a 100,000-token sentence), which bounds memory.
         // Rows give the same bits whichever block computes them.
-        let block_steps = (ZX_BLOCK_ROWS / b.max(1)).max(1);
+        let block_steps = (zx_rows / b.max(1)).max(1);
         let mut zx_row = vec![usize::MAX; block_steps.min(max_len.max(1)) * b]; // (step in block, sentence) -> row
         let mut xb = Vec::new();
-        let mut out = vec![0f32; n * p];
         let mut hbuf = vec![0f32; b * p];
         let mut mbuf = vec![0f32; b * u];
         let mut active = Vec::with_capacity(b);
@@ -950,7 +1046,6 @@ impl ElmoModel {
                 }
             }
         }
-        let mut cs = cs;
         for part in &parts {
             let (u0, u1) = part.units;
             let w = u1 - u0;
@@ -958,7 +1053,6 @@ impl ElmoModel {
                 cs[i * u + u0..i * u + u1].copy_from_slice(&part.c[i * w..(i + 1) * w]);
             }
         }
-        (out, (cs, hs))
     }
 }
 

@@ -28,6 +28,21 @@ fn huge_inputs_run_with_bounded_memory_and_same_results() {
             assert_eq!(alone.vector(0, k, t), pair.vector(0, k, t), "layer {k} token {t}");
         }
     }
+    // A 1 MiB budget (blocks of 64 steps, groups of 33 sentences, token
+    // work items of 14 tokens for this model) gives the same bits.
+    let tight = small_model(dir.path()).with_memory_budget(1 << 20);
+    let many_mixed: Vec<Vec<&str>> = (0..300).map(|i| long[..1 + (i * 7) % 90].to_vec()).collect();
+    assert_eq!(tight.embed(std::slice::from_ref(&long)).unwrap(), alone);
+    assert_eq!(tight.embed(&many_mixed).unwrap(), model.embed(&many_mixed).unwrap());
+    let (mut s1, mut s2) = (
+        elmo::LstmState::new(&tight, 300).unwrap(),
+        elmo::LstmState::new(&model, 300).unwrap(),
+    );
+    for _ in 0..2 {
+        let a = tight.embed_stateful(&many_mixed, &mut s1).unwrap();
+        assert_eq!(a, model.embed_stateful(&many_mixed, &mut s2).unwrap());
+    }
+    assert_eq!((s1.c(), s1.h()), (s2.c(), s2.h()));
     let base = peak_mib();
     let huge: Vec<&str> = (0..100_000).map(|i| words[i % 5]).collect();
     let out = model.embed(&[huge]).unwrap();

@@ -74,6 +74,10 @@ enum Command {
         /// Sentences per batch for plain-text input.
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
+        /// Working memory of a forward pass, in MiB (results are the same
+        /// for any value; see `ElmoModel::with_memory_budget`).
+        #[arg(long, default_value_t = elmo::model::DEFAULT_MEMORY_BUDGET >> 20)]
+        memory_budget_mib: usize,
         /// Arrays to write, comma-separated: word_emb, lstm_outputs1,
         /// lstm_outputs2, elmo, default, all, lm_embeddings.
         #[arg(long, default_value = "lm_embeddings,elmo", value_delimiter = ',')]
@@ -232,6 +236,7 @@ fn run(cmd: Command) -> Result<()> {
             out,
             stateful,
             batch_size,
+            memory_budget_mib,
             outputs,
             mix_weights,
             gamma,
@@ -239,7 +244,7 @@ fn run(cmd: Command) -> Result<()> {
             top_only,
         } => {
             let model_path = model.unwrap_or_else(default_model);
-            let model = ElmoModel::load(&model_path)?;
+            let model = ElmoModel::load(&model_path)?.with_memory_budget(memory_budget_mib.max(1) << 20);
             let outputs = parse_outputs(&outputs)?;
             let mix = default_mix(&model, mix_weights, gamma, layer_norm, top_only)?;
             let batches = elmo::input::read_batches(&input, batch_size)?;
