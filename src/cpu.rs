@@ -330,13 +330,11 @@ pub fn strips_gemm<T: WeightElem>(
     );
     // Groups of `g` consecutive strips, in the order asked for.
     let groups = |g: usize| {
-        let starts: Vec<usize> = (s0..s1).step_by(g).collect();
-        let order: Box<dyn Iterator<Item = usize>> = if reverse {
-            Box::new(starts.into_iter().rev())
-        } else {
-            Box::new(starts.into_iter())
-        };
-        order.map(move |s| (s, g.min(s1 - s)))
+        let ng = (s1 - s0).div_ceil(g);
+        (0..ng).map(move |i| {
+            let s = s0 + g * if reverse { ng - 1 - i } else { i };
+            (s, g.min(s1 - s))
+        })
     };
     // Columns of the group starting at strip `s` that exist (the last strip
     // may be padding past n) and where they go in C.

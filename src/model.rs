@@ -834,37 +834,36 @@ impl ElmoModel {
     fn lstm_direction(
         &self,
         d: usize,
-        mut x: Vec<f32>,
+        x0: Vec<f32>,
         segs: &[(usize, usize)],
         init: &[Option<(Vec<f32>, Vec<f32>)>],
         parts: usize,
     ) -> DirectionOut {
         let lo = &self.options().lstm;
         let (p, u) = (lo.projection_dim, lo.dim);
-        let mut outputs = Vec::with_capacity(lo.n_layers);
+        let mut outputs: Vec<Vec<f32>> = Vec::with_capacity(lo.n_layers);
         let mut finals = Vec::with_capacity(lo.n_layers);
         for (l, layer) in self.lstm[d].iter().enumerate() {
             let init = init[l].as_ref();
+            // Layer l reads layer l - 1's outputs (layer 0 the token embeddings).
+            let x: &[f32] = if l == 0 { &x0 } else { &outputs[l - 1] };
+            // The same call for each pairing of f32 / bf16 matrices.
+            macro_rules! layer {
+                ($k:expr, $pj:expr) => {{
+                    let (k, pj) = (
+                        Strips::new($k.data(), 2 * p, 4 * u),
+                        Strips::new($pj.data(), u, p),
+                    );
+                    self.lstm_layer(l, k, pj, layer, x, segs, init, parts)
+                }};
+            }
             let (out, fin) = match (&layer.kernel, &layer.projection) {
-                (Mat::F32(k), Mat::F32(pj)) => {
-                    let (k, pj) = (Strips::new(k.data(), 2 * p, 4 * u), Strips::new(pj.data(), u, p));
-                    self.lstm_layer(l, k, pj, layer, &x, segs, init, parts)
-                }
-                (Mat::Bf16(k), Mat::Bf16(pj)) => {
-                    let (k, pj) = (Strips::new(k.data(), 2 * p, 4 * u), Strips::new(pj.data(), u, p));
-                    self.lstm_layer(l, k, pj, layer, &x, segs, init, parts)
-                }
-                (Mat::F32(k), Mat::Bf16(pj)) => {
-                    let (k, pj) = (Strips::new(k.data(), 2 * p, 4 * u), Strips::new(pj.data(), u, p));
-                    self.lstm_layer(l, k, pj, layer, &x, segs, init, parts)
-                }
-                (Mat::Bf16(k), Mat::F32(pj)) => {
-                    let (k, pj) = (Strips::new(k.data(), 2 * p, 4 * u), Strips::new(pj.data(), u, p));
-                    self.lstm_layer(l, k, pj, layer, &x, segs, init, parts)
-                }
+                (Mat::F32(k), Mat::F32(pj)) => layer!(k, pj),
+                (Mat::Bf16(k), Mat::Bf16(pj)) => layer!(k, pj),
+                (Mat::F32(k), Mat::Bf16(pj)) => layer!(k, pj),
+                (Mat::Bf16(k), Mat::F32(pj)) => layer!(k, pj),
             };
             finals.push(fin);
-            x = out.clone();
             outputs.push(out);
         }
         DirectionOut { outputs, finals }
@@ -997,12 +996,9 @@ impl ElmoModel {
                 // (na, 4w) = m_{t-1} (na, P) x this part's gate columns of W_h.
                 part.zh.resize(na * 4 * w, 0.0);
                 part.m.resize(na * w, 0.0);
-                let order: Vec<_> = if rev {
-                    part.gates.iter().rev().collect()
-                } else {
-                    part.gates.iter().collect()
-                };
-                for &(s0, s1, col) in order {
+                let ng = part.gates.len();
+                for i in 0..ng {
+                    let (s0, s1, col) = part.gates[if rev { ng - 1 - i } else { i }];
                     crate::cpu::strips_gemm(na, &hbuf, p, w_h, s0, s1, &mut part.zh[col..], 4 * w, rev);
                 }
                 for (r, &i) in active.iter().enumerate() {

@@ -246,16 +246,7 @@ impl Bf16Tensor {
 
     /// From f32 values, rounded to nearest even.
     pub fn from_f32(shape: &[usize], data: &[f32]) -> Result<Self> {
-        if numel(shape)? != data.len() {
-            return Err(Error::Shape(format!(
-                "shape {shape:?} does not match {} values",
-                data.len()
-            )));
-        }
-        Ok(Bf16Tensor {
-            shape: shape.to_vec(),
-            storage: Bf16Storage::Owned(data.iter().map(|&x| f32_to_bf16(x)).collect()),
-        })
+        Self::from_bits(shape, data.iter().map(|&x| f32_to_bf16(x)).collect())
     }
 
     /// From raw bf16 values (owned).
