@@ -1470,10 +1470,12 @@ mod tests {
 
     #[test]
     fn corrupt_archives_are_errors() {
+        // Under Miri (an interpreter) every 101st position; natively all.
+        let step = if cfg!(miri) { 101 } else { 1 };
         for force in [false, true] {
             let good = sample_archive(force);
             // Truncated anywhere.
-            for cut in 0..good.len() {
+            for cut in (0..good.len()).step_by(step) {
                 assert!(read_npz_bytes(&good[..cut]).is_err(), "prefix of {cut} bytes accepted");
             }
             // Bad CRC: flip a byte of array data (the last f32 of "f2").
@@ -1491,7 +1493,7 @@ mod tests {
             set_method(&mut deflated, 12);
             assert!(read_npz_bytes(&deflated).is_err());
             // Every single-byte corruption gives a result, never a panic.
-            for i in 0..good.len() {
+            for i in (0..good.len()).step_by(step) {
                 let mut v = good.clone();
                 v[i] ^= 0xFF;
                 let _ = read_npz_bytes(&v);
