@@ -299,9 +299,11 @@ fn row_block(k: usize) -> usize {
 /// still in cache for the next call).
 ///
 /// Every element of `C` is the fma chain of [`gemm_fma_ref`] (`p = 0..k` in
-/// order from zero), so all tiles, row counts and strip ranges agree bitwise. Register tiles: 1 row x 4
-/// strips (8 accumulators) for a single row, 2 or 3 rows x 2 strips, and
-/// 6 rows x 1 strip (12 accumulators) for more.
+/// order from zero), so all tiles, row counts and strip ranges agree
+/// bitwise. Register tiles: 1 row x 4 strips (8 accumulators) for a single
+/// row, 2 or 3 rows x 2 strips; from 4 rows on, blocks of rows are copied
+/// into per-tile panels ([`pack_panels`]) and run as tiles of up to 6 rows
+/// x 1 strip (12 accumulators), the strip fetched ahead in software.
 ///
 /// # Panics
 /// When a slice is too short for the sizes given (a caller bug).
@@ -361,27 +363,80 @@ pub fn strips_gemm<T: WeightElem>(
                 }
             }
         }
-        _ => {
-            let rb = row_block(k);
+        _ => PANEL.with(|panel| {
+            let mut panel = panel.borrow_mut();
+            // Blocks of about `row_block(k)` rows, balanced so that no
+            // block is a small tail (32 rows at k = 4096 stay one block
+            // instead of 30 + 2, which would read W twice).
+            let nb = m.div_ceil(row_block(k) * 5 / 4);
+            let rb = m.div_ceil(nb);
             for r0 in (0..m).step_by(rb) {
                 let r1 = (r0 + rb).min(m);
+                let tiles = tile_heights(r1 - r0);
+                pack_panels(&a[r0 * lda..], lda, k, &tiles, &mut panel);
                 for (s, _) in groups(1) {
                     let (cs, j) = (cols(s, 1), at(s));
-                    let mut r = r0;
-                    while r < r1 {
-                        let mr = 6.min(r1 - r);
-                        let (ar, cr) = (&a[r * lda..], &mut c[r * ldc + j..]);
-                        match mr {
-                            6 => tile::<6, 1, T>(ar, lda, k, &w, s, cr, ldc, cs),
-                            5 => tile::<5, 1, T>(ar, lda, k, &w, s, cr, ldc, cs),
-                            4 => tile::<4, 1, T>(ar, lda, k, &w, s, cr, ldc, cs),
-                            3 => tile::<3, 1, T>(ar, lda, k, &w, s, cr, ldc, cs),
-                            2 => tile::<2, 1, T>(ar, lda, k, &w, s, cr, ldc, cs),
-                            _ => tile::<1, 1, T>(ar, lda, k, &w, s, cr, ldc, cs),
+                    for &(off, h) in &tiles {
+                        let (pa, cr) = (&panel[off * k..], &mut c[(r0 + off) * ldc + j..]);
+                        match h {
+                            6 => panel_tile::<6, T>(pa, k, &w, s, cr, ldc, cs),
+                            5 => panel_tile::<5, T>(pa, k, &w, s, cr, ldc, cs),
+                            4 => panel_tile::<4, T>(pa, k, &w, s, cr, ldc, cs),
+                            3 => panel_tile::<3, T>(pa, k, &w, s, cr, ldc, cs),
+                            2 => panel_tile::<2, T>(pa, k, &w, s, cr, ldc, cs),
+                            _ => panel_tile::<1, T>(pa, k, &w, s, cr, ldc, cs),
                         }
-                        r += mr;
                     }
                 }
+            }
+        }),
+    }
+}
+
+thread_local! {
+    /// Per-thread buffer for [`pack_panels`], reused across calls.
+    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Row tiles `(first row, height)` covering `rows` rows: height 6 (12
+/// accumulators, the most that fit the 16 AVX2 registers beside the two
+/// weight vectors and a broadcast), with the remainder spread so no tile is
+/// shorter than 3 rows when there are more than 6 (a 1- or 2-row tile has
+/// too few independent fma chains to hide the fma latency).
+fn tile_heights(rows: usize) -> Vec<(usize, usize)> {
+    let (q, rem) = (rows / 6, rows % 6);
+    let mut hs = vec![6; q];
+    match rem {
+        1 | 2 if q > 0 => {
+            hs.pop();
+            hs.extend([4, 2 + rem]);
+        }
+        0 => {}
+        _ => hs.push(rem),
+    }
+    let mut off = 0;
+    hs.into_iter()
+        .map(|h| {
+            off += h;
+            (off - h, h)
+        })
+        .collect()
+}
+
+/// Copies the rows of `a` (rows `lda` apart) into `panel`, one panel per
+/// tile: the tile at row `off` of height `h` becomes `k x h` values at
+/// `off * k`, the `h` values of each `p` together, so the tile's broadcasts
+/// read one contiguous stream instead of `h` rows far apart.
+fn pack_panels(a: &[f32], lda: usize, k: usize, tiles: &[(usize, usize)], panel: &mut Vec<f32>) {
+    let rows = tiles.last().map_or(0, |&(o, h)| o + h);
+    panel.clear();
+    panel.resize(rows * k, 0.0);
+    for &(off, h) in tiles {
+        let dst = &mut panel[off * k..(off + h) * k];
+        for i in 0..h {
+            let row = &a[(off + i) * lda..(off + i) * lda + k];
+            for (p, &x) in row.iter().enumerate() {
+                dst[p * h + i] = x;
             }
         }
     }
@@ -484,6 +539,78 @@ fn tile<const R: usize, const S: usize, T: WeightElem>(
             }
         }
     }
+}
+
+/// Weight rows fetched ahead of use in [`panel_tile`]: the strips come
+/// from memory (DRAM for the LSTM matrices), and the hardware prefetcher
+/// alone leaves the first tile of each strip waiting.
+const PREFETCH_ROWS: usize = 8;
+
+/// `R` rows x 1 strip of `C = A W` from a packed panel (see
+/// [`pack_panels`]: `k x R`, the `R` values of each `p` together), the first
+/// `cols` columns stored. The same fma chains as [`tile`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn panel_tile<const R: usize, T: WeightElem>(
+    pa: &[f32],
+    k: usize,
+    w: &Strips<'_, T>,
+    s: usize,
+    c: &mut [f32],
+    ldc: usize,
+    cols: usize,
+) {
+    use wide::f32x8;
+    let st = w.strip(s);
+    assert!(pa.len() >= k * R, "panel_tile: panel too small");
+    assert!(st.len() >= k * STRIP, "panel_tile: strip too small");
+    assert!(
+        cols <= STRIP && c.len() >= (R - 1) * ldc + cols,
+        "panel_tile: C too small"
+    );
+    let mut acc = [[f32x8::ZERO; 2]; R];
+    let (ap, wp) = (pa.as_ptr(), st.as_ptr());
+    for p in 0..k {
+        // SAFETY: p < k and the strip holds at least 16k values (asserted),
+        // so the 16 values at 16p lie inside it.
+        let (w0, w1) = unsafe {
+            let wp = wp.add(p * STRIP);
+            (T::load8_ptr(wp), T::load8_ptr(wp.add(8)))
+        };
+        prefetch(wp.wrapping_add((p + PREFETCH_ROWS) * STRIP));
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: i < R and p < k, and the panel holds k R values.
+            let x = f32x8::splat(unsafe { *ap.add(p * R + i) });
+            acc[0] = x.mul_add(w0, acc[0]);
+            acc[1] = x.mul_add(w1, acc[1]);
+        }
+    }
+    for (i, halves) in acc.iter().enumerate() {
+        for (h, v) in halves.iter().enumerate() {
+            let j = h * 8;
+            if j + 8 <= cols {
+                let dst: &mut [f32; 8] = (&mut c[i * ldc + j..i * ldc + j + 8]).try_into().expect("8 lanes");
+                *dst = v.to_array();
+            } else if j < cols {
+                let len = cols - j;
+                c[i * ldc + j..i * ldc + j + len].copy_from_slice(&v.to_array()[..len]);
+            }
+        }
+    }
+}
+
+/// Hints the cache line at `p` into L1. Never dereferences `p`: any
+/// address, even past the end of an allocation, is fine.
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    // SAFETY: prefetch is a hint: it never faults and reads nothing the
+    // program can observe, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8);
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    let _ = p;
 }
 
 /// The logistic function `1 / (1 + exp(-x))`.
@@ -650,6 +777,7 @@ mod tests {
             (14, 50, 48),
             (200, 3, 20),
             (17, 256, 1030), // large enough for strips_gemm_par to share it
+            (100, 2000, 20), // two balanced row blocks of 50
         ];
         for &(m, k, n) in if cfg!(miri) { &miri_shapes[..] } else { shapes } {
             let a = fill(m * k, 5);
@@ -686,6 +814,16 @@ mod tests {
             strips_gemm(m, &a, k, view, s0, s1, &mut part, j1 - j0, true);
             for r in 0..m {
                 assert_eq!(part[r * (j1 - j0)..(r + 1) * (j1 - j0)], want[r * n + j0..r * n + j1]);
+            }
+            // Rows further apart than k, and overlapping rows (the char
+            // CNN's windows): the same chains as the reference over that A.
+            for lda in [k + 5, k.div_ceil(2)] {
+                let a2 = fill((m - 1) * lda + k, 8);
+                let mut want2 = vec![0f32; m * n];
+                gemm_fma_ref(m, k, n, &a2, lda, &w, &mut want2, n);
+                let mut c = vec![0f32; m * n];
+                strips_gemm(m, &a2, lda, view, 0, ns, &mut c, n, false);
+                assert_eq!(c, want2, "strips {m}x{k}x{n} lda {lda}");
             }
             // Each row alone gives the same bits as inside the batch.
             for r in 0..m {
