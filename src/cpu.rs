@@ -302,7 +302,7 @@ fn row_block(k: usize) -> usize {
 /// order from zero), so all tiles, row counts and strip ranges agree
 /// bitwise. Register tiles: 1 row x 4 strips (8 accumulators) for a single
 /// row, 2 or 3 rows x 2 strips; from 4 rows on, blocks of rows are copied
-/// into per-tile panels ([`pack_panels`]) and run as tiles of up to 6 rows
+/// into per-tile panels (`pack_panels`) and run as tiles of up to 6 rows
 /// x 1 strip (12 accumulators), the strip fetched ahead in software.
 ///
 /// # Panics

@@ -44,6 +44,19 @@ pub enum Error {
     /// A `.npy` / `.npz` file is malformed or holds an unsupported dtype.
     #[error("npz: {0}")]
     Npz(String),
+    /// A CUDA device was asked for, but this build has no CUDA backend
+    /// (build with `--features cuda`).
+    #[error("cuda: this build of elmo has no CUDA backend (rebuild with `--features cuda`)")]
+    CudaNotCompiled,
+    /// CUDA cannot be used here: no driver library, no such device, a
+    /// driver too old for the kernels, a device too small for the model.
+    /// The message names the device and what is needed.
+    #[error("cuda: {0}")]
+    CudaUnavailable(String),
+    /// A CUDA call failed while running (the message names the device and
+    /// the call).
+    #[error("cuda: {0}")]
+    Cuda(String),
 }
 
 impl Error {

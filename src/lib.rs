@@ -13,6 +13,7 @@ pub mod autograd;
 pub mod chars;
 pub mod convert;
 pub mod cpu;
+pub mod cuda;
 pub mod data;
 pub mod error;
 pub mod input;
@@ -31,6 +32,7 @@ pub mod tfckpt;
 pub mod train;
 
 pub use chars::{CharIds, encode_batch};
+pub use cuda::Device;
 pub use error::{Error, Result};
 pub use model::{BiLmOutput, ElmoModel, Intermediates, LstmState};
 pub use options::Options;

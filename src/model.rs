@@ -9,6 +9,7 @@
 
 use crate::chars::{CharIds, encode_batch};
 use crate::cpu::{STRIP, Strips, WeightElem, add_bias, clip, highway_blend, lstm_cell, strips_gemm_par};
+use crate::cuda::Device;
 use crate::error::{Error, Result};
 use crate::model_file::{ModelFile, lstm_name};
 use crate::options::{Activation, Options};
@@ -191,6 +192,7 @@ pub struct ElmoModel {
     lstm: [Vec<LstmLayer>; 2],            // [direction][layer]
     cache: Option<TokenCache>,
     budget: usize,
+    gpu: Option<std::sync::Arc<crate::cuda::GpuModel>>,
 }
 
 /// Token embeddings (char CNN + highway + projection) by character ids: a
@@ -415,6 +417,7 @@ impl ElmoModel {
             lstm: [layers(0)?, layers(1)?],
             cache: None,
             budget: DEFAULT_MEMORY_BUDGET,
+            gpu: None,
             file,
         })
     }
@@ -442,6 +445,27 @@ impl ElmoModel {
     pub fn with_memory_budget(mut self, bytes: usize) -> Self {
         self.budget = bytes;
         self
+    }
+
+    /// Runs the model on `device`: [`Device::Cuda`] uploads the weights to
+    /// that GPU and loads its kernels now (see [`crate::cuda`]); outputs
+    /// agree with the CPU's to float32 rounding. [`Device::Cpu`] drops a GPU
+    /// copy. The token cache and memory budget apply to the CPU path only.
+    ///
+    /// Errors: [`Error::CudaNotCompiled`] in a build without the `cuda`
+    /// feature; [`Error::CudaUnavailable`] when the device cannot be used
+    /// (no driver, no such device, too old, too small), naming the device.
+    pub fn with_device(mut self, device: Device) -> Result<Self> {
+        self.gpu = match device {
+            Device::Cpu => None,
+            Device::Cuda(n) => Some(std::sync::Arc::new(crate::cuda::GpuModel::new(&self.file, n)?)),
+        };
+        Ok(self)
+    }
+
+    /// Where the forward pass runs.
+    pub fn device(&self) -> Device {
+        self.gpu.as_ref().map_or(Device::Cpu, |g| Device::Cuda(g.ordinal()))
     }
 
     /// The working-memory budget (see [`with_memory_budget`](Self::with_memory_budget)).
@@ -587,8 +611,6 @@ impl ElmoModel {
                 packed.extend_from_slice(ids.token(i, t));
             }
         }
-        let tokens = self.tokens(&packed, keep);
-
         // Both directions at once; each reads its sentences in its own order.
         let segs: Vec<(usize, usize)> = offs.iter().copied().zip(lens.iter().copied()).collect();
         let init = |d: usize, l: usize| -> Option<(Vec<f32>, Vec<f32>)> {
@@ -599,25 +621,47 @@ impl ElmoModel {
         };
         let init0: Vec<_> = (0..nl).map(|l| init(0, l)).collect();
         let init1: Vec<_> = (0..nl).map(|l| init(1, l)).collect();
-        let reversed = reverse_segments(&tokens.tok, &segs, p);
-        // Small batches: one direction after the other, every thread on a
-        // share of each step. Larger ones: the directions side by side.
-        let big = 5 * u * p >= SHARED_STEPS_MIN_WEIGHTS;
-        let (fwd, mut bwd) = if b <= SHARED_STEPS_MAX_BATCH && big && rayon::current_num_threads() > 1 {
-            let n = rayon::current_num_threads();
+        let (tokens, fwd, bwd) = if let Some(g) = &self.gpu {
+            let r = g.run(&packed, &segs, [&init0, &init1], keep)?;
+            let ([o0, o1], [f0, f1]) = (r.outputs, r.finals);
             (
-                self.lstm_direction(0, tokens.tok.clone(), &segs, &init0, n),
-                self.lstm_direction(1, reversed, &segs, &init1, n),
+                TokenOut {
+                    tok: r.tok,
+                    cnn: r.cnn,
+                    highway: r.highway,
+                },
+                DirectionOut {
+                    outputs: o0,
+                    finals: f0,
+                },
+                DirectionOut {
+                    outputs: o1,
+                    finals: f1,
+                },
             )
         } else {
-            rayon::join(
-                || self.lstm_direction(0, tokens.tok.clone(), &segs, &init0, 1),
-                || self.lstm_direction(1, reversed, &segs, &init1, 1),
-            )
+            let tokens = self.tokens(&packed, keep);
+            let reversed = reverse_segments(&tokens.tok, &segs, p);
+            // Small batches: one direction after the other, every thread on a
+            // share of each step. Larger ones: the directions side by side.
+            let big = 5 * u * p >= SHARED_STEPS_MIN_WEIGHTS;
+            let (fwd, mut bwd) = if b <= SHARED_STEPS_MAX_BATCH && big && rayon::current_num_threads() > 1 {
+                let n = rayon::current_num_threads();
+                (
+                    self.lstm_direction(0, tokens.tok.clone(), &segs, &init0, n),
+                    self.lstm_direction(1, reversed, &segs, &init1, n),
+                )
+            } else {
+                rayon::join(
+                    || self.lstm_direction(0, tokens.tok.clone(), &segs, &init0, 1),
+                    || self.lstm_direction(1, reversed, &segs, &init1, 1),
+                )
+            };
+            for out in &mut bwd.outputs {
+                *out = reverse_segments(out, &segs, p);
+            }
+            (tokens, fwd, bwd)
         };
-        for out in &mut bwd.outputs {
-            *out = reverse_segments(out, &segs, p);
-        }
         if let Some(s) = state {
             for (d, dir) in [&fwd, &bwd].into_iter().enumerate() {
                 for (l, (fc, fh)) in dir.finals.iter().enumerate() {

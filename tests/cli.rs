@@ -162,6 +162,10 @@ fn bad_input_gives_one_line_errors() {
     assert_one_line_error(&run(b"fine\nbad \xff\xfe\n", "bad.txt", &[]), "line 2: invalid UTF-8");
     assert_one_line_error(&run(b"[[\"a\"]]\n{\"x\": 1}\n", "bad.jsonl", &[]), "line 2");
     assert_one_line_error(&run(b"a\n", "a.txt", &["--batch-size", "0"]), "batch size");
+    assert_one_line_error(&run(b"a\n", "a.txt", &["--device", "gpu"]), "unknown device 'gpu'");
+    // A device that cannot be used: one line naming why (no CUDA in this
+    // build, no driver, or no such device), never a panic.
+    assert_one_line_error(&run(b"a\n", "a.txt", &["--device", "cuda:9999"]), "cuda");
     assert_one_line_error(
         &elmo(
             &[

@@ -37,6 +37,7 @@ pub fn run(
     output: &str,
     batch_size: Option<usize>,
     token_cache: usize,
+    device: elmo::Device,
 ) -> Result<()> {
     if runs == 0 {
         return Err(Error::Input("--runs must be at least 1".into()));
@@ -63,7 +64,9 @@ pub fn run(
     }
     pool.install(|| {
         let t0 = Instant::now();
-        let model = ElmoModel::load(model_path)?.with_token_cache(token_cache);
+        let model = ElmoModel::load(model_path)?
+            .with_token_cache(token_cache)
+            .with_device(device)?;
         let k = model.options().n_output_layers();
         let mix = (output == "elmo")
             .then(|| ScalarMix::new(k, &vec![0.0; k], 1.0, MixConfig::default(), false))
@@ -106,6 +109,7 @@ pub fn run(
             "peak_rss_mib": peak_rss_mib(),
             "threads": threads,
             "token_cache": token_cache,
+            "device": device.to_string(),
             "model": model_path.display().to_string(),
         });
         println!("{line}");

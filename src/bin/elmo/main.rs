@@ -78,6 +78,10 @@ enum Command {
         /// for any value; see `ElmoModel::with_memory_budget`).
         #[arg(long, default_value_t = elmo::model::DEFAULT_MEMORY_BUDGET >> 20)]
         memory_budget_mib: usize,
+        /// Where to run: cpu, cuda (device 0) or cuda:N (needs a build
+        /// with `--features cuda`).
+        #[arg(long, default_value = "cpu")]
+        device: String,
         /// Arrays to write, comma-separated: word_emb, lstm_outputs1,
         /// lstm_outputs2, elmo, default, all, lm_embeddings.
         #[arg(long, default_value = "lm_embeddings,elmo", value_delimiter = ',')]
@@ -124,6 +128,10 @@ enum Command {
         /// like-for-like setting against the peers).
         #[arg(long, default_value_t = 0)]
         token_cache: usize,
+        /// Where to run: cpu, cuda (device 0) or cuda:N (needs a build
+        /// with `--features cuda`).
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
 }
 
@@ -180,7 +188,18 @@ fn run(cmd: Command) -> Result<()> {
             output,
             batch_size,
             token_cache,
-        } => bench::run(&model, &input, runs, warmup, threads, &output, batch_size, token_cache),
+            device,
+        } => bench::run(
+            &model,
+            &input,
+            runs,
+            warmup,
+            threads,
+            &output,
+            batch_size,
+            token_cache,
+            device.parse()?,
+        ),
         Command::Inspect { path } => {
             print!("{}", inspect::describe(&path)?);
             Ok(())
@@ -237,6 +256,7 @@ fn run(cmd: Command) -> Result<()> {
             stateful,
             batch_size,
             memory_budget_mib,
+            device,
             outputs,
             mix_weights,
             gamma,
@@ -244,7 +264,10 @@ fn run(cmd: Command) -> Result<()> {
             top_only,
         } => {
             let model_path = model.unwrap_or_else(default_model);
-            let model = ElmoModel::load(&model_path)?.with_memory_budget(memory_budget_mib.max(1) << 20);
+            let device: elmo::Device = device.parse()?;
+            let model = ElmoModel::load(&model_path)?
+                .with_memory_budget(memory_budget_mib.max(1) << 20)
+                .with_device(device)?;
             let outputs = parse_outputs(&outputs)?;
             let mix = default_mix(&model, mix_weights, gamma, layer_norm, top_only)?;
             let batches = elmo::input::read_batches(&input, batch_size)?;
