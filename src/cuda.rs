@@ -20,6 +20,16 @@
 //! sentences still running at step `t` are a prefix of the batch: each
 //! step is two SGEMMs on that prefix (recurrent, projection) and two fused
 //! kernels (cell; clip, state and output).
+//!
+//! The forward pass is written once (`forward`) over a small backend trait:
+//! a host backend computes each kernel as the CPU path does, so the GPU
+//! pass's orchestration is checked bitwise against the CPU path on machines
+//! without a GPU (always compiled and tested); the CUDA backend launches the
+//! PTX and cuBLAS.
+
+// Without the `cuda` feature the forward pass and its backend trait are
+// compiled for the host backend's tests only.
+#![cfg_attr(not(feature = "cuda"), allow(dead_code))]
 
 use crate::error::{Error, Result};
 use std::fmt;
@@ -104,6 +114,554 @@ pub fn devices() -> Result<Vec<String>> {
     imp::devices()
 }
 
+/// Device memory operations and the kernels of `kernels/elmo.cu`, as the
+/// forward pass ([`forward`]) uses them. Buffers are flat; `(buffer, offset)`
+/// pairs address a sub-range (a column block, a block of rows).
+pub(crate) trait Backend: Upload {
+    /// A buffer of i32 (row indices).
+    type I;
+    /// A buffer of u16 (character ids).
+    type C;
+    /// Uploads row indices.
+    fn up_i32(&self, v: &[i32]) -> Result<Self::I>;
+    /// Uploads character ids.
+    fn up_u16(&self, v: &[u16]) -> Result<Self::C>;
+    /// `n` zeros.
+    fn zeros(&self, n: usize) -> Result<Self::F>;
+    /// A copy.
+    fn copy(&self, x: &Self::F) -> Result<Self::F>;
+    /// Downloads values.
+    fn down(&self, x: &Self::F) -> Result<Vec<f32>>;
+    /// `c (m, n) = a (m, k) b (k, n)`, row-major with row strides.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        mnk: (usize, usize, usize),
+        a: (&Self::F, usize),
+        lda: usize,
+        b: (&Self::F, usize),
+        ldb: usize,
+        c: &mut Self::F,
+        ldc: usize,
+    ) -> Result<()>;
+    /// `char_cnn` of elmo.cu: one filter width into columns `out.1 ..` of
+    /// `out` (rows `ldo` apart).
+    #[allow(clippy::too_many_arguments)]
+    fn char_cnn(
+        &self,
+        chars: &Self::C,
+        table: &Self::F,
+        w: &Self::F,
+        bias: &Self::F,
+        out: (&mut Self::F, usize),
+        ldo: usize,
+        dims: CnnDims,
+    ) -> Result<()>;
+    /// `add_bias` of elmo.cu.
+    fn add_bias(&self, x: &mut Self::F, bias: &Self::F, n: usize, w: usize) -> Result<()>;
+    /// `highway` of elmo.cu.
+    #[allow(clippy::too_many_arguments)]
+    fn highway(
+        &self,
+        x: &mut Self::F,
+        carry: &Self::F,
+        trans: &Self::F,
+        bc: &Self::F,
+        bt: &Self::F,
+        n: usize,
+        f: usize,
+    ) -> Result<()>;
+    /// `gather_rows` of elmo.cu with indices `idx.0[idx.1 .. idx.1 + rows]`.
+    fn gather_rows(&self, x: &Self::F, y: &mut Self::F, idx: (&Self::I, usize), rows: usize, w: usize) -> Result<()>;
+    /// `lstm_cell` of elmo.cu.
+    #[allow(clippy::too_many_arguments)]
+    fn lstm_cell(
+        &self,
+        zx: &Self::F,
+        zx_base: usize,
+        zh: &Self::F,
+        bias: &Self::F,
+        c: &mut Self::F,
+        m: &mut Self::F,
+        na: usize,
+        u: usize,
+        clip: Option<f32>,
+    ) -> Result<()>;
+    /// `lstm_project_out` of elmo.cu with rows `rows.0[rows.1 .. rows.1 + na]`.
+    #[allow(clippy::too_many_arguments)]
+    fn lstm_project_out(
+        &self,
+        hp: &Self::F,
+        h: &mut Self::F,
+        out: &mut Self::F,
+        x: &Self::F,
+        rows: (&Self::I, usize),
+        na: usize,
+        p: usize,
+        clip: Option<f32>,
+        residual: bool,
+    ) -> Result<()>;
+}
+
+/// Uploading f32 values: all that building [`Weights`] needs.
+pub(crate) trait Upload {
+    /// A buffer of f32.
+    type F;
+    /// Uploads values.
+    fn up_f32(&self, v: &[f32]) -> Result<Self::F>;
+}
+
+/// Sizes of one char-CNN launch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CnnDims {
+    /// Tokens.
+    pub n: usize,
+    /// Characters per token.
+    pub c: usize,
+    /// Character embedding size.
+    pub e: usize,
+    /// Rows of the embedding table.
+    pub n_chars: usize,
+    /// Filter width.
+    pub width: usize,
+    /// Filters of this width.
+    pub nf: usize,
+    /// relu (else tanh).
+    pub relu: bool,
+}
+
+/// The model's weights in a backend's buffers, all f32, logical layouts.
+pub(crate) struct Weights<F> {
+    char_embed: F,                    // (n_chars, E)
+    convs: Vec<(usize, usize, F, F)>, // width, count, kernel (w*E, n), bias (n,)
+    highways: Vec<[F; 4]>,            // W_carry (F, F), b_carry, W_transform, b_transform
+    projection: Option<(F, F)>,       // (F, P), (P,)
+    lstm: [Vec<[F; 3]>; 2],           // per direction and layer: W_0 (2P, 4U), B (4U,), W_P_0 (U, P)
+    n_chars: usize,
+}
+
+impl<F> Weights<F> {
+    /// Uploads every weight of `file` (bf16 widened, strips unpacked).
+    pub(crate) fn upload<B: Upload<F = F>>(be: &B, file: &crate::model_file::ModelFile) -> Result<Self> {
+        use crate::model_file::lstm_name;
+        let o = &file.options;
+        let up = |name: &str| -> Result<F> { be.up_f32(&file.values(name)?) };
+        let convs = o
+            .char_cnn
+            .filters
+            .iter()
+            .enumerate()
+            .map(|(i, &(width, count))| {
+                Ok((
+                    width,
+                    count,
+                    up(&format!("CNN/W_cnn_{i}"))?,
+                    up(&format!("CNN/b_cnn_{i}"))?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let highways = (0..o.char_cnn.n_highway)
+            .map(|h| {
+                Ok([
+                    up(&format!("CNN_high_{h}/W_carry"))?,
+                    up(&format!("CNN_high_{h}/b_carry"))?,
+                    up(&format!("CNN_high_{h}/W_transform"))?,
+                    up(&format!("CNN_high_{h}/b_transform"))?,
+                ])
+            })
+            .collect::<Result<_>>()?;
+        let projection = if o.has_projection() {
+            Some((up("CNN_proj/W_proj")?, up("CNN_proj/b_proj")?))
+        } else {
+            None
+        };
+        let layers = |d: usize| -> Result<Vec<[F; 3]>> {
+            (0..o.lstm.n_layers)
+                .map(|l| {
+                    Ok([
+                        up(&lstm_name(d, l, "W_0"))?,
+                        up(&lstm_name(d, l, "B"))?,
+                        up(&lstm_name(d, l, "W_P_0"))?,
+                    ])
+                })
+                .collect()
+        };
+        let table = file.values("char_embed")?;
+        Ok(Weights {
+            n_chars: table.len() / o.char_cnn.embedding_dim.max(1),
+            char_embed: be.up_f32(&table)?,
+            convs,
+            highways,
+            projection,
+            lstm: [layers(0)?, layers(1)?],
+        })
+    }
+}
+
+/// Largest block of input-side LSTM products held at once on a GPU, in bytes.
+pub(crate) const ZX_BYTES: usize = 256 << 20;
+
+/// The forward pass on a backend: `chars` (N, C) character ids of the packed
+/// tokens, `segs` each sentence's (first row, length), `init` each
+/// direction's initial states; input-side LSTM products in blocks of about
+/// `zx_bytes`. Returns per direction and layer the outputs in natural
+/// order, and the final states in the caller's sentence order.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward<B: Backend>(
+    be: &B,
+    w: &Weights<B::F>,
+    o: &crate::options::Options,
+    chars: &[u16],
+    segs: &[(usize, usize)],
+    init: [Init<'_>; 2],
+    keep: bool,
+    zx_bytes: usize,
+) -> Result<GpuOut> {
+    let (e, c) = (o.char_cnn.embedding_dim, o.char_cnn.max_characters_per_token);
+    let (f, p, u, nl) = (o.n_filters(), o.lstm.projection_dim, o.lstm.dim, o.lstm.n_layers);
+    let n = chars.len() / c.max(1);
+    let b = segs.len();
+    let mut out = GpuOut {
+        tok: Vec::new(),
+        cnn: Vec::new(),
+        highway: Vec::new(),
+        outputs: [vec![Vec::new(); nl], vec![Vec::new(); nl]],
+        finals: std::array::from_fn(|d| {
+            (0..nl)
+                .map(|l| match init[d].get(l).and_then(|x| x.as_ref()) {
+                    Some((c0, h0)) => (c0.clone(), h0.clone()),
+                    None => (vec![0f32; b * u], vec![0f32; b * p]),
+                })
+                .collect()
+        }),
+    };
+    if n == 0 {
+        return Ok(out);
+    }
+    if n.checked_mul(f.max(4 * u)).is_none_or(|x| x > i32::MAX as usize) {
+        return Err(Error::Input(format!(
+            "a batch of {n} tokens is too large for the CUDA kernels: split it"
+        )));
+    }
+
+    // Token pipeline: char CNN (N, F), highway layers, projection (N, P).
+    let d_chars = be.up_u16(chars)?;
+    let mut x = be.zeros(n * f)?;
+    let mut col = 0;
+    let relu = o.char_cnn.activation == crate::options::Activation::Relu;
+    for (width, nf, kernel, bias) in &w.convs {
+        let dims = CnnDims {
+            n,
+            c,
+            e,
+            n_chars: w.n_chars,
+            width: *width,
+            nf: *nf,
+            relu,
+        };
+        be.char_cnn(&d_chars, &w.char_embed, kernel, bias, (&mut x, col), f, dims)?;
+        col += nf;
+    }
+    if keep {
+        out.cnn = be.down(&x)?;
+    }
+    if !w.highways.is_empty() {
+        let mut carry = be.zeros(n * f)?;
+        let mut trans = be.zeros(n * f)?;
+        for [wc, bc, wt, bt] in &w.highways {
+            be.gemm((n, f, f), (&x, 0), f, (wc, 0), f, &mut carry, f)?;
+            be.gemm((n, f, f), (&x, 0), f, (wt, 0), f, &mut trans, f)?;
+            be.highway(&mut x, &carry, &trans, bc, bt, n, f)?;
+            if keep {
+                out.highway.push(be.down(&x)?);
+            }
+        }
+    }
+    let tok = match &w.projection {
+        Some((wp, bias)) => {
+            let mut t = be.zeros(n * p)?;
+            be.gemm((n, p, f), (&x, 0), f, (wp, 0), p, &mut t, p)?;
+            be.add_bias(&mut t, bias, n, p)?;
+            t
+        }
+        None => x,
+    };
+    out.tok = be.down(&tok)?;
+
+    // Sentences longest first: those running at step t are a prefix.
+    let mut perm: Vec<usize> = (0..b).collect();
+    perm.sort_by_key(|&i| std::cmp::Reverse(segs[i].1));
+    let max_len = segs.iter().map(|s| s.1).max().unwrap_or(0);
+    let running: Vec<usize> = (0..max_len)
+        .map(|t| perm.iter().take_while(|&&i| segs[i].1 > t).count())
+        .collect();
+    // Row (of the packed N rows) of sorted sentence r at step t; the steps
+    // one after the other, step t's from base[t] on.
+    let mut base = Vec::with_capacity(max_len + 1);
+    let mut step_rows = Vec::with_capacity(n);
+    for (t, &na) in running.iter().enumerate() {
+        base.push(step_rows.len());
+        step_rows.extend(perm[..na].iter().map(|&i| (segs[i].0 + t) as i32));
+    }
+    base.push(step_rows.len());
+    // Reversal within each sentence (an involution).
+    let mut rev = vec![0i32; n];
+    for &(off, len) in segs {
+        for t in 0..len {
+            rev[off + t] = (off + len - 1 - t) as i32;
+        }
+    }
+    let d_rows = be.up_i32(&step_rows)?;
+    let d_rev = be.up_i32(&rev)?;
+    let zx_rows = (zx_bytes / (16 * u.max(1))).max(b);
+    for d in 0..2 {
+        let mut x = if d == 0 {
+            be.copy(&tok)?
+        } else {
+            let mut y = be.zeros(n * p)?;
+            be.gather_rows(&tok, &mut y, (&d_rev, 0), n, p)?;
+            y
+        };
+        for l in 0..nl {
+            let [kernel, bias, proj] = &w.lstm[d][l];
+            // States in sorted order.
+            let (c0, h0) = &out.finals[d][l];
+            let cs: Vec<f32> = perm
+                .iter()
+                .flat_map(|&i| c0[i * u..(i + 1) * u].iter().copied())
+                .collect();
+            let hs: Vec<f32> = perm
+                .iter()
+                .flat_map(|&i| h0[i * p..(i + 1) * p].iter().copied())
+                .collect();
+            let (mut dc, mut dh) = (be.up_f32(&cs)?, be.up_f32(&hs)?);
+            let mut y = be.zeros(n * p)?;
+            let mut zh = be.zeros(b * 4 * u)?;
+            let mut m = be.zeros(b * u)?;
+            let mut hp = be.zeros(b * p)?;
+            let mut t0 = 0;
+            while t0 < max_len {
+                // A block of steps whose input rows fit ZX_BYTES.
+                let mut t1 = t0 + 1;
+                while t1 < max_len && base[t1 + 1] - base[t0] <= zx_rows {
+                    t1 += 1;
+                }
+                let (r0, r1) = (base[t0], base[t1]);
+                let mut xb = be.zeros((r1 - r0) * p)?;
+                be.gather_rows(&x, &mut xb, (&d_rows, r0), r1 - r0, p)?;
+                // (rows, 4U) = x (rows, P) W_0[..P]
+                let mut zx = be.zeros((r1 - r0) * 4 * u)?;
+                be.gemm((r1 - r0, 4 * u, p), (&xb, 0), p, (kernel, 0), 4 * u, &mut zx, 4 * u)?;
+                for t in t0..t1 {
+                    let na = running[t];
+                    // (na, 4U) = m_{t-1} (na, P) W_0[P..]
+                    be.gemm((na, 4 * u, p), (&dh, 0), p, (kernel, p * 4 * u), 4 * u, &mut zh, 4 * u)?;
+                    be.lstm_cell(&zx, base[t] - r0, &zh, bias, &mut dc, &mut m, na, u, o.lstm.cell_clip)?;
+                    // (na, P) = m (na, U) W_P
+                    be.gemm((na, p, u), (&m, 0), u, (proj, 0), p, &mut hp, p)?;
+                    be.lstm_project_out(
+                        &hp,
+                        &mut dh,
+                        &mut y,
+                        &x,
+                        (&d_rows, base[t]),
+                        na,
+                        p,
+                        o.lstm.proj_clip,
+                        o.lstm.use_skip_connections && l > 0,
+                    )?;
+                }
+                t0 = t1;
+            }
+            // Final states back in the caller's sentence order.
+            let (cs, hs) = (be.down(&dc)?, be.down(&dh)?);
+            let (fc, fh) = &mut out.finals[d][l];
+            for (r, &i) in perm.iter().enumerate() {
+                fc[i * u..(i + 1) * u].copy_from_slice(&cs[r * u..(r + 1) * u]);
+                fh[i * p..(i + 1) * p].copy_from_slice(&hs[r * p..(r + 1) * p]);
+            }
+            x = y;
+            out.outputs[d][l] = if d == 0 {
+                be.down(&x)?
+            } else {
+                let mut nat = be.zeros(n * p)?;
+                be.gather_rows(&x, &mut nat, (&d_rev, 0), n, p)?;
+                be.down(&nat)?
+            };
+        }
+    }
+    Ok(out)
+}
+
+/// The forward pass's buffers and kernels on host memory, each kernel
+/// computed as the CPU path computes it (the same fma chains, the same
+/// vectorised sigmoid and tanh): running [`forward`] with it gives bitwise
+/// the CPU path's results, which is how the GPU pass's orchestration
+/// (length-sorted prefixes, step rows, reversal, blocks of input products,
+/// state order) is tested on machines without a GPU. Each CUDA kernel in
+/// `kernels/elmo.cu` names the CPU function it computes.
+#[derive(Debug, Default)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) struct HostBackend;
+
+impl Upload for HostBackend {
+    type F = Vec<f32>;
+    fn up_f32(&self, v: &[f32]) -> Result<Vec<f32>> {
+        Ok(v.to_vec())
+    }
+}
+
+impl Backend for HostBackend {
+    type I = Vec<i32>;
+    type C = Vec<u16>;
+    fn up_i32(&self, v: &[i32]) -> Result<Vec<i32>> {
+        Ok(v.to_vec())
+    }
+    fn up_u16(&self, v: &[u16]) -> Result<Vec<u16>> {
+        Ok(v.to_vec())
+    }
+    fn zeros(&self, n: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; n])
+    }
+    fn copy(&self, x: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(x.clone())
+    }
+    fn down(&self, x: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(x.clone())
+    }
+    fn gemm(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        a: (&Vec<f32>, usize),
+        lda: usize,
+        b: (&Vec<f32>, usize),
+        ldb: usize,
+        c: &mut Vec<f32>,
+        ldc: usize,
+    ) -> Result<()> {
+        // The fma chains of the CPU's strip kernels (B dense: ldb = n).
+        assert_eq!(ldb, n, "HostBackend::gemm: B rows must be dense");
+        crate::cpu::gemm_fma_ref(m, k, n, &a.0[a.1..], lda, &b.0[b.1..b.1 + k * n], c, ldc);
+        Ok(())
+    }
+    fn char_cnn(
+        &self,
+        chars: &Vec<u16>,
+        table: &Vec<f32>,
+        w: &Vec<f32>,
+        bias: &Vec<f32>,
+        (out, col): (&mut Vec<f32>, usize),
+        ldo: usize,
+        d: CnnDims,
+    ) -> Result<()> {
+        let k = d.width * d.e;
+        for t in 0..d.n {
+            // The block's shared memory: the token's (C, E) embeddings.
+            let emb: Vec<f32> = (0..d.c * d.e)
+                .map(|q| {
+                    let id = chars[t * d.c + q / d.e] as usize;
+                    if id < d.n_chars { table[id * d.e + q % d.e] } else { 0.0 }
+                })
+                .collect();
+            for f in 0..d.nf {
+                let mut best = f32::NEG_INFINITY;
+                for pos in 0..=d.c.saturating_sub(d.width) {
+                    let x = &emb[pos * d.e..];
+                    let mut s = 0.0f32;
+                    for p in 0..k {
+                        s = x[p].mul_add(w[p * d.nf + f], s);
+                    }
+                    best = best.max(s);
+                }
+                let v = best + bias[f];
+                out[col + t * ldo + f] = if d.relu { v.max(0.0) } else { v.tanh() };
+            }
+        }
+        Ok(())
+    }
+    fn add_bias(&self, x: &mut Vec<f32>, bias: &Vec<f32>, n: usize, w: usize) -> Result<()> {
+        for i in 0..n * w {
+            x[i] += bias[i % w];
+        }
+        Ok(())
+    }
+    fn highway(
+        &self,
+        x: &mut Vec<f32>,
+        carry: &Vec<f32>,
+        trans: &Vec<f32>,
+        bc: &Vec<f32>,
+        bt: &Vec<f32>,
+        n: usize,
+        f: usize,
+    ) -> Result<()> {
+        let (mut carry, mut trans) = (carry[..n * f].to_vec(), trans[..n * f].to_vec());
+        crate::cpu::add_bias(&mut carry, bc);
+        crate::cpu::add_bias(&mut trans, bt);
+        crate::cpu::highway_blend(&mut x[..n * f], &carry, &trans);
+        Ok(())
+    }
+    fn gather_rows(
+        &self,
+        x: &Vec<f32>,
+        y: &mut Vec<f32>,
+        (idx, o): (&Vec<i32>, usize),
+        rows: usize,
+        w: usize,
+    ) -> Result<()> {
+        for i in 0..rows * w {
+            y[i] = x[idx[o + i / w] as usize * w + i % w];
+        }
+        Ok(())
+    }
+    fn lstm_cell(
+        &self,
+        zx: &Vec<f32>,
+        zx_base: usize,
+        zh: &Vec<f32>,
+        bias: &Vec<f32>,
+        c: &mut Vec<f32>,
+        m: &mut Vec<f32>,
+        na: usize,
+        u: usize,
+        clip_c: Option<f32>,
+    ) -> Result<()> {
+        let g = 4 * u;
+        for r in 0..na {
+            crate::cpu::lstm_cell(
+                &zx[(zx_base + r) * g..(zx_base + r + 1) * g],
+                &zh[r * g..(r + 1) * g],
+                bias,
+                &mut c[r * u..(r + 1) * u],
+                &mut m[r * u..(r + 1) * u],
+                clip_c,
+            );
+        }
+        Ok(())
+    }
+    fn lstm_project_out(
+        &self,
+        hp: &Vec<f32>,
+        h: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+        x: &Vec<f32>,
+        (rows, o): (&Vec<i32>, usize),
+        na: usize,
+        p: usize,
+        clip_p: Option<f32>,
+        residual: bool,
+    ) -> Result<()> {
+        for i in 0..na * p {
+            let (r, k) = (i / p, i % p);
+            let v = crate::cpu::clip(hp[i], clip_p);
+            h[i] = v;
+            let at = rows[o + r] as usize * p + k;
+            out[at] = if residual { v + x[at] } else { v };
+        }
+        Ok(())
+    }
+}
+
 #[cfg(not(feature = "cuda"))]
 mod imp {
     use super::*;
@@ -146,20 +704,17 @@ mod imp {
 #[cfg(feature = "cuda")]
 mod imp {
     use super::*;
-    use crate::model_file::{ModelFile, lstm_name};
-    use crate::options::{Activation, Options};
+    use crate::model_file::ModelFile;
+    use crate::options::Options;
     use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys as blas_sys};
     use cudarc::driver::{
-        CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError, LaunchConfig,
-        PushKernelArg, sys as drv_sys,
+        CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg, sys as drv_sys,
     };
     use std::sync::{Arc, Mutex};
 
     /// Device memory kept free beyond the weights for a batch's activations
     /// (checked at upload, so a model that leaves no room fails there).
     const WORKING_MARGIN: usize = 256 << 20;
-    /// Largest block of input-side LSTM products held at once, in bytes.
-    const ZX_BYTES: usize = 256 << 20;
 
     fn unavailable(msg: String) -> Error {
         Error::CudaUnavailable(msg)
@@ -191,7 +746,7 @@ mod imp {
     pub fn devices() -> Result<Vec<String>> {
         driver_present()?;
         let n = CudaContext::device_count().map_err(|e| unavailable(format!("cuInit/cuDeviceGetCount: {e}")))?;
-        (0..n as usize)
+        (0..n.max(0) as usize)
             .map(|i| {
                 CudaContext::new(i)
                     .and_then(|c| c.name())
@@ -210,26 +765,6 @@ mod imp {
         lstm_project_out: CudaFunction,
     }
 
-    struct Conv {
-        width: usize,
-        count: usize,
-        kernel: CudaSlice<f32>, // (w*E, n)
-        bias: CudaSlice<f32>,
-    }
-
-    struct Highway {
-        w_carry: CudaSlice<f32>, // (F, F)
-        b_carry: CudaSlice<f32>,
-        w_transform: CudaSlice<f32>,
-        b_transform: CudaSlice<f32>,
-    }
-
-    struct Lstm {
-        kernel: CudaSlice<f32>,     // (2P, 4U): rows for x, then for m_{t-1}
-        bias: CudaSlice<f32>,       // (4U,)
-        projection: CudaSlice<f32>, // (U, P)
-    }
-
     /// What runs need exclusively: the stream and the cuBLAS handle on it.
     struct Exec {
         stream: Arc<CudaStream>,
@@ -244,11 +779,7 @@ mod imp {
         ctx: Arc<CudaContext>,
         exec: Mutex<Exec>,
         k: Kernels,
-        char_embed: CudaSlice<f32>, // (n_chars, E)
-        convs: Vec<Conv>,
-        highways: Vec<Highway>,
-        projection: Option<(CudaSlice<f32>, CudaSlice<f32>)>,
-        lstm: [Vec<Lstm>; 2],
+        w: Weights<CudaSlice<f32>>,
     }
 
     impl fmt::Debug for GpuModel {
@@ -271,8 +802,240 @@ mod imp {
         }
     }
 
-    fn int(v: usize, what: &str) -> Result<i32> {
-        i32::try_from(v).map_err(|_| Error::Input(format!("{what} = {v} is too large for the CUDA kernels")))
+    /// A size as the kernels' `int` ([`forward`] checks every size fits).
+    fn int(v: usize) -> i32 {
+        v as i32
+    }
+
+    /// The CUDA backend of [`forward`]: one model's kernels on its stream.
+    struct Cuda<'a> {
+        m: &'a GpuModel,
+        ex: &'a Exec,
+    }
+
+    impl Cuda<'_> {
+        fn err(&self, what: &'static str) -> impl Fn(DriverError) -> Error + '_ {
+            move |e| match e.0 {
+                drv_sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => Error::Cuda(format!(
+                    "cuda:{} ({}): out of device memory ({what}): use smaller batches",
+                    self.m.ordinal, self.m.name
+                )),
+                _ => Error::Cuda(format!("cuda:{} ({}): {what}: {e}", self.m.ordinal, self.m.name)),
+            }
+        }
+    }
+
+    impl Upload for Cuda<'_> {
+        type F = CudaSlice<f32>;
+        fn up_f32(&self, v: &[f32]) -> Result<Self::F> {
+            self.ex.stream.clone_htod(v).map_err(self.err("upload"))
+        }
+    }
+
+    impl Backend for Cuda<'_> {
+        type I = CudaSlice<i32>;
+        type C = CudaSlice<u16>;
+        fn up_i32(&self, v: &[i32]) -> Result<Self::I> {
+            self.ex.stream.clone_htod(v).map_err(self.err("upload"))
+        }
+        fn up_u16(&self, v: &[u16]) -> Result<Self::C> {
+            self.ex.stream.clone_htod(v).map_err(self.err("upload"))
+        }
+        fn zeros(&self, n: usize) -> Result<Self::F> {
+            self.ex.stream.alloc_zeros(n.max(1)).map_err(self.err("alloc"))
+        }
+        fn copy(&self, x: &Self::F) -> Result<Self::F> {
+            self.ex.stream.clone_dtod(x).map_err(self.err("copy"))
+        }
+        fn down(&self, x: &Self::F) -> Result<Vec<f32>> {
+            self.ex.stream.clone_dtoh(x).map_err(self.err("download"))
+        }
+        fn gemm(
+            &self,
+            (m, n, k): (usize, usize, usize),
+            a: (&Self::F, usize),
+            lda: usize,
+            b: (&Self::F, usize),
+            ldb: usize,
+            c: &mut Self::F,
+            ldc: usize,
+        ) -> Result<()> {
+            if m == 0 || n == 0 {
+                return Ok(());
+            }
+            // Row-major C = A B is column-major C^T = B^T A^T.
+            let cfg = GemmConfig {
+                transa: blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                transb: blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                m: int(n),
+                n: int(m),
+                k: int(k),
+                alpha: 1.0f32,
+                lda: int(ldb),
+                ldb: int(lda),
+                beta: 0.0f32,
+                ldc: int(ldc),
+            };
+            let (av, bv) = (a.0.slice(a.1..), b.0.slice(b.1..));
+            // SAFETY: forward passes buffers holding (m-1) lda + k values
+            // of A from a.1, (k-1) ldb + n of B from b.1 and (m-1) ldc + n
+            // of C, all on this handle's stream.
+            unsafe { self.ex.blas.gemm(cfg, &bv, &av, c) }
+                .map_err(|e| Error::Cuda(format!("cuda:{} ({}): cublasSgemm: {e}", self.m.ordinal, self.m.name)))
+        }
+        fn char_cnn(
+            &self,
+            chars: &Self::C,
+            table: &Self::F,
+            w: &Self::F,
+            bias: &Self::F,
+            (out, col): (&mut Self::F, usize),
+            ldo: usize,
+            d: CnnDims,
+        ) -> Result<()> {
+            let mut dst = out.slice_mut(col..);
+            let (ldo, n, c, e, nc, wd, nf, relu) = (
+                int(ldo),
+                int(d.n),
+                int(d.c),
+                int(d.e),
+                int(d.n_chars),
+                int(d.width),
+                int(d.nf),
+                i32::from(d.relu),
+            );
+            let mut bld = self.ex.stream.launch_builder(&self.m.k.char_cnn);
+            bld.arg(chars)
+                .arg(table)
+                .arg(w)
+                .arg(bias)
+                .arg(&mut dst)
+                .arg(&ldo)
+                .arg(&n)
+                .arg(&c)
+                .arg(&e)
+                .arg(&nc)
+                .arg(&wd)
+                .arg(&nf)
+                .arg(&relu);
+            let cfg = LaunchConfig {
+                grid_dim: (d.n as u32, (d.nf as u32).div_ceil(128), 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: (d.c * d.e * 4) as u32,
+            };
+            // SAFETY: char_cnn(chars (n, C), table (n_chars, E), w (wE, nf),
+            // bias (nf), out (n, ldo) from column col, ...): buffers as
+            // uploaded; ids past the table read zeros; col + nf <= ldo.
+            unsafe { bld.launch(cfg) }.map(drop).map_err(self.err("char_cnn"))
+        }
+        fn add_bias(&self, x: &mut Self::F, bias: &Self::F, n: usize, w: usize) -> Result<()> {
+            let (ni, wi) = (int(n), int(w));
+            let mut bld = self.ex.stream.launch_builder(&self.m.k.add_bias);
+            bld.arg(x).arg(bias).arg(&ni).arg(&wi);
+            // SAFETY: add_bias(x (n, w), bias (w,), n, w).
+            unsafe { bld.launch(elementwise(n * w)) }
+                .map(drop)
+                .map_err(self.err("add_bias"))
+        }
+        fn highway(
+            &self,
+            x: &mut Self::F,
+            carry: &Self::F,
+            trans: &Self::F,
+            bc: &Self::F,
+            bt: &Self::F,
+            n: usize,
+            f: usize,
+        ) -> Result<()> {
+            let (ni, fi) = (int(n), int(f));
+            let mut bld = self.ex.stream.launch_builder(&self.m.k.highway);
+            bld.arg(x).arg(carry).arg(trans).arg(bc).arg(bt).arg(&ni).arg(&fi);
+            // SAFETY: highway(x, carry, transform (n, f), bc, bt (f,), n, f).
+            unsafe { bld.launch(elementwise(n * f)) }
+                .map(drop)
+                .map_err(self.err("highway"))
+        }
+        fn gather_rows(
+            &self,
+            x: &Self::F,
+            y: &mut Self::F,
+            idx: (&Self::I, usize),
+            rows: usize,
+            w: usize,
+        ) -> Result<()> {
+            let iv = idx.0.slice(idx.1..);
+            let (ri, wi) = (int(rows), int(w));
+            let mut bld = self.ex.stream.launch_builder(&self.m.k.gather_rows);
+            bld.arg(x).arg(y).arg(&iv).arg(&ri).arg(&wi);
+            // SAFETY: gather_rows(x, y (rows, w), idx (rows), rows, w); every
+            // index is a row of x (built by forward).
+            unsafe { bld.launch(elementwise(rows * w)) }
+                .map(drop)
+                .map_err(self.err("gather_rows"))
+        }
+        fn lstm_cell(
+            &self,
+            zx: &Self::F,
+            zx_base: usize,
+            zh: &Self::F,
+            bias: &Self::F,
+            c: &mut Self::F,
+            m: &mut Self::F,
+            na: usize,
+            u: usize,
+            clip: Option<f32>,
+        ) -> Result<()> {
+            let (zb, nai, ui) = (int(zx_base), int(na), int(u));
+            let (cc, has) = (clip.unwrap_or(0.0), i32::from(clip.is_some()));
+            let mut bld = self.ex.stream.launch_builder(&self.m.k.lstm_cell);
+            bld.arg(zx)
+                .arg(&zb)
+                .arg(zh)
+                .arg(bias)
+                .arg(c)
+                .arg(m)
+                .arg(&nai)
+                .arg(&ui)
+                .arg(&cc)
+                .arg(&has);
+            // SAFETY: lstm_cell(zx (rows, 4U) from row zx_base, zh (na, 4U),
+            // bias (4U), c (B, U), m (B, U), na <= B, U, ...).
+            unsafe { bld.launch(elementwise(na * u)) }
+                .map(drop)
+                .map_err(self.err("lstm_cell"))
+        }
+        fn lstm_project_out(
+            &self,
+            hp: &Self::F,
+            h: &mut Self::F,
+            out: &mut Self::F,
+            x: &Self::F,
+            rows: (&Self::I, usize),
+            na: usize,
+            p: usize,
+            clip: Option<f32>,
+            residual: bool,
+        ) -> Result<()> {
+            let rv = rows.0.slice(rows.1..);
+            let (nai, pi) = (int(na), int(p));
+            let (pc, has, res) = (clip.unwrap_or(0.0), i32::from(clip.is_some()), i32::from(residual));
+            let mut bld = self.ex.stream.launch_builder(&self.m.k.lstm_project_out);
+            bld.arg(hp)
+                .arg(h)
+                .arg(out)
+                .arg(x)
+                .arg(&rv)
+                .arg(&nai)
+                .arg(&pi)
+                .arg(&pc)
+                .arg(&has)
+                .arg(&res);
+            // SAFETY: lstm_project_out(hp (na, P), h (B, P), out, x (N, P),
+            // rows (na) < N, na, P, ...).
+            unsafe { bld.launch(elementwise(na * p)) }
+                .map(drop)
+                .map_err(self.err("lstm_project_out"))
+        }
     }
 
     impl GpuModel {
@@ -318,8 +1081,8 @@ mod imp {
                         .into(),
                 ));
             }
-            let o = file.options.clone();
-            let need = weight_bytes(&o) + WORKING_MARGIN;
+            let options = file.options.clone();
+            let need = weight_bytes(&options) + WORKING_MARGIN;
             let (free, _) = ctx.mem_get_info().map_err(dev)?;
             if need > free {
                 return Err(unavailable(format!(
@@ -361,70 +1124,26 @@ mod imp {
             unsafe { blas_sys::cublasSetMathMode(*blas.handle(), blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH) }
                 .result()
                 .map_err(|e| unavailable(format!("cuda:{ordinal}: cublasSetMathMode: {e}")))?;
-            let up = |name: &str| -> Result<CudaSlice<f32>> {
-                let v = file.values(name)?;
-                stream
-                    .clone_htod(&v)
-                    .map_err(|e| Error::Cuda(format!("cuda:{ordinal}: uploading {name}: {e}")))
-            };
-            let convs = o
-                .char_cnn
-                .filters
-                .iter()
-                .enumerate()
-                .map(|(i, &(width, count))| {
-                    Ok(Conv {
-                        width,
-                        count,
-                        kernel: up(&format!("CNN/W_cnn_{i}"))?,
-                        bias: up(&format!("CNN/b_cnn_{i}"))?,
-                    })
-                })
-                .collect::<Result<_>>()?;
-            let highways = (0..o.char_cnn.n_highway)
-                .map(|h| {
-                    Ok(Highway {
-                        w_carry: up(&format!("CNN_high_{h}/W_carry"))?,
-                        b_carry: up(&format!("CNN_high_{h}/b_carry"))?,
-                        w_transform: up(&format!("CNN_high_{h}/W_transform"))?,
-                        b_transform: up(&format!("CNN_high_{h}/b_transform"))?,
-                    })
-                })
-                .collect::<Result<_>>()?;
-            let projection = if o.has_projection() {
-                Some((up("CNN_proj/W_proj")?, up("CNN_proj/b_proj")?))
-            } else {
-                None
-            };
-            let layers = |d: usize| -> Result<Vec<Lstm>> {
-                (0..o.lstm.n_layers)
-                    .map(|l| {
-                        Ok(Lstm {
-                            kernel: up(&lstm_name(d, l, "W_0"))?,
-                            bias: up(&lstm_name(d, l, "B"))?,
-                            projection: up(&lstm_name(d, l, "W_P_0"))?,
-                        })
-                    })
-                    .collect()
-            };
+            let ex = Exec { stream, blas };
+            let w = Weights::upload(
+                &Uploader {
+                    stream: &ex.stream,
+                    ordinal,
+                },
+                file,
+            )?;
             let model = GpuModel {
                 ordinal,
                 name,
-                char_embed: up("char_embed")?,
-                convs,
-                highways,
-                projection,
-                lstm: [layers(0)?, layers(1)?],
-                options: o,
+                options,
                 ctx,
-                exec: Mutex::new(Exec { stream, blas }),
+                exec: Mutex::new(ex),
                 k,
+                w,
             };
             // Warm-up: one sentence of one token, so cuBLAS and the kernels
             // are loaded before the first request.
             let c = model.options.char_cnn.max_characters_per_token;
-            // An empty word: begin/end-of-word marks, padding; ids +1 as
-            // encoded (0 = no token).
             let mut one = vec![crate::chars::PAD_CHAR + 1; c];
             one[0] = crate::chars::BOW_CHAR + 1;
             one[1] = crate::chars::EOW_CHAR + 1;
@@ -442,69 +1161,7 @@ mod imp {
             &self.name
         }
 
-        fn err(&self, what: &str) -> impl Fn(DriverError) -> Error + '_ {
-            let what = what.to_string();
-            move |e| match e.0 {
-                drv_sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => Error::Cuda(format!(
-                    "cuda:{} ({}): out of device memory ({what}): use smaller batches",
-                    self.ordinal, self.name
-                )),
-                _ => Error::Cuda(format!("cuda:{} ({}): {what}: {e}", self.ordinal, self.name)),
-            }
-        }
-
-        /// `c (m, n) = a (m, k) b (k, n)`, row-major with row strides
-        /// `lda`, `ldb`, `ldc`: as column-major, `c^T = b^T a^T`.
-        #[allow(clippy::too_many_arguments)]
-        fn gemm<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
-            &self,
-            ex: &Exec,
-            (m, n, k): (usize, usize, usize),
-            a: &A,
-            lda: usize,
-            b: &B,
-            ldb: usize,
-            c: &mut C,
-            ldc: usize,
-        ) -> Result<()> {
-            if m == 0 || n == 0 {
-                return Ok(());
-            }
-            let cfg = GemmConfig {
-                transa: blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                transb: blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                m: int(n, "columns")?,
-                n: int(m, "rows")?,
-                k: int(k, "depth")?,
-                alpha: 1.0f32,
-                lda: int(ldb, "ldb")?,
-                ldb: int(lda, "lda")?,
-                beta: 0.0f32,
-                ldc: int(ldc, "ldc")?,
-            };
-            // SAFETY: the callers pass buffers holding (m-1) lda + k,
-            // (k-1) ldb + n and (m-1) ldc + n values (checked by debug
-            // assertions in run), on the handle's stream.
-            unsafe { ex.blas.gemm(cfg, b, a, c) }
-                .map_err(|e| Error::Cuda(format!("cuda:{} ({}): cublasSgemm: {e}", self.ordinal, self.name)))
-        }
-
-        fn gather(&self, ex: &Exec, x: &CudaSlice<f32>, idx: &CudaSlice<i32>, w: usize) -> Result<CudaSlice<f32>> {
-            let rows = idx.len();
-            let mut y = ex.stream.alloc_zeros::<f32>(rows * w).map_err(self.err("gather"))?;
-            let (r, wi) = (int(rows, "rows")?, int(w, "width")?);
-            let mut b = ex.stream.launch_builder(&self.k.gather_rows);
-            b.arg(x).arg(&mut y).arg(idx).arg(&r).arg(&wi);
-            // SAFETY: gather_rows(x, y, idx, rows, w): y holds rows*w
-            // values, every idx < x.len() / w (built by run).
-            unsafe { b.launch(elementwise(rows * w)) }.map_err(self.err("gather_rows"))?;
-            Ok(y)
-        }
-
-        /// The forward pass on the GPU: `chars` (N, C) character ids of the
-        /// packed tokens, `segs` each sentence's (first row, length), `init`
-        /// each direction's initial states. Returns per direction and layer
-        /// the outputs in natural order.
+        /// [`forward`] on this device (one run at a time per model).
         pub(crate) fn run(
             &self,
             chars: &[u16],
@@ -512,245 +1169,34 @@ mod imp {
             init: [Init<'_>; 2],
             keep: bool,
         ) -> Result<GpuOut> {
-            let o = &self.options;
-            let (e, c) = (o.char_cnn.embedding_dim, o.char_cnn.max_characters_per_token);
-            let (f, p, u, nl) = (o.n_filters(), o.lstm.projection_dim, o.lstm.dim, o.lstm.n_layers);
-            let n = chars.len() / c;
-            let b = segs.len();
-            let mut out = GpuOut {
-                tok: Vec::new(),
-                cnn: Vec::new(),
-                highway: Vec::new(),
-                outputs: [vec![Vec::new(); nl], vec![Vec::new(); nl]],
-                finals: std::array::from_fn(|d| {
-                    (0..nl)
-                        .map(|l| match init[d].get(l).and_then(|x| x.as_ref()) {
-                            Some((c0, h0)) => (c0.clone(), h0.clone()),
-                            None => (vec![0f32; b * u], vec![0f32; b * p]),
-                        })
-                        .collect()
-                }),
-            };
-            if n == 0 {
-                return Ok(out);
-            }
-            int(n * f.max(4 * u), "tokens x width")?;
             let ex = self.exec.lock().unwrap_or_else(|e| e.into_inner());
-            self.ctx.bind_to_thread().map_err(self.err("binding the context"))?;
-            let s = &ex.stream;
+            self.ctx.bind_to_thread().map_err(|e| {
+                Error::Cuda(format!(
+                    "cuda:{} ({}): binding the context: {e}",
+                    self.ordinal, self.name
+                ))
+            })?;
+            let be = Cuda { m: self, ex: &ex };
+            forward(&be, &self.w, &self.options, chars, segs, init, keep, ZX_BYTES)
+        }
+    }
 
-            // Token pipeline: char CNN, highway layers, projection. (N, F)
-            let d_chars = s.clone_htod(chars).map_err(self.err("uploading the characters"))?;
-            let mut x = s.alloc_zeros::<f32>(n * f).map_err(self.err("char CNN output"))?;
-            let mut col = 0;
-            let relu = i32::from(o.char_cnn.activation == Activation::Relu);
-            let (ni, ci, ei, fi) = (int(n, "tokens")?, c as i32, e as i32, f as i32);
-            let n_chars = int(self.char_embed.len() / e, "characters")?;
-            for conv in &self.convs {
-                let (wi, nfi) = (conv.width as i32, conv.count as i32);
-                let mut dst = x.slice_mut(col..);
-                let mut bld = s.launch_builder(&self.k.char_cnn);
-                bld.arg(&d_chars)
-                    .arg(&self.char_embed)
-                    .arg(&conv.kernel)
-                    .arg(&conv.bias)
-                    .arg(&mut dst)
-                    .arg(&fi)
-                    .arg(&ni)
-                    .arg(&ci)
-                    .arg(&ei)
-                    .arg(&n_chars)
-                    .arg(&wi)
-                    .arg(&nfi)
-                    .arg(&relu);
-                let cfg = LaunchConfig {
-                    grid_dim: (n as u32, (conv.count as u32).div_ceil(128), 1),
-                    block_dim: (128, 1, 1),
-                    shared_mem_bytes: (c * e * 4) as u32,
-                };
-                // SAFETY: char_cnn(chars (n, C), table (n_chars, E), w (wE, nf),
-                // bias (nf), out (n, F) from column col, ...): all sizes as
-                // uploaded; ids past the table read zeros; out columns
-                // col .. col + nf < F.
-                unsafe { bld.launch(cfg) }.map_err(self.err("char_cnn"))?;
-                col += conv.count;
-            }
-            if keep {
-                out.cnn = s.clone_dtoh(&x).map_err(self.err("downloading the char CNN"))?;
-            }
-            if !self.highways.is_empty() {
-                let mut carry = s.alloc_zeros::<f32>(n * f).map_err(self.err("highway"))?;
-                let mut trans = s.alloc_zeros::<f32>(n * f).map_err(self.err("highway"))?;
-                for hw in &self.highways {
-                    self.gemm(&ex, (n, f, f), &x, f, &hw.w_carry, f, &mut carry, f)?;
-                    self.gemm(&ex, (n, f, f), &x, f, &hw.w_transform, f, &mut trans, f)?;
-                    let mut bld = s.launch_builder(&self.k.highway);
-                    bld.arg(&mut x)
-                        .arg(&carry)
-                        .arg(&trans)
-                        .arg(&hw.b_carry)
-                        .arg(&hw.b_transform)
-                        .arg(&ni)
-                        .arg(&fi);
-                    // SAFETY: highway(x, carry, transform, bc, bt, n, f): all
-                    // (n, f) or (f,).
-                    unsafe { bld.launch(elementwise(n * f)) }.map_err(self.err("highway"))?;
-                    if keep {
-                        out.highway
-                            .push(s.clone_dtoh(&x).map_err(self.err("downloading a highway layer"))?);
-                    }
-                }
-            }
-            let tok = match &self.projection {
-                Some((w, bias)) => {
-                    let mut t = s.alloc_zeros::<f32>(n * p).map_err(self.err("projection"))?;
-                    self.gemm(&ex, (n, p, f), &x, f, w, p, &mut t, p)?;
-                    let pi = p as i32;
-                    let mut bld = s.launch_builder(&self.k.add_bias);
-                    bld.arg(&mut t).arg(bias).arg(&ni).arg(&pi);
-                    // SAFETY: add_bias(x (n, p), bias (p,), n, p).
-                    unsafe { bld.launch(elementwise(n * p)) }.map_err(self.err("add_bias"))?;
-                    t
-                }
-                None => x,
-            };
-            out.tok = s
-                .clone_dtoh(&tok)
-                .map_err(self.err("downloading the token embeddings"))?;
+    /// The upload-only backend used while the model is being built.
+    struct Uploader<'a> {
+        stream: &'a Arc<CudaStream>,
+        ordinal: usize,
+    }
 
-            // Sentences longest first: those running at step t are a prefix.
-            let mut perm: Vec<usize> = (0..b).collect();
-            perm.sort_by_key(|&i| std::cmp::Reverse(segs[i].1));
-            let max_len = segs.iter().map(|s| s.1).max().unwrap_or(0);
-            let running: Vec<usize> = (0..max_len)
-                .map(|t| perm.iter().take_while(|&&i| segs[i].1 > t).count())
-                .collect();
-            // Row of sentence r (sorted) at step t, steps after each other:
-            // step t's rows start at base[t].
-            let mut base = Vec::with_capacity(max_len + 1);
-            let mut step_rows = Vec::with_capacity(n);
-            for (t, &na) in running.iter().enumerate() {
-                base.push(step_rows.len());
-                step_rows.extend(perm[..na].iter().map(|&i| (segs[i].0 + t) as i32));
-            }
-            base.push(step_rows.len());
-            // Reversal within each sentence (an involution).
-            let mut rev = vec![0i32; n];
-            for &(off, len) in segs {
-                for t in 0..len {
-                    rev[off + t] = (off + len - 1 - t) as i32;
-                }
-            }
-            let d_rows = s.clone_htod(&step_rows).map_err(self.err("uploading step rows"))?;
-            let d_rev = s.clone_htod(&rev).map_err(self.err("uploading the reversal"))?;
-            let zx_rows = (ZX_BYTES / (16 * u)).max(b);
-            let (pi, ui) = (p as i32, u as i32);
-            let (has_cc, cc) = (i32::from(o.lstm.cell_clip.is_some()), o.lstm.cell_clip.unwrap_or(0.0));
-            let (has_pc, pc) = (i32::from(o.lstm.proj_clip.is_some()), o.lstm.proj_clip.unwrap_or(0.0));
-            for d in 0..2 {
-                let mut x = if d == 0 {
-                    s.clone_dtod(&tok).map_err(self.err("copying the token embeddings"))?
-                } else {
-                    self.gather(&ex, &tok, &d_rev, p)?
-                };
-                for l in 0..nl {
-                    let layer = &self.lstm[d][l];
-                    let residual = i32::from(o.lstm.use_skip_connections && l > 0);
-                    // States in sorted order.
-                    let (c0, h0) = &out.finals[d][l];
-                    let cs: Vec<f32> = perm
-                        .iter()
-                        .flat_map(|&i| c0[i * u..(i + 1) * u].iter().copied())
-                        .collect();
-                    let hs: Vec<f32> = perm
-                        .iter()
-                        .flat_map(|&i| h0[i * p..(i + 1) * p].iter().copied())
-                        .collect();
-                    let mut dc = s.clone_htod(&cs).map_err(self.err("uploading states"))?;
-                    let mut dh = s.clone_htod(&hs).map_err(self.err("uploading states"))?;
-                    let mut y = s.alloc_zeros::<f32>(n * p).map_err(self.err("LSTM outputs"))?;
-                    let mut zh = s.alloc_zeros::<f32>(b * 4 * u).map_err(self.err("LSTM gates"))?;
-                    let mut m = s.alloc_zeros::<f32>(b * u).map_err(self.err("LSTM cell outputs"))?;
-                    let mut hp = s.alloc_zeros::<f32>(b * p).map_err(self.err("LSTM projection"))?;
-                    let w_in = layer.kernel.slice(..p * 4 * u);
-                    let w_h = layer.kernel.slice(p * 4 * u..);
-                    let mut t0 = 0;
-                    while t0 < max_len {
-                        // A block of steps whose input rows fit ZX_BYTES.
-                        let mut t1 = t0 + 1;
-                        while t1 < max_len && base[t1 + 1] - base[t0] <= zx_rows {
-                            t1 += 1;
-                        }
-                        let (r0, r1) = (base[t0], base[t1]);
-                        let idx = d_rows.slice(r0..r1);
-                        let rows = r1 - r0;
-                        let mut xb = s.alloc_zeros::<f32>(rows * p).map_err(self.err("LSTM inputs"))?;
-                        let (ri, pw) = (int(rows, "rows")?, pi);
-                        let mut bld = s.launch_builder(&self.k.gather_rows);
-                        bld.arg(&x).arg(&mut xb).arg(&idx).arg(&ri).arg(&pw);
-                        // SAFETY: gather_rows(x (N, P), xb (rows, P), idx (rows), rows, P);
-                        // every index < N.
-                        unsafe { bld.launch(elementwise(rows * p)) }.map_err(self.err("gather_rows"))?;
-                        let mut zx = s
-                            .alloc_zeros::<f32>(rows * 4 * u)
-                            .map_err(self.err("LSTM input products"))?;
-                        self.gemm(&ex, (rows, 4 * u, p), &xb, p, &w_in, 4 * u, &mut zx, 4 * u)?;
-                        for t in t0..t1 {
-                            let na = running[t];
-                            let nai = na as i32;
-                            self.gemm(&ex, (na, 4 * u, p), &dh, p, &w_h, 4 * u, &mut zh, 4 * u)?;
-                            let zb = (base[t] - r0) as i32;
-                            let mut bld = s.launch_builder(&self.k.lstm_cell);
-                            bld.arg(&zx)
-                                .arg(&zb)
-                                .arg(&zh)
-                                .arg(&layer.bias)
-                                .arg(&mut dc)
-                                .arg(&mut m)
-                                .arg(&nai)
-                                .arg(&ui)
-                                .arg(&cc)
-                                .arg(&has_cc);
-                            // SAFETY: lstm_cell(zx (rows, 4U) from row zb, zh (na, 4U),
-                            // bias (4U), c (B, U), m (B, U), na <= B, U, ...).
-                            unsafe { bld.launch(elementwise(na * u)) }.map_err(self.err("lstm_cell"))?;
-                            self.gemm(&ex, (na, p, u), &m, u, &layer.projection, p, &mut hp, p)?;
-                            let step = d_rows.slice(base[t]..base[t + 1]);
-                            let mut bld = s.launch_builder(&self.k.lstm_project_out);
-                            bld.arg(&hp)
-                                .arg(&mut dh)
-                                .arg(&mut y)
-                                .arg(&x)
-                                .arg(&step)
-                                .arg(&nai)
-                                .arg(&pi)
-                                .arg(&pc)
-                                .arg(&has_pc)
-                                .arg(&residual);
-                            // SAFETY: lstm_project_out(hp (na, P), h (B, P), out (N, P),
-                            // x (N, P), rows (na) < N, na, P, ...).
-                            unsafe { bld.launch(elementwise(na * p)) }.map_err(self.err("lstm_project_out"))?;
-                        }
-                        t0 = t1;
-                    }
-                    // Final states back in the caller's sentence order.
-                    let cs = s.clone_dtoh(&dc).map_err(self.err("downloading states"))?;
-                    let hs = s.clone_dtoh(&dh).map_err(self.err("downloading states"))?;
-                    let (fc, fh) = &mut out.finals[d][l];
-                    for (r, &i) in perm.iter().enumerate() {
-                        fc[i * u..(i + 1) * u].copy_from_slice(&cs[r * u..(r + 1) * u]);
-                        fh[i * p..(i + 1) * p].copy_from_slice(&hs[r * p..(r + 1) * p]);
-                    }
-                    x = y;
-                    out.outputs[d][l] = if d == 0 {
-                        s.clone_dtoh(&x)
-                    } else {
-                        s.clone_dtoh(&self.gather(&ex, &x, &d_rev, p)?)
-                    }
-                    .map_err(self.err("downloading LSTM outputs"))?;
-                }
-            }
-            Ok(out)
+    impl Upload for Uploader<'_> {
+        type F = CudaSlice<f32>;
+        fn up_f32(&self, v: &[f32]) -> Result<Self::F> {
+            self.stream.clone_htod(v).map_err(|e| match e.0 {
+                drv_sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => unavailable(format!(
+                    "cuda:{}: out of device memory uploading the weights",
+                    self.ordinal
+                )),
+                _ => Error::Cuda(format!("cuda:{}: uploading the weights: {e}", self.ordinal)),
+            })
         }
     }
 
@@ -760,5 +1206,92 @@ mod imp {
             .iter()
             .map(|(_, s)| s.iter().product::<usize>() * 4)
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ZX_BYTES;
+    use crate::{ElmoModel, LstmState, encode_batch};
+
+    /// Asserts bitwise equality (the host backend computes every kernel as
+    /// the CPU path does).
+    fn same(what: &str, a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+            assert_eq!(x.to_bits(), y.to_bits(), "{what}[{i}]: {x} vs {y}");
+        }
+    }
+
+    fn batches() -> Vec<Vec<Vec<String>>> {
+        let words = |n: usize, s: usize| -> Vec<String> { (0..n).map(|i| format!("w{}x", (i * 7 + s) % 23)).collect() };
+        vec![
+            vec![words(5, 0)],
+            vec![words(3, 1), vec![], words(9, 2), words(1, 3), words(9, 4)],
+            vec![words(40, 5), words(2, 6)],
+            vec![],
+            vec![words(4, 7), words(6, 8), words(5, 9)],
+        ]
+    }
+
+    /// The GPU pass's orchestration (length-sorted prefixes, step rows,
+    /// reversal, blocks of input-side products, state order), run with the
+    /// host backend, against the CPU path, bitwise: every output and intermediate,
+    /// stateless and stateful, on the tiny model and on the small one (skip
+    /// connections, clipping that fires), whole and in one-step blocks.
+    #[test]
+    #[cfg_attr(miri, ignore = "maps files")]
+    fn gpu_forward_on_the_host_backend_matches_the_cpu_path() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.safetensors");
+        let f = root.join("tests/fixtures/small");
+        crate::convert::convert_hdf5(
+            &f.join("options.json"),
+            &f.join("lm_weights.hdf5"),
+            &small,
+            &mut |_, _, _| {},
+        )
+        .unwrap();
+        for path in [root.join("weights/bilm-tf-test.safetensors"), small] {
+            for zx in [ZX_BYTES, 1] {
+                let cpu = ElmoModel::load(&path).unwrap();
+                let host = ElmoModel::load(&path).unwrap().with_host_backend(zx).unwrap();
+                let c = cpu.options().char_cnn.max_characters_per_token;
+                let cap = 5;
+                let (mut sc, mut sh) = (LstmState::new(&cpu, cap).unwrap(), LstmState::new(&host, cap).unwrap());
+                for (i, b) in batches().iter().enumerate() {
+                    let ids = encode_batch(b, c).unwrap();
+                    for stateful in [false, true] {
+                        let (st_c, st_h) = if stateful {
+                            (Some(&mut sc), Some(&mut sh))
+                        } else {
+                            (None, None)
+                        };
+                        let (oc, ic) = cpu.forward_with_intermediates(&ids, st_c).unwrap();
+                        let (oh, ih) = host.forward_with_intermediates(&ids, st_h).unwrap();
+                        let tag = format!("{} batch {i} stateful {stateful} zx {zx}", path.display());
+                        assert_eq!(oh.lengths, oc.lengths, "{tag}");
+                        same(&format!("{tag} out"), &oh.data, &oc.data);
+                        for (k, a, b) in [
+                            ("cnn", &ih.char_cnn, &ic.char_cnn),
+                            ("tok", &ih.token_embeddings, &ic.token_embeddings),
+                            ("fwd", &ih.lstm_fwd, &ic.lstm_fwd),
+                            ("bwd", &ih.lstm_bwd, &ic.lstm_bwd),
+                            ("c", &ih.final_c, &ic.final_c),
+                            ("h", &ih.final_h, &ic.final_h),
+                        ] {
+                            assert_eq!(a.shape(), b.shape(), "{tag} {k}");
+                            same(&format!("{tag} {k}"), a.data(), b.data());
+                        }
+                        for (a, b) in ih.highway.iter().zip(&ic.highway) {
+                            same(&format!("{tag} highway"), a.data(), b.data());
+                        }
+                    }
+                    same("state c", sh.c(), sc.c());
+                    same("state h", sh.h(), sc.h());
+                }
+            }
+        }
     }
 }

@@ -192,7 +192,16 @@ pub struct ElmoModel {
     lstm: [Vec<LstmLayer>; 2],            // [direction][layer]
     cache: Option<TokenCache>,
     budget: usize,
-    gpu: Option<std::sync::Arc<crate::cuda::GpuModel>>,
+    accel: Option<Accel>,
+}
+
+/// A backend other than the CPU path running the forward pass.
+enum Accel {
+    /// A CUDA device.
+    Cuda(std::sync::Arc<crate::cuda::GpuModel>),
+    /// The GPU pass's orchestration on host memory (tests only).
+    #[cfg(test)]
+    Host(std::sync::Arc<crate::cuda::Weights<Vec<f32>>>, usize),
 }
 
 /// Token embeddings (char CNN + highway + projection) by character ids: a
@@ -417,7 +426,7 @@ impl ElmoModel {
             lstm: [layers(0)?, layers(1)?],
             cache: None,
             budget: DEFAULT_MEMORY_BUDGET,
-            gpu: None,
+            accel: None,
             file,
         })
     }
@@ -456,16 +465,30 @@ impl ElmoModel {
     /// feature; [`Error::CudaUnavailable`] when the device cannot be used
     /// (no driver, no such device, too old, too small), naming the device.
     pub fn with_device(mut self, device: Device) -> Result<Self> {
-        self.gpu = match device {
+        self.accel = match device {
             Device::Cpu => None,
-            Device::Cuda(n) => Some(std::sync::Arc::new(crate::cuda::GpuModel::new(&self.file, n)?)),
+            Device::Cuda(n) => Some(Accel::Cuda(std::sync::Arc::new(crate::cuda::GpuModel::new(
+                &self.file, n,
+            )?))),
         };
+        Ok(self)
+    }
+
+    /// The GPU forward pass run by [`crate::cuda::HostBackend`] (tests),
+    /// input-side LSTM products in blocks of about `zx_bytes`.
+    #[cfg(test)]
+    pub(crate) fn with_host_backend(mut self, zx_bytes: usize) -> Result<Self> {
+        let w = crate::cuda::Weights::upload(&crate::cuda::HostBackend, &self.file)?;
+        self.accel = Some(Accel::Host(std::sync::Arc::new(w), zx_bytes));
         Ok(self)
     }
 
     /// Where the forward pass runs.
     pub fn device(&self) -> Device {
-        self.gpu.as_ref().map_or(Device::Cpu, |g| Device::Cuda(g.ordinal()))
+        match &self.accel {
+            Some(Accel::Cuda(g)) => Device::Cuda(g.ordinal()),
+            _ => Device::Cpu,
+        }
     }
 
     /// The working-memory budget (see [`with_memory_budget`](Self::with_memory_budget)).
@@ -621,8 +644,22 @@ impl ElmoModel {
         };
         let init0: Vec<_> = (0..nl).map(|l| init(0, l)).collect();
         let init1: Vec<_> = (0..nl).map(|l| init(1, l)).collect();
-        let (tokens, fwd, bwd) = if let Some(g) = &self.gpu {
-            let r = g.run(&packed, &segs, [&init0, &init1], keep)?;
+        let accel = match &self.accel {
+            Some(Accel::Cuda(g)) => Some(g.run(&packed, &segs, [&init0, &init1], keep)?),
+            #[cfg(test)]
+            Some(Accel::Host(w, zx_bytes)) => Some(crate::cuda::forward(
+                &crate::cuda::HostBackend,
+                w,
+                self.options(),
+                &packed,
+                &segs,
+                [&init0, &init1],
+                keep,
+                *zx_bytes,
+            )?),
+            None => None,
+        };
+        let (tokens, fwd, bwd) = if let Some(r) = accel {
             let ([o0, o1], [f0, f1]) = (r.outputs, r.finals);
             (
                 TokenOut {

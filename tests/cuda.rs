@@ -192,10 +192,15 @@ fn gpu_matches_cpu_on_every_golden_set() {
     }
 }
 
+/// Odd batch shapes on the tiny model (whose dynamics are tame: on the
+/// small model's clipped random weights, a 300-step sentence amplifies the
+/// last-bit differences between accurate and vectorised sigmoid/tanh past
+/// 1e-5, on the CPU as much as on the GPU; the orchestration itself is
+/// checked bitwise on the host backend by the library's unit tests).
 #[test]
 fn gpu_batches_of_any_shape() {
     let dir = tempfile::tempdir().unwrap();
-    let cpu = small_model(dir.path());
+    let cpu = tiny_model(dir.path());
     let Some(gpu) = on_gpu(ElmoModel::load(&dir.path().join("model.safetensors")).unwrap()) else {
         return;
     };
