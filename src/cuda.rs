@@ -493,6 +493,78 @@ pub(crate) fn forward<B: Backend>(
     Ok(out)
 }
 
+/// Every kernel once, on fixed pseudo-random inputs of awkward sizes (not
+/// multiples of the block sizes, offsets into buffers, clips that fire):
+/// each kernel's output by name. Run on the host backend and on a device,
+/// the two lists give each kernel's maxdiff ([`GpuModel::kernel_maxdiffs`]).
+pub(crate) fn kernel_outputs<B: Backend>(be: &B) -> Result<Vec<(&'static str, Vec<f32>)>> {
+    let mut rng = crate::rng::Rng::new(7);
+    let mut vals = |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| rng.uniform_in(-scale, scale)).collect() };
+    let mut out = Vec::new();
+    // char CNN: 7 tokens of 12 characters, E = 4, a table of 20 rows (the
+    // last id past it), width 3, 37 filters into columns 5.. of 50.
+    let (n, c, e, nc, wd, nf, ldo, col) = (7, 12, 4, 20, 3, 37, 50, 5);
+    let chars: Vec<u16> = (0..n * c).map(|i| ((i * 7 + 3) % (nc + 1)) as u16).collect();
+    let (table, w, bias) = (vals(nc * e, 1.0), vals(wd * e * nf, 0.5), vals(nf, 0.1));
+    for relu in [true, false] {
+        let mut y = be.up_f32(&vals(n * ldo, 1.0))?;
+        let dims = CnnDims {
+            n,
+            c,
+            e,
+            n_chars: nc,
+            width: wd,
+            nf,
+            relu,
+        };
+        let (dc, dt, dw, db) = (
+            be.up_u16(&chars)?,
+            be.up_f32(&table)?,
+            be.up_f32(&w)?,
+            be.up_f32(&bias)?,
+        );
+        be.char_cnn(&dc, &dt, &dw, &db, (&mut y, col), ldo, dims)?;
+        out.push((if relu { "char_cnn relu" } else { "char_cnn tanh" }, be.down(&y)?));
+    }
+    // A product with rows apart (lda > k) from an offset into B.
+    let (m, nn, k, lda) = (9, 70, 33, 40);
+    let (a, b) = (be.up_f32(&vals(m * lda, 1.0))?, be.up_f32(&vals(3 + k * nn, 1.0))?);
+    let mut cc = be.zeros(m * nn)?;
+    be.gemm((m, nn, k), (&a, 0), lda, (&b, 3), nn, &mut cc, nn)?;
+    out.push(("gemm", be.down(&cc)?));
+    let mut x = be.up_f32(&vals(m * nn, 2.0))?;
+    be.add_bias(&mut x, &be.up_f32(&vals(nn, 1.0))?, m, nn)?;
+    out.push(("add_bias", be.down(&x)?));
+    let (carry, trans) = (be.up_f32(&vals(m * nn, 4.0))?, be.up_f32(&vals(m * nn, 4.0))?);
+    let (bc, bt) = (be.up_f32(&vals(nn, 1.0))?, be.up_f32(&vals(nn, 1.0))?);
+    be.highway(&mut x, &carry, &trans, &bc, &bt, m, nn)?;
+    out.push(("highway", be.down(&x)?));
+    let idx = be.up_i32(&[9, 4, 1, 0, 7, 7, 2])?;
+    let mut y = be.zeros(5 * nn)?;
+    be.gather_rows(&cc, &mut y, (&idx, 2), 5, nn)?;
+    out.push(("gather_rows", be.down(&y)?));
+    // The cell for 3 of 5 sentences, from row 2 of a block of products.
+    let (na, u, bsz) = (3, 21, 5);
+    let zx = be.up_f32(&vals(6 * 4 * u, 3.0))?;
+    let (zh, lb) = (be.up_f32(&vals(bsz * 4 * u, 3.0))?, be.up_f32(&vals(4 * u, 1.0))?);
+    let (mut cst, mut mm) = (be.up_f32(&vals(bsz * u, 1.0))?, be.zeros(bsz * u)?);
+    be.lstm_cell(&zx, 2, &zh, &lb, &mut cst, &mut mm, na, u, Some(0.5))?;
+    out.push(("lstm_cell c", be.down(&cst)?));
+    out.push(("lstm_cell m", be.down(&mm)?));
+    be.lstm_cell(&zx, 1, &zh, &lb, &mut cst, &mut mm, na, u, None)?;
+    out.push(("lstm_cell m (no clip)", be.down(&mm)?));
+    let p = 13;
+    let (hp, xin) = (be.up_f32(&vals(bsz * p, 1.0))?, be.up_f32(&vals(10 * p, 1.0))?);
+    let (mut h, mut yo) = (be.up_f32(&vals(bsz * p, 1.0))?, be.zeros(10 * p)?);
+    let rows = be.up_i32(&[0, 8, 3, 5, 1])?;
+    be.lstm_project_out(&hp, &mut h, &mut yo, &xin, (&rows, 1), na, p, Some(0.3), true)?;
+    out.push(("lstm_project_out h", be.down(&h)?));
+    out.push(("lstm_project_out out", be.down(&yo)?));
+    be.lstm_project_out(&hp, &mut h, &mut yo, &xin, (&rows, 0), na, p, None, false)?;
+    out.push(("lstm_project_out out (no clip)", be.down(&yo)?));
+    Ok(out)
+}
+
 /// The forward pass's buffers and kernels on host memory, each kernel
 /// computed as the CPU path computes it (the same fma chains, the same
 /// vectorised sigmoid and tanh): running [`forward`] with it gives bitwise
@@ -692,6 +764,13 @@ mod imp {
         }
 
         pub(crate) fn run(&self, _: &[u16], _: &[(usize, usize)], _: [Init<'_>; 2], _: bool) -> Result<GpuOut> {
+            Err(Error::CudaNotCompiled)
+        }
+
+        /// Each kernel's max abs difference from its host reference and
+        /// whether it is within tolerance (this build:
+        /// [`Error::CudaNotCompiled`]).
+        pub fn kernel_maxdiffs(&self) -> Result<Vec<(String, f32, bool)>> {
             Err(Error::CudaNotCompiled)
         }
     }
@@ -1161,6 +1240,34 @@ mod imp {
             &self.name
         }
 
+        /// Runs every kernel of `kernels/elmo.cu` (and the SGEMM) once on
+        /// fixed inputs and returns, by name, each one's max abs difference
+        /// from the same computation on the host (llm.c's `maxdiff`) and
+        /// whether every element is within atol 1e-5 + rtol 1e-4 of it.
+        pub fn kernel_maxdiffs(&self) -> Result<Vec<(String, f32, bool)>> {
+            let want = kernel_outputs(&HostBackend)?;
+            let ex = self.exec.lock().unwrap_or_else(|e| e.into_inner());
+            self.ctx.bind_to_thread().map_err(|e| {
+                Error::Cuda(format!(
+                    "cuda:{} ({}): binding the context: {e}",
+                    self.ordinal, self.name
+                ))
+            })?;
+            let got = kernel_outputs(&Cuda { m: self, ex: &ex })?;
+            Ok(want
+                .into_iter()
+                .zip(got)
+                .map(|((name, a), (_, b))| {
+                    let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                    // A NaN (never within tolerance) or a length mismatch
+                    // must not read as agreement.
+                    let ok =
+                        a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5 + 1e-4 * x.abs());
+                    (name.to_string(), if a.len() == b.len() { d } else { f32::INFINITY }, ok)
+                })
+                .collect())
+        }
+
         /// [`forward`] on this device (one run at a time per model).
         pub(crate) fn run(
             &self,
@@ -1221,6 +1328,25 @@ mod tests {
         for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
             assert_eq!(x.to_bits(), y.to_bits(), "{what}[{i}]: {x} vs {y}");
         }
+    }
+
+    #[test]
+    fn kernel_check_inputs_are_finite_and_fire_the_clips() {
+        let outs = super::kernel_outputs(&super::HostBackend).unwrap();
+        assert_eq!(outs.len(), 12);
+        for (name, v) in &outs {
+            assert!(!v.is_empty() && v.iter().all(|x| x.is_finite()), "{name}");
+        }
+        let get = |n: &str| &outs.iter().find(|o| o.0 == n).unwrap().1;
+        assert!(
+            get("lstm_cell c").iter().any(|&c| c == 0.5 || c == -0.5),
+            "cell clip fires"
+        );
+        assert!(
+            get("lstm_project_out h").iter().any(|&h| h == 0.3 || h == -0.3),
+            "projection clip fires"
+        );
+        assert!(get("char_cnn relu").contains(&0.0), "relu clamps");
     }
 
     fn batches() -> Vec<Vec<Vec<String>>> {

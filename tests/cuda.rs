@@ -119,6 +119,29 @@ fn committed_ptx_is_what_nvrtc_makes_of_the_source() {
     eprintln!("NVRTC output matches kernels/elmo.ptx ({} bytes)", fresh.len());
 }
 
+/// Each kernel against its host reference on fixed awkward inputs; prints
+/// every maxdiff.
+#[test]
+fn every_kernel_matches_its_host_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let _ = tiny_model(dir.path());
+    let file = elmo::model_file::ModelFile::open(&dir.path().join("model.safetensors")).unwrap();
+    let gpu = match elmo::cuda::GpuModel::new(&file, 0) {
+        Ok(g) => g,
+        Err(e @ (Error::CudaNotCompiled | Error::CudaUnavailable(_))) => {
+            eprintln!("skipped: no usable CUDA device: {e}");
+            return;
+        }
+        Err(e) => panic!("unexpected error asking for cuda:0: {e}"),
+    };
+    let checks = gpu.kernel_maxdiffs().unwrap();
+    assert_eq!(checks.len(), 12);
+    for (name, d, ok) in checks {
+        eprintln!("kernel {name}: maxdiff {d:e}");
+        assert!(ok, "kernel {name}: maxdiff {d} outside atol 1e-5 + rtol 1e-4");
+    }
+}
+
 /// GPU against CPU on one golden batch: outputs and every intermediate.
 fn compare(
     cpu: &ElmoModel,
