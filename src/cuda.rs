@@ -1195,6 +1195,12 @@ mod imp {
                 lstm_cell: f("lstm_cell")?,
                 lstm_project_out: f("lstm_project_out")?,
             };
+            // SAFETY: this model's buffers are created after this call and
+            // used on one stream only (the context's default stream, in
+            // order; cuBLAS is bound to it too), so cudarc's cross-stream
+            // event tracking has nothing to order: it would only record
+            // events around every launch and copy.
+            unsafe { ctx.disable_event_tracking() };
             let stream = ctx.default_stream();
             let blas = CudaBlas::new(stream.clone())
                 .map_err(|e| unavailable(format!("cuda:{ordinal}: creating the cuBLAS handle: {e}")))?;
