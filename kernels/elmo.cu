@@ -16,25 +16,39 @@ extern "C" {
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// Character CNN for one filter width, fused: embedding lookup, convolution
-// over the characters, max over positions, bias, activation.
-// (CPU: ElmoModel::token_pipeline, the loop over self.convs.)
+// The filter widths of the char CNN, passed by value (a kernel parameter,
+// no upload): convolution i has width[i] and filters first[i] ..
+// first[i + 1] (first[n] = F), its kernel at woff[i] in the concatenated
+// weights. Mirrors struct ConvTable in src/cuda.rs.
+#define MAX_CONVS 16
+struct ConvTable {
+    int n;
+    int width[MAX_CONVS];
+    int first[MAX_CONVS + 1];
+    int woff[MAX_CONVS];
+};
+
+// Character CNN, every filter width in one launch, fused: embedding lookup,
+// convolution over the characters, max over positions, bias, activation.
+// (CPU: ElmoModel::token_chunk, the loop over self.convs.)
 //
 //   chars (n, C)        character ids of each token
 //   table (n_chars, E)  character embeddings
-//   w     (width*E, nf) this width's kernel, row (i*E + e) = char offset i, dim e
-//   bias  (nf)
-//   out   (n, ldo)      this width's nf columns start at `out`
+//   w                   the kernels, concatenated: convolution i's is
+//                       (width*E, nf_i) at woff[i], row (j*E + e) = char offset j, dim e
+//   bias  (F)           the biases, concatenated
+//   out   (n, F)
 //   relu  1 = relu, 0 = tanh
 //
-// Grid (n, ceil(nf / blockDim.x)): one token per block column (x: up to
-// 2^31 - 1 tokens), one filter per thread. The token's C x E embeddings sit in shared memory (C*E floats,
-// dynamic); each thread's dot products run over p = i*E + e in order, as
-// the CPU's fma chains do.
+// Grid (n, ceil(F / blockDim.x)): one token per block column (x: up to
+// 2^31 - 1 tokens), one filter per thread. The token's C x E embeddings sit
+// in shared memory (C*E floats, dynamic), loaded once for all widths; each
+// thread's dot products run over p = j*E + e in order, as the CPU's fma
+// chains do.
 __global__ void char_cnn(const unsigned short* __restrict__ chars, const float* __restrict__ table,
                          const float* __restrict__ w, const float* __restrict__ bias,
-                         float* __restrict__ out, int ldo, int n, int C, int E, int n_chars,
-                         int width, int nf, int relu) {
+                         const ConvTable convs, float* __restrict__ out, int n, int C, int E,
+                         int n_chars, int relu) {
     extern __shared__ float emb[];  // (C, E)
     const int t = blockIdx.x;
     if (t >= n) return;
@@ -44,19 +58,26 @@ __global__ void char_cnn(const unsigned short* __restrict__ chars, const float* 
         emb[q] = id < n_chars ? table[(long)id * E + q % E] : 0.0f;
     }
     __syncthreads();
+    const int F = convs.first[convs.n];
     const int f = blockIdx.y * blockDim.x + threadIdx.x;
-    if (f >= nf) return;
+    if (f >= F) return;
+    int i = 0;
+    while (i + 1 < convs.n && convs.first[i + 1] <= f) ++i;
+    const int width = convs.width[i];
+    const int nf = convs.first[i + 1] - convs.first[i];
+    const int j = f - convs.first[i];
+    const float* wi = w + convs.woff[i];
     const int k = width * E;
     float best = -__int_as_float(0x7f800000);  // -inf
     for (int pos = 0; pos + width <= C; ++pos) {
         const float* x = emb + pos * E;
         float s = 0.0f;
-        for (int p = 0; p < k; ++p) s = fmaf(x[p], w[(long)p * nf + f], s);
+        for (int p = 0; p < k; ++p) s = fmaf(x[p], wi[(long)p * nf + j], s);
         best = fmaxf(best, s);
     }
     // max(conv + b) == max(conv) + b: adding a constant is monotone.
     float v = best + bias[f];
-    out[(long)t * ldo + f] = relu ? fmaxf(v, 0.0f) : tanhf(v);
+    out[(long)t * F + f] = relu ? fmaxf(v, 0.0f) : tanhf(v);
 }
 
 // Adds a bias row to every row of x (n, w). (CPU: cpu::add_bias.)

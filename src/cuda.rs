@@ -144,8 +144,9 @@ pub(crate) trait Backend: Upload {
         c: &mut Self::F,
         ldc: usize,
     ) -> Result<()>;
-    /// `char_cnn` of elmo.cu: one filter width into columns `out.1 ..` of
-    /// `out` (rows `ldo` apart).
+    /// `char_cnn` of elmo.cu: every filter width of `convs` into `out`
+    /// `(n, F)`; `w` and `bias` are the convolutions' kernels and biases
+    /// concatenated.
     #[allow(clippy::too_many_arguments)]
     fn char_cnn(
         &self,
@@ -153,8 +154,8 @@ pub(crate) trait Backend: Upload {
         table: &Self::F,
         w: &Self::F,
         bias: &Self::F,
-        out: (&mut Self::F, usize),
-        ldo: usize,
+        convs: &ConvTable,
+        out: &mut Self::F,
         dims: CnnDims,
     ) -> Result<()>;
     /// `add_bias` of elmo.cu.
@@ -211,6 +212,74 @@ pub(crate) trait Upload {
     fn up_f32(&self, v: &[f32]) -> Result<Self::F>;
 }
 
+/// Most filter widths the CUDA char CNN takes (bilm-tf's models have 7).
+pub(crate) const MAX_CONVS: usize = 16;
+
+/// The char CNN's filter widths, passed to the kernel by value (struct
+/// ConvTable of `kernels/elmo.cu`, same layout): convolution `i` has width
+/// `width[i]` and filters `first[i] .. first[i + 1]` (`first[n]` = F), its
+/// kernel at `woff[i]` in the concatenated weights.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvTable {
+    n: i32,
+    width: [i32; MAX_CONVS],
+    first: [i32; MAX_CONVS + 1],
+    woff: [i32; MAX_CONVS],
+}
+
+#[cfg(feature = "cuda")]
+// SAFETY: a plain #[repr(C)] struct of i32s, the layout of the kernel's
+// ConvTable parameter, with no pointers or padding.
+unsafe impl cudarc::driver::DeviceRepr for ConvTable {}
+
+impl ConvTable {
+    /// The table of `(width, count)` convolutions whose `width * E x count`
+    /// kernels are concatenated in order.
+    pub(crate) fn new(filters: &[(usize, usize)], e: usize) -> Result<Self> {
+        if filters.len() > MAX_CONVS {
+            return Err(Error::CudaUnavailable(format!(
+                "the model has {} filter widths; the CUDA char CNN takes at most {MAX_CONVS}",
+                filters.len()
+            )));
+        }
+        let mut t = ConvTable {
+            n: filters.len() as i32,
+            width: [0; MAX_CONVS],
+            first: [0; MAX_CONVS + 1],
+            woff: [0; MAX_CONVS],
+        };
+        let (mut first, mut woff) = (0usize, 0usize);
+        for (i, &(w, nf)) in filters.iter().enumerate() {
+            let big = |v: usize| i32::try_from(v).map_err(|_| Error::CudaUnavailable("char CNN too large".into()));
+            t.width[i] = big(w)?;
+            t.first[i] = big(first)?;
+            t.woff[i] = big(woff)?;
+            first += nf;
+            woff += w * e * nf;
+        }
+        t.first[filters.len()] =
+            i32::try_from(first).map_err(|_| Error::CudaUnavailable("char CNN too large".into()))?;
+        Ok(t)
+    }
+
+    /// Filters in all (F).
+    fn filters(&self) -> usize {
+        self.first[self.n as usize] as usize
+    }
+
+    /// Convolution `i`: (width, first filter, filters, kernel offset).
+    fn conv(&self, i: usize) -> (usize, usize, usize, usize) {
+        let f0 = self.first[i] as usize;
+        (
+            self.width[i] as usize,
+            f0,
+            self.first[i + 1] as usize - f0,
+            self.woff[i] as usize,
+        )
+    }
+}
+
 /// Sizes of one char-CNN launch.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CnnDims {
@@ -222,21 +291,19 @@ pub(crate) struct CnnDims {
     pub e: usize,
     /// Rows of the embedding table.
     pub n_chars: usize,
-    /// Filter width.
-    pub width: usize,
-    /// Filters of this width.
-    pub nf: usize,
     /// relu (else tanh).
     pub relu: bool,
 }
 
 /// The model's weights in a backend's buffers, all f32, logical layouts.
 pub(crate) struct Weights<F> {
-    char_embed: F,                    // (n_chars, E)
-    convs: Vec<(usize, usize, F, F)>, // width, count, kernel (w*E, n), bias (n,)
-    highways: Vec<[F; 4]>,            // W_carry (F, F), b_carry, W_transform, b_transform
-    projection: Option<(F, F)>,       // (F, P), (P,)
-    lstm: [Vec<[F; 3]>; 2],           // per direction and layer: W_0 (2P, 4U), B (4U,), W_P_0 (U, P)
+    char_embed: F,              // (n_chars, E)
+    cnn_w: F,                   // every convolution's (w*E, n) kernel, concatenated
+    cnn_b: F,                   // their biases, concatenated: (F,)
+    convs: ConvTable,           // where each starts
+    highways: Vec<[F; 4]>,      // W_carry (F, F), b_carry, W_transform, b_transform
+    projection: Option<(F, F)>, // (F, P), (P,)
+    lstm: [Vec<[F; 3]>; 2],     // per direction and layer: W_0 (2P, 4U), B (4U,), W_P_0 (U, P)
     n_chars: usize,
 }
 
@@ -246,20 +313,12 @@ impl<F> Weights<F> {
         use crate::model_file::lstm_name;
         let o = &file.options;
         let up = |name: &str| -> Result<F> { be.up_f32(&file.values(name)?) };
-        let convs = o
-            .char_cnn
-            .filters
-            .iter()
-            .enumerate()
-            .map(|(i, &(width, count))| {
-                Ok((
-                    width,
-                    count,
-                    up(&format!("CNN/W_cnn_{i}"))?,
-                    up(&format!("CNN/b_cnn_{i}"))?,
-                ))
-            })
-            .collect::<Result<_>>()?;
+        let convs = ConvTable::new(&o.char_cnn.filters, o.char_cnn.embedding_dim)?;
+        let (mut cnn_w, mut cnn_b) = (Vec::new(), Vec::new());
+        for i in 0..o.char_cnn.filters.len() {
+            cnn_w.extend(file.values(&format!("CNN/W_cnn_{i}"))?);
+            cnn_b.extend(file.values(&format!("CNN/b_cnn_{i}"))?);
+        }
         let highways = (0..o.char_cnn.n_highway)
             .map(|h| {
                 Ok([
@@ -290,6 +349,8 @@ impl<F> Weights<F> {
         Ok(Weights {
             n_chars: table.len() / o.char_cnn.embedding_dim.max(1),
             char_embed: be.up_f32(&table)?,
+            cnn_w: be.up_f32(&cnn_w)?,
+            cnn_b: be.up_f32(&cnn_b)?,
             convs,
             highways,
             projection,
@@ -347,21 +408,14 @@ pub(crate) fn forward<B: Backend>(
     // Token pipeline: char CNN (N, F), highway layers, projection (N, P).
     let d_chars = be.up_u16(chars)?;
     let mut x = be.zeros(n * f)?;
-    let mut col = 0;
-    let relu = o.char_cnn.activation == crate::options::Activation::Relu;
-    for (width, nf, kernel, bias) in &w.convs {
-        let dims = CnnDims {
-            n,
-            c,
-            e,
-            n_chars: w.n_chars,
-            width: *width,
-            nf: *nf,
-            relu,
-        };
-        be.char_cnn(&d_chars, &w.char_embed, kernel, bias, (&mut x, col), f, dims)?;
-        col += nf;
-    }
+    let dims = CnnDims {
+        n,
+        c,
+        e,
+        n_chars: w.n_chars,
+        relu: o.char_cnn.activation == crate::options::Activation::Relu,
+    };
+    be.char_cnn(&d_chars, &w.char_embed, &w.cnn_w, &w.cnn_b, &w.convs, &mut x, dims)?;
     if keep {
         out.cnn = be.down(&x)?;
     }
@@ -502,19 +556,21 @@ pub(crate) fn kernel_outputs<B: Backend>(be: &B) -> Result<Vec<(&'static str, Ve
     let mut vals = |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| rng.uniform_in(-scale, scale)).collect() };
     let mut out = Vec::new();
     // char CNN: 7 tokens of 12 characters, E = 4, a table of 20 rows (the
-    // last id past it), width 3, 37 filters into columns 5.. of 50.
-    let (n, c, e, nc, wd, nf, ldo, col) = (7, 12, 4, 20, 3, 37, 50, 5);
+    // last id past it), widths 1, 3 and 2 with 5, 37 and 20 filters.
+    let (n, c, e, nc) = (7, 12, 4, 20);
+    let filters = [(1, 5), (3, 37), (2, 20)];
+    let convs = ConvTable::new(&filters, e)?;
+    let f: usize = filters.iter().map(|x| x.1).sum();
+    let nw: usize = filters.iter().map(|x| x.0 * e * x.1).sum();
     let chars: Vec<u16> = (0..n * c).map(|i| ((i * 7 + 3) % (nc + 1)) as u16).collect();
-    let (table, w, bias) = (vals(nc * e, 1.0), vals(wd * e * nf, 0.5), vals(nf, 0.1));
+    let (table, w, bias) = (vals(nc * e, 1.0), vals(nw, 0.5), vals(f, 0.1));
     for relu in [true, false] {
-        let mut y = be.up_f32(&vals(n * ldo, 1.0))?;
+        let mut y = be.zeros(n * f)?;
         let dims = CnnDims {
             n,
             c,
             e,
             n_chars: nc,
-            width: wd,
-            nf,
             relu,
         };
         let (dc, dt, dw, db) = (
@@ -523,7 +579,7 @@ pub(crate) fn kernel_outputs<B: Backend>(be: &B) -> Result<Vec<(&'static str, Ve
             be.up_f32(&w)?,
             be.up_f32(&bias)?,
         );
-        be.char_cnn(&dc, &dt, &dw, &db, (&mut y, col), ldo, dims)?;
+        be.char_cnn(&dc, &dt, &dw, &db, &convs, &mut y, dims)?;
         out.push((if relu { "char_cnn relu" } else { "char_cnn tanh" }, be.down(&y)?));
     }
     // A product with rows apart (lda > k) from an offset into B.
@@ -622,11 +678,11 @@ impl Backend for HostBackend {
         table: &Vec<f32>,
         w: &Vec<f32>,
         bias: &Vec<f32>,
-        (out, col): (&mut Vec<f32>, usize),
-        ldo: usize,
+        convs: &ConvTable,
+        out: &mut Vec<f32>,
         d: CnnDims,
     ) -> Result<()> {
-        let k = d.width * d.e;
+        let f = convs.filters();
         for t in 0..d.n {
             // The block's shared memory: the token's (C, E) embeddings.
             let emb: Vec<f32> = (0..d.c * d.e)
@@ -635,18 +691,22 @@ impl Backend for HostBackend {
                     if id < d.n_chars { table[id * d.e + q % d.e] } else { 0.0 }
                 })
                 .collect();
-            for f in 0..d.nf {
-                let mut best = f32::NEG_INFINITY;
-                for pos in 0..=d.c.saturating_sub(d.width) {
-                    let x = &emb[pos * d.e..];
-                    let mut s = 0.0f32;
-                    for p in 0..k {
-                        s = x[p].mul_add(w[p * d.nf + f], s);
+            for i in 0..convs.n as usize {
+                let (width, f0, nf, woff) = convs.conv(i);
+                let (k, wi) = (width * d.e, &w[woff..]);
+                for j in 0..nf {
+                    let mut best = f32::NEG_INFINITY;
+                    for pos in 0..=d.c.saturating_sub(width) {
+                        let x = &emb[pos * d.e..];
+                        let mut s = 0.0f32;
+                        for p in 0..k {
+                            s = x[p].mul_add(wi[p * nf + j], s);
+                        }
+                        best = best.max(s);
                     }
-                    best = best.max(s);
+                    let v = best + bias[f0 + j];
+                    out[t * f + f0 + j] = if d.relu { v.max(0.0) } else { v.tanh() };
                 }
-                let v = best + bias[f];
-                out[col + t * ldo + f] = if d.relu { v.max(0.0) } else { v.tanh() };
             }
         }
         Ok(())
@@ -968,43 +1028,32 @@ mod imp {
             table: &Self::F,
             w: &Self::F,
             bias: &Self::F,
-            (out, col): (&mut Self::F, usize),
-            ldo: usize,
+            convs: &ConvTable,
+            out: &mut Self::F,
             d: CnnDims,
         ) -> Result<()> {
-            let mut dst = out.slice_mut(col..);
-            let (ldo, n, c, e, nc, wd, nf, relu) = (
-                int(ldo),
-                int(d.n),
-                int(d.c),
-                int(d.e),
-                int(d.n_chars),
-                int(d.width),
-                int(d.nf),
-                i32::from(d.relu),
-            );
+            let (n, c, e, nc, relu) = (int(d.n), int(d.c), int(d.e), int(d.n_chars), i32::from(d.relu));
             let mut bld = self.ex.stream.launch_builder(&self.m.k.char_cnn);
             bld.arg(chars)
                 .arg(table)
                 .arg(w)
                 .arg(bias)
-                .arg(&mut dst)
-                .arg(&ldo)
+                .arg(convs)
+                .arg(out)
                 .arg(&n)
                 .arg(&c)
                 .arg(&e)
                 .arg(&nc)
-                .arg(&wd)
-                .arg(&nf)
                 .arg(&relu);
             let cfg = LaunchConfig {
-                grid_dim: (d.n as u32, (d.nf as u32).div_ceil(128), 1),
+                grid_dim: (d.n as u32, (convs.filters() as u32).div_ceil(128), 1),
                 block_dim: (128, 1, 1),
                 shared_mem_bytes: (d.c * d.e * 4) as u32,
             };
-            // SAFETY: char_cnn(chars (n, C), table (n_chars, E), w (wE, nf),
-            // bias (nf), out (n, ldo) from column col, ...): buffers as
-            // uploaded; ids past the table read zeros; col + nf <= ldo.
+            // SAFETY: char_cnn(chars (n, C), table (n_chars, E), w (the
+            // kernels concatenated as convs says), bias (F), convs by value,
+            // out (n, F), ...): buffers as uploaded; ids past the table read
+            // zeros.
             unsafe { bld.launch(cfg) }.map(drop).map_err(self.err("char_cnn"))
         }
         fn add_bias(&self, x: &mut Self::F, bias: &Self::F, n: usize, w: usize) -> Result<()> {
