@@ -236,7 +236,12 @@ unsafe impl cudarc::driver::DeviceRepr for ConvTable {}
 impl ConvTable {
     /// The table of `(width, count)` convolutions whose `width * E x count`
     /// kernels are concatenated in order.
-    pub(crate) fn new(filters: &[(usize, usize)], e: usize) -> Result<Self> {
+    pub(crate) fn new(filters: &[(usize, usize)], e: usize, c: usize) -> Result<Self> {
+        if let Some(&(w, _)) = filters.iter().find(|f| f.0 > c) {
+            return Err(Error::CudaUnavailable(format!(
+                "a filter of width {w} is wider than the {c} characters of a token"
+            )));
+        }
         if filters.len() > MAX_CONVS {
             return Err(Error::CudaUnavailable(format!(
                 "the model has {} filter widths; the CUDA char CNN takes at most {MAX_CONVS}",
@@ -313,7 +318,11 @@ impl<F> Weights<F> {
         use crate::model_file::lstm_name;
         let o = &file.options;
         let up = |name: &str| -> Result<F> { be.up_f32(&file.values(name)?) };
-        let convs = ConvTable::new(&o.char_cnn.filters, o.char_cnn.embedding_dim)?;
+        let convs = ConvTable::new(
+            &o.char_cnn.filters,
+            o.char_cnn.embedding_dim,
+            o.char_cnn.max_characters_per_token,
+        )?;
         let (mut cnn_w, mut cnn_b) = (Vec::new(), Vec::new());
         for i in 0..o.char_cnn.filters.len() {
             cnn_w.extend(file.values(&format!("CNN/W_cnn_{i}"))?);
@@ -385,7 +394,12 @@ pub(crate) fn forward<B: Backend>(
     let mut out = GpuOut {
         tok: Vec::new(),
         cnn: Vec::new(),
-        highway: Vec::new(),
+        // One (empty until filled) per highway layer when kept, as the CPU path.
+        highway: if keep {
+            vec![Vec::new(); w.highways.len()]
+        } else {
+            Vec::new()
+        },
         outputs: [vec![Vec::new(); nl], vec![Vec::new(); nl]],
         finals: std::array::from_fn(|d| {
             (0..nl)
@@ -422,12 +436,12 @@ pub(crate) fn forward<B: Backend>(
     if !w.highways.is_empty() {
         let mut carry = be.zeros(n * f)?;
         let mut trans = be.zeros(n * f)?;
-        for [wc, bc, wt, bt] in &w.highways {
+        for (h, [wc, bc, wt, bt]) in w.highways.iter().enumerate() {
             be.gemm((n, f, f), (&x, 0), f, (wc, 0), f, &mut carry, f)?;
             be.gemm((n, f, f), (&x, 0), f, (wt, 0), f, &mut trans, f)?;
             be.highway(&mut x, &carry, &trans, bc, bt, n, f)?;
             if keep {
-                out.highway.push(be.down(&x)?);
+                out.highway[h] = be.down(&x)?;
             }
         }
     }
@@ -559,7 +573,7 @@ pub(crate) fn kernel_outputs<B: Backend>(be: &B) -> Result<Vec<(&'static str, Ve
     // last id past it), widths 1, 3 and 2 with 5, 37 and 20 filters.
     let (n, c, e, nc) = (7, 12, 4, 20);
     let filters = [(1, 5), (3, 37), (2, 20)];
-    let convs = ConvTable::new(&filters, e)?;
+    let convs = ConvTable::new(&filters, e, c)?;
     let f: usize = filters.iter().map(|x| x.1).sum();
     let nw: usize = filters.iter().map(|x| x.0 * e * x.1).sum();
     let chars: Vec<u16> = (0..n * c).map(|i| ((i * 7 + 3) % (nc + 1)) as u16).collect();
@@ -885,10 +899,11 @@ mod imp {
     pub fn devices() -> Result<Vec<String>> {
         driver_present()?;
         let n = CudaContext::device_count().map_err(|e| unavailable(format!("cuInit/cuDeviceGetCount: {e}")))?;
-        (0..n.max(0) as usize)
+        // Names without creating contexts (each would hold device memory).
+        (0..n.max(0))
             .map(|i| {
-                CudaContext::new(i)
-                    .and_then(|c| c.name())
+                cudarc::driver::result::device::get(i)
+                    .and_then(cudarc::driver::result::device::get_name)
                     .map_err(|e| unavailable(format!("cuda:{i}: {e}")))
             })
             .collect()
@@ -927,6 +942,15 @@ mod imp {
                 .field("ordinal", &self.ordinal)
                 .field("name", &self.name)
                 .finish_non_exhaustive()
+        }
+    }
+
+    impl Drop for GpuModel {
+        /// cudarc frees buffers without making their context current: bind
+        /// it first, so a model dropped on another thread frees its
+        /// weights instead of leaking them.
+        fn drop(&mut self) {
+            let _ = self.ctx.bind_to_thread();
         }
     }
 
@@ -1204,12 +1228,21 @@ mod imp {
             // SAFETY: only tries to open the library by its candidate names.
             if !unsafe { blas_sys::is_culib_present() } {
                 return Err(unavailable(
-                    "no cuBLAS library (libcublas.so.12) found: install CUDA 12's cuBLAS (e.g. `pip install \
-                     nvidia-cublas-cu12`) and add its lib folder to LD_LIBRARY_PATH"
+                    "no cuBLAS library found under the names libcublas.so or libcublas.so.12: install CUDA 12's \
+                     cuBLAS (e.g. `pip install nvidia-cublas-cu12`) and add its lib folder to LD_LIBRARY_PATH, or \
+                     link libcublas.so to CUDA 13's libcublas.so.13 in a folder on LD_LIBRARY_PATH"
                         .into(),
                 ));
             }
             let options = file.options.clone();
+            // The char CNN keeps a token's C x E embeddings in shared memory:
+            // within the 48 KiB every block may use without opting in.
+            let smem = 4 * options.char_cnn.max_characters_per_token * options.char_cnn.embedding_dim;
+            if smem > 48 << 10 {
+                return Err(unavailable(format!(
+                    "the model's tokens need {smem} bytes of shared memory in the CUDA char CNN (at most 49152)"
+                )));
+            }
             let need = weight_bytes(&options) + WORKING_MARGIN;
             let (free, _) = ctx.mem_get_info().map_err(dev)?;
             if need > free {
@@ -1465,6 +1498,7 @@ mod tests {
                             assert_eq!(a.shape(), b.shape(), "{tag} {k}");
                             same(&format!("{tag} {k}"), a.data(), b.data());
                         }
+                        assert_eq!(ih.highway.len(), ic.highway.len(), "{tag} highway layers");
                         for (a, b) in ih.highway.iter().zip(&ic.highway) {
                             same(&format!("{tag} highway"), a.data(), b.data());
                         }
