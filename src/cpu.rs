@@ -524,6 +524,18 @@ fn tile<const R: usize, const S: usize, T: WeightElem>(
             }
         }
     }
+    store_tile(&acc, c, ldc, cols);
+}
+
+/// Stores an `R x S`-strip tile of accumulators into `C` (rows `ldc`
+/// apart), its first `cols` columns.
+#[inline(always)]
+fn store_tile<const R: usize, const S: usize>(
+    acc: &[[[wide::f32x8; 2]; S]; R],
+    c: &mut [f32],
+    ldc: usize,
+    cols: usize,
+) {
     for (i, acc) in acc.iter().enumerate() {
         for (q, halves) in acc.iter().enumerate() {
             for (h, v) in halves.iter().enumerate() {
@@ -568,7 +580,7 @@ fn panel_tile<const R: usize, T: WeightElem>(
         cols <= STRIP && c.len() >= (R - 1) * ldc + cols,
         "panel_tile: C too small"
     );
-    let mut acc = [[f32x8::ZERO; 2]; R];
+    let mut acc = [[[f32x8::ZERO; 2]; 1]; R];
     let (ap, wp) = (pa.as_ptr(), st.as_ptr());
     for p in 0..k {
         // SAFETY: p < k and the strip holds at least 16k values (asserted),
@@ -578,25 +590,14 @@ fn panel_tile<const R: usize, T: WeightElem>(
             (T::load8_ptr(wp), T::load8_ptr(wp.add(8)))
         };
         prefetch(wp.wrapping_add((p + PREFETCH_ROWS) * STRIP));
-        for (i, acc) in acc.iter_mut().enumerate() {
+        for (i, [acc]) in acc.iter_mut().enumerate() {
             // SAFETY: i < R and p < k, and the panel holds k R values.
             let x = f32x8::splat(unsafe { *ap.add(p * R + i) });
             acc[0] = x.mul_add(w0, acc[0]);
             acc[1] = x.mul_add(w1, acc[1]);
         }
     }
-    for (i, halves) in acc.iter().enumerate() {
-        for (h, v) in halves.iter().enumerate() {
-            let j = h * 8;
-            if j + 8 <= cols {
-                let dst: &mut [f32; 8] = (&mut c[i * ldc + j..i * ldc + j + 8]).try_into().expect("8 lanes");
-                *dst = v.to_array();
-            } else if j < cols {
-                let len = cols - j;
-                c[i * ldc + j..i * ldc + j + len].copy_from_slice(&v.to_array()[..len]);
-            }
-        }
-    }
+    store_tile(&acc, c, ldc, cols);
 }
 
 /// Hints the cache line at `p` into L1. Never dereferences `p`: any
