@@ -151,11 +151,17 @@ fn lstm_step_batch32(b: Bencher) {
     });
 }
 
-fn full_model() -> &'static ElmoModel {
-    static MODEL: OnceLock<ElmoModel> = OnceLock::new();
+/// The full-size model, and the same computing every position
+/// ([`ElmoModel::with_word_sharing`] off).
+fn full_model() -> &'static (ElmoModel, ElmoModel) {
+    static MODEL: OnceLock<(ElmoModel, ElmoModel)> = OnceLock::new();
+    let both = |p: &std::path::Path| {
+        let m = ElmoModel::load(p).expect("load the full-size model");
+        (m, ElmoModel::load(p).unwrap().with_word_sharing(false))
+    };
     MODEL.get_or_init(|| {
         if let Ok(p) = std::env::var("ELMO_BENCH_MODEL") {
-            return ElmoModel::load(p.as_ref()).expect("ELMO_BENCH_MODEL");
+            return both(p.as_ref());
         }
         let json = r#"{"lstm": {"cell_clip": 3, "use_skip_connections": true, "n_layers": 2, "proj_clip": 3,
             "projection_dim": 512, "dim": 4096}, "char_cnn": {"embedding": {"dim": 16}, "filters": [[1, 32], [2, 32],
@@ -173,30 +179,63 @@ fn full_model() -> &'static ElmoModel {
             .collect();
         let path = std::env::temp_dir().join(format!("elmo-bench-full-{}.safetensors", std::process::id()));
         elmo::model_file::write_model(&path, &o, &tensors).unwrap();
-        let m = ElmoModel::load(&path).unwrap();
-        let _ = std::fs::remove_file(&path); // the mapping stays valid
+        let m = both(&path);
+        let _ = std::fs::remove_file(&path); // the mappings stay valid
         m
     })
 }
 
-fn words(n: usize, seed: usize) -> Vec<String> {
-    let list = [
-        "the", "market", "rose", "sharply", "after", "news", "of", "a", "merger", "between", "banks", ".",
-    ];
-    (0..n).map(|i| list[(i * 7 + seed) % list.len()].to_string()).collect()
+/// Word `i` of a synthetic vocabulary: 3 to 9 letters from a hash of `i`
+/// (distinct words for distinct `i`, in practice).
+fn word(i: usize) -> String {
+    let mut s = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5851_F42D_4C95_7F2D;
+    let mut next = || {
+        s ^= s >> 29;
+        s = s.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        s ^= s >> 32;
+        s
+    };
+    let len = 3 + (next() % 7) as usize;
+    (0..len).map(|_| (b'a' + (next() % 26) as u8) as char).collect()
+}
+
+/// `sentences` sentences of `len` tokens; with `vocab`, drawn from that many
+/// words (repetition as in running text), else every token a new word.
+fn batch(sentences: usize, len: usize, first: usize, vocab: Option<usize>) -> Vec<Vec<String>> {
+    let mut r = first as u64 + 1;
+    (0..sentences)
+        .map(|s| {
+            (0..len)
+                .map(|t| match vocab {
+                    Some(v) => {
+                        r = r
+                            .wrapping_mul(6_364_136_223_846_793_005)
+                            .wrapping_add(1_442_695_040_888_963_407);
+                        word((r >> 33) as usize % v)
+                    }
+                    None => word(first + s * len + t),
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// The anchors' workloads: W1 one 10-token sentence, W2 one of 30, W3 two
-/// batches of 32 x 20 tokens. Counted in tokens.
-#[divan::bench(args = ["W1", "W2", "W3"], sample_count = 5, sample_size = 1)]
+/// batches of 32 x 20 tokens, every token a different word; W3v the same
+/// drawn from 180 words, as the anchors' W3 (179 distinct words in 1280
+/// tokens). Each distinct word of a call is computed once (char CNN to
+/// layer 0's input products); `-all` computes every position, as
+/// TensorFlow does. Counted in tokens.
+#[divan::bench(args = ["W1", "W2", "W3", "W3v", "W3v-all"], sample_count = 5, sample_size = 1)]
 fn forward(b: Bencher, workload: &str) {
-    let m = full_model();
+    let (shared, all) = full_model();
+    let m = if workload.ends_with("-all") { all } else { shared };
     let batches: Vec<Vec<Vec<String>>> = match workload {
-        "W1" => vec![vec![words(10, 0)]],
-        "W2" => vec![vec![words(30, 1)]],
-        _ => (0..2)
-            .map(|k| (0..32).map(|s| words(20, k * 32 + s)).collect())
-            .collect(),
+        "W1" => vec![batch(1, 10, 0, None)],
+        "W2" => vec![batch(1, 30, 100, None)],
+        "W3" => (0..2).map(|k| batch(32, 20, 1000 + k * 640, None)).collect(),
+        // W3v, W3v-all
+        _ => (0..2).map(|k| batch(32, 20, k, Some(180))).collect(),
     };
     let tokens: usize = batches.iter().flatten().map(Vec::len).sum();
     b.counter(ItemsCount::new(tokens)).bench_local(|| {

@@ -172,6 +172,10 @@ impl Part {
     }
 }
 
+/// A layer input's distinct rows `(W, P)` and the row of every position,
+/// when rows repeat (layer 0: the same word at several positions).
+type Words<'a> = (&'a [f32], &'a [usize]);
+
 /// Runs `f` on every part, in parallel when there are several.
 fn each_part(parts: &mut [Part], f: impl Fn(&mut Part) + Send + Sync) {
     if parts.len() > 1 {
@@ -193,6 +197,7 @@ pub struct ElmoModel {
     cache: Option<TokenCache>,
     budget: usize,
     accel: Option<Accel>,
+    share_words: bool,
 }
 
 /// A backend other than the CPU path running the forward pass.
@@ -333,10 +338,15 @@ impl LstmState {
 }
 
 /// Token-pipeline results for a run of tokens.
+#[derive(Default)]
 struct TokenOut {
     tok: Vec<f32>,          // (n, P)
     cnn: Vec<f32>,          // (n, F), only when kept
     highway: Vec<Vec<f32>>, // (n, F) per layer, only when kept
+    /// (W, P): the distinct words' embeddings when some words repeat, with
+    /// `index` (n,) the word of every token; both empty when all differ.
+    words: Vec<f32>,
+    index: Vec<usize>,
 }
 
 /// One direction's results: per layer, the outputs (N, P) in processing
@@ -427,6 +437,7 @@ impl ElmoModel {
             cache: None,
             budget: DEFAULT_MEMORY_BUDGET,
             accel: None,
+            share_words: true,
             file,
         })
     }
@@ -441,6 +452,18 @@ impl ElmoModel {
             hits: Default::default(),
             misses: Default::default(),
         });
+        self
+    }
+
+    /// Whether a call computes each distinct word once (default `true`):
+    /// the char CNN, highway layers, projection and the first LSTM layer's
+    /// input-side products depend on the word alone, so a word that occurs
+    /// several times in a call (and every sentence's `<S>` and `</S>`) is
+    /// computed once and copied. Outputs are bitwise the same either way;
+    /// `false` computes every position, as TensorFlow does (for
+    /// like-for-like timing).
+    pub fn with_word_sharing(mut self, on: bool) -> Self {
+        self.share_words = on;
         self
     }
 
@@ -504,50 +527,73 @@ impl ElmoModel {
             .map_or((0, 0), |c| (c.hits.load(Relaxed), c.misses.load(Relaxed)))
     }
 
-    /// Token embeddings of `ids` (n tokens of C ids): through the cache
-    /// when there is one and intermediates are not wanted.
+    /// Token embeddings of `ids` (n tokens of C ids). Each distinct word is
+    /// computed once per call (the `<S>` and `</S>` of every sentence, and
+    /// repeated words, are one row each), through the cache when there is
+    /// one and intermediates are not wanted, then copied to its positions.
+    /// Every row is the same fma chain whatever the rows around it, so the
+    /// results are bitwise those of computing every position.
     fn tokens(&self, ids: &[u16], keep: bool) -> TokenOut {
-        let Some(cache) = self.cache.as_ref().filter(|_| !keep) else {
-            return self.token_pipeline(ids, keep);
-        };
-        use std::sync::atomic::Ordering::Relaxed;
         let (c, p) = (
             self.options().char_cnn.max_characters_per_token,
             self.options().lstm.projection_dim,
         );
-        let n = ids.len() / c;
-        let mut tok = vec![0f32; n * p];
-        let mut missing: Vec<usize> = Vec::new();
-        {
-            let map = cache.map.read().unwrap_or_else(|e| e.into_inner());
-            for (t, word) in ids.chunks_exact(c).enumerate() {
-                match map.get(word) {
-                    Some(v) => tok[t * p..(t + 1) * p].copy_from_slice(v),
-                    None => missing.push(t),
+        let (words, index) = if self.share_words {
+            distinct_words(ids, c)
+        } else {
+            (ids.to_vec(), (0..ids.len() / c.max(1)).collect())
+        };
+        let nw = words.len() / c;
+        let mut fresh = match self.cache.as_ref().filter(|_| !keep) {
+            None => self.token_pipeline(&words, keep),
+            Some(cache) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                let mut tok = vec![0f32; nw * p];
+                let mut missing: Vec<usize> = Vec::new();
+                {
+                    let map = cache.map.read().unwrap_or_else(|e| e.into_inner());
+                    for (t, word) in words.chunks_exact(c).enumerate() {
+                        match map.get(word) {
+                            Some(v) => tok[t * p..(t + 1) * p].copy_from_slice(v),
+                            None => missing.push(t),
+                        }
+                    }
+                }
+                cache.hits.fetch_add((nw - missing.len()) as u64, Relaxed);
+                cache.misses.fetch_add(missing.len() as u64, Relaxed);
+                if !missing.is_empty() {
+                    let todo: Vec<u16> = missing
+                        .iter()
+                        .flat_map(|&t| words[t * c..(t + 1) * c].iter().copied())
+                        .collect();
+                    let computed = self.token_pipeline(&todo, false);
+                    let mut map = cache.map.write().unwrap_or_else(|e| e.into_inner());
+                    for (j, &t) in missing.iter().enumerate() {
+                        let v = &computed.tok[j * p..(j + 1) * p];
+                        tok[t * p..(t + 1) * p].copy_from_slice(v);
+                        if map.len() < cache.capacity {
+                            map.insert(words[t * c..(t + 1) * c].to_vec(), v.to_vec());
+                        }
+                    }
+                }
+                TokenOut {
+                    tok,
+                    ..TokenOut::default()
                 }
             }
+        };
+        let n = index.len();
+        if nw == n {
+            // Every word distinct: `words` is `ids` itself.
+            return fresh;
         }
-        cache.hits.fetch_add((n - missing.len()) as u64, Relaxed);
-        cache.misses.fetch_add(missing.len() as u64, Relaxed);
-        if !missing.is_empty() {
-            let todo: Vec<u16> = missing
-                .iter()
-                .flat_map(|&t| ids[t * c..(t + 1) * c].iter().copied())
-                .collect();
-            let fresh = self.token_pipeline(&todo, false);
-            let mut map = cache.map.write().unwrap_or_else(|e| e.into_inner());
-            for (j, &t) in missing.iter().enumerate() {
-                let v = &fresh.tok[j * p..(j + 1) * p];
-                tok[t * p..(t + 1) * p].copy_from_slice(v);
-                if map.len() < cache.capacity {
-                    map.insert(ids[t * c..(t + 1) * c].to_vec(), v.to_vec());
-                }
-            }
-        }
+        let f = self.options().n_filters();
         TokenOut {
-            tok,
-            cnn: Vec::new(),
-            highway: Vec::new(),
+            tok: gather_rows(&fresh.tok, &index, p),
+            cnn: gather_rows(&fresh.cnn, &index, f),
+            highway: fresh.highway.iter().map(|h| gather_rows(h, &index, f)).collect(),
+            words: std::mem::take(&mut fresh.tok),
+            index,
         }
     }
 
@@ -666,6 +712,7 @@ impl ElmoModel {
                     tok: r.tok,
                     cnn: r.cnn,
                     highway: r.highway,
+                    ..TokenOut::default()
                 },
                 DirectionOut {
                     outputs: o0,
@@ -679,19 +726,28 @@ impl ElmoModel {
         } else {
             let tokens = self.tokens(&packed, keep);
             let reversed = reverse_segments(&tokens.tok, &segs, p);
+            // Repeated words: layer 0's input-side products once per word.
+            let words = (!tokens.index.is_empty()).then(|| {
+                let rev: Vec<usize> = segs
+                    .iter()
+                    .flat_map(|&(off, len)| tokens.index[off..off + len].iter().rev().copied())
+                    .collect();
+                [(&tokens.words[..], tokens.index.clone()), (&tokens.words[..], rev)]
+            });
+            let words = |d: usize| words.as_ref().map(|w| (w[d].0, &w[d].1[..]));
             // Small batches: one direction after the other, every thread on a
             // share of each step. Larger ones: the directions side by side.
             let big = 5 * u * p >= SHARED_STEPS_MIN_WEIGHTS;
             let (fwd, mut bwd) = if b <= SHARED_STEPS_MAX_BATCH && big && rayon::current_num_threads() > 1 {
                 let n = rayon::current_num_threads();
                 (
-                    self.lstm_direction(0, tokens.tok.clone(), &segs, &init0, n),
-                    self.lstm_direction(1, reversed, &segs, &init1, n),
+                    self.lstm_direction(0, tokens.tok.clone(), words(0), &segs, &init0, n),
+                    self.lstm_direction(1, reversed, words(1), &segs, &init1, n),
                 )
             } else {
                 rayon::join(
-                    || self.lstm_direction(0, tokens.tok.clone(), &segs, &init0, 1),
-                    || self.lstm_direction(1, reversed, &segs, &init1, 1),
+                    || self.lstm_direction(0, tokens.tok.clone(), words(0), &segs, &init0, 1),
+                    || self.lstm_direction(1, reversed, words(1), &segs, &init1, 1),
                 )
             };
             for out in &mut bwd.outputs {
@@ -819,9 +875,8 @@ impl ElmoModel {
             .map(|ch| self.token_chunk(ch, keep, parts))
             .collect();
         let mut all = TokenOut {
-            tok: Vec::new(),
-            cnn: Vec::new(),
             highway: vec![Vec::new(); if keep { self.highways.len() } else { 0 }],
+            ..TokenOut::default()
         };
         for part in parts {
             all.tok.extend_from_slice(&part.tok);
@@ -906,16 +961,24 @@ impl ElmoModel {
             }
             None => x,
         };
-        TokenOut { tok, cnn, highway }
+        TokenOut {
+            tok,
+            cnn,
+            highway,
+            ..TokenOut::default()
+        }
     }
 
     /// All layers of one direction. `x`: (N, P) layer-0 input in processing
-    /// order; `init[l]`: the starting (c, h) rows of layer l, or zeros;
-    /// `parts`: threads sharing each step.
+    /// order; `words`: when words repeat, the distinct rows of `x` (W, P)
+    /// and the row of every position; `init[l]`: the starting (c, h) rows of
+    /// layer l, or zeros; `parts`: threads sharing each step.
+    #[allow(clippy::too_many_arguments)]
     fn lstm_direction(
         &self,
         d: usize,
         x0: Vec<f32>,
+        words: Option<Words<'_>>,
         segs: &[(usize, usize)],
         init: &[Option<(Vec<f32>, Vec<f32>)>],
         parts: usize,
@@ -935,7 +998,8 @@ impl ElmoModel {
                         Strips::new($k.data(), 2 * p, 4 * u),
                         Strips::new($pj.data(), u, p),
                     );
-                    self.lstm_layer(l, k, pj, layer, x, segs, init, parts)
+                    let words = if l == 0 { words } else { None };
+                    self.lstm_layer(l, k, pj, layer, (x, words), segs, init, parts)
                 }};
             }
             let (out, fin) = match (&layer.kernel, &layer.projection) {
@@ -967,7 +1031,7 @@ impl ElmoModel {
         w0: Strips<'_, T>,
         wp: Strips<'_, Q>,
         layer: &LstmLayer,
-        x: &[f32],
+        (x, words): (&[f32], Option<Words<'_>>),
         segs: &[(usize, usize)],
         init: Option<&(Vec<f32>, Vec<f32>)>,
         n_parts: usize,
@@ -988,7 +1052,7 @@ impl ElmoModel {
                 l,
                 (w0, wp),
                 layer,
-                x,
+                (x, words),
                 &segs[g0..g1],
                 (&mut cs[g0 * u..g1 * u], &mut hs[g0 * p..g1 * p]),
                 &mut out,
@@ -1001,14 +1065,15 @@ impl ElmoModel {
 
     /// [`lstm_layer`](Self::lstm_layer) for a group of sentences `segs`
     /// (rows of `x` and `out` by their offsets), whose (c, h) are `state`;
-    /// at most `zx_rows` rows of input-side products at once.
+    /// at most `zx_rows` rows of input-side products at once. `words`: the
+    /// distinct rows of `x` and each position's, when rows repeat.
     #[allow(clippy::too_many_arguments)]
     fn lstm_group<T: WeightElem, Q: WeightElem>(
         &self,
         l: usize,
         (w0, wp): (Strips<'_, T>, Strips<'_, Q>),
         layer: &LstmLayer,
-        x: &[f32],
+        (x, words): (&[f32], Option<Words<'_>>),
         segs: &[(usize, usize)],
         (cs, hs): (&mut [f32], &mut [f32]),
         out: &mut [f32],
@@ -1030,28 +1095,73 @@ impl ElmoModel {
         // block of steps: all steps at once unless that would exceed
         // `zx_rows` rows (a 100,000-token sentence), which bounds memory.
         // Rows give the same bits whichever block computes them.
-        let block_steps = (zx_rows / b.max(1)).max(1);
-        let mut zx_row = vec![usize::MAX; block_steps.min(max_len.max(1)) * b]; // (step in block, sentence) -> row
+        let mut block_steps = (zx_rows / b.max(1)).max(1);
         let mut xb = Vec::new();
+        // Repeated rows (layer 0: the same word at several positions): the
+        // products of the group's distinct rows, once, for every step.
+        // `row_at[off + s - base]`: the row of sentence (off, len)'s step s.
+        let base = segs.first().map_or(0, |s| s.0);
+        let mut row_at = Vec::new();
+        let mut once = None;
+        if let Some((wx, index)) = words {
+            let mut local = vec![usize::MAX; wx.len() / p.max(1)];
+            let mut rows = 0;
+            for &(off, len) in segs {
+                for &g in &index[off..off + len] {
+                    if local[g] == usize::MAX {
+                        local[g] = rows;
+                        rows += 1;
+                    }
+                    row_at.push(local[g]);
+                }
+            }
+            if rows <= zx_rows && rows < row_at.len() {
+                let mut word_of = vec![0; rows];
+                for (g, &r) in local.iter().enumerate().filter(|(_, r)| **r != usize::MAX) {
+                    word_of[r] = g;
+                }
+                for g in word_of {
+                    xb.extend_from_slice(&wx[g * p..(g + 1) * p]);
+                }
+                block_steps = max_len.max(1);
+                once = Some(rows);
+            } else {
+                row_at = Vec::new();
+            }
+        }
+        let mut zx_row = vec![
+            usize::MAX;
+            if once.is_some() {
+                0
+            } else {
+                block_steps.min(max_len.max(1)) * b
+            }
+        ]; // (step in block, sentence) -> row
+        let mut step_rows = vec![usize::MAX; b];
         let mut hbuf = vec![0f32; b * p];
         let mut mbuf = vec![0f32; b * u];
         let mut active = Vec::with_capacity(b);
         let residual = lo.use_skip_connections && l > 0;
         for t in 0..max_len {
             if t % block_steps == 0 {
-                let t1 = (t + block_steps).min(max_len);
-                xb.clear();
-                zx_row.fill(usize::MAX);
-                let mut rows = 0;
-                for s in t..t1 {
-                    for (i, &(off, len)) in segs.iter().enumerate() {
-                        if len > s {
-                            zx_row[(s - t) * b + i] = rows;
-                            xb.extend_from_slice(&x[(off + s) * p..(off + s + 1) * p]);
-                            rows += 1;
+                let rows = if let Some(rows) = once.take() {
+                    rows
+                } else {
+                    let t1 = (t + block_steps).min(max_len);
+                    xb.clear();
+                    zx_row.fill(usize::MAX);
+                    let mut rows = 0;
+                    for s in t..t1 {
+                        for (i, &(off, len)) in segs.iter().enumerate() {
+                            if len > s {
+                                zx_row[(s - t) * b + i] = rows;
+                                xb.extend_from_slice(&x[(off + s) * p..(off + s + 1) * p]);
+                                rows += 1;
+                            }
                         }
                     }
-                }
+                    rows
+                };
                 // (rows, 4w) per part = x (rows, P) x its gate columns of W_x.
                 each_part(&mut parts, |part| {
                     let w4 = 4 * (part.units.1 - part.units.0);
@@ -1071,7 +1181,15 @@ impl ElmoModel {
             // Alternate the order weights are read in from step to step: the
             // ones read last are the likeliest to still be in cache.
             let rev = t % 2 == 1;
-            let zx_rows = &zx_row[(t % block_steps) * b..(t % block_steps + 1) * b];
+            for (i, &(off, len)) in segs.iter().enumerate() {
+                step_rows[i] = if len <= t {
+                    usize::MAX
+                } else if row_at.is_empty() {
+                    zx_row[(t % block_steps) * b + i]
+                } else {
+                    row_at[off + t - base]
+                };
+            }
             each_part(&mut parts, |part| {
                 let w = part.units.1 - part.units.0;
                 // (na, 4w) = m_{t-1} (na, P) x this part's gate columns of W_h.
@@ -1084,7 +1202,7 @@ impl ElmoModel {
                 }
                 for (r, &i) in active.iter().enumerate() {
                     // z = [x, m] W + b, gates i, j, f, o; forget bias 1.0 at run time.
-                    let row = zx_rows[i];
+                    let row = step_rows[i];
                     lstm_cell(
                         &part.zx[row * 4 * w..(row + 1) * 4 * w],
                         &part.zh[r * 4 * w..(r + 1) * 4 * w],
@@ -1131,6 +1249,38 @@ impl ElmoModel {
             }
         }
     }
+}
+
+/// The distinct words of `ids` (tokens of `c` ids each) in order of first
+/// appearance, and for every token the index of its word.
+fn distinct_words(ids: &[u16], c: usize) -> (Vec<u16>, Vec<usize>) {
+    let c = c.max(1);
+    let n = ids.len() / c;
+    let mut seen: std::collections::HashMap<&[u16], usize> = std::collections::HashMap::with_capacity(n);
+    let mut words = Vec::with_capacity(ids.len());
+    let index = ids
+        .chunks_exact(c)
+        .map(|w| {
+            *seen.entry(w).or_insert_with(|| {
+                words.extend_from_slice(w);
+                words.len() / c - 1
+            })
+        })
+        .collect();
+    (words, index)
+}
+
+/// Rows `index[i]` of `x` (rows of `w` values), one after the other; empty
+/// for an empty `x`.
+fn gather_rows(x: &[f32], index: &[usize], w: usize) -> Vec<f32> {
+    if x.is_empty() {
+        return Vec::new();
+    }
+    let mut y = Vec::with_capacity(index.len() * w);
+    for &i in index {
+        y.extend_from_slice(&x[i * w..(i + 1) * w]);
+    }
+    y
 }
 
 /// Reverses each sentence's rows within its own length (`reverse_sequence`).

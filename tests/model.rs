@@ -164,3 +164,63 @@ fn token_cache_gives_identical_results() {
     // Stateless result of one sentence is unchanged by what the cache holds.
     assert_eq!(cached.embed(&all[2..3]).unwrap(), plain.embed(&all[2..3]).unwrap());
 }
+
+/// Each distinct word of a call is computed once (char CNN to layer 0's
+/// input products): the same bits as computing every position, for the
+/// outputs, the intermediates, stateful states, a tight memory budget (its
+/// small blocks and groups) and the token cache.
+#[test]
+fn word_sharing_gives_identical_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = small_model(dir.path());
+    let sub = dir.path().join("plain");
+    std::fs::create_dir(&sub).unwrap();
+    let plain = small_model(&sub).with_word_sharing(false);
+    let w = ["a", "rose", "is", "a", "rose", ",", "Zürich", "."];
+    let batch: Vec<Vec<&str>> = vec![
+        w.to_vec(),
+        vec![],
+        w[..3].to_vec(),
+        w.iter().rev().copied().collect(),
+        vec!["rose"; 40],
+        vec!["rose"],
+    ];
+    let ids = encode_batch(&batch, 50).unwrap();
+    let (a, ia) = shared.forward_with_intermediates(&ids, None).unwrap();
+    let (b, ib) = plain.forward_with_intermediates(&ids, None).unwrap();
+    assert_eq!(a, b);
+    assert!(a.data.iter().any(|&x| x != 0.0));
+    for (x, y) in [
+        (&ia.char_cnn, &ib.char_cnn),
+        (&ia.token_embeddings, &ib.token_embeddings),
+        (&ia.lstm_fwd, &ib.lstm_fwd),
+        (&ia.lstm_bwd, &ib.lstm_bwd),
+        (&ia.final_c, &ib.final_c),
+        (&ia.final_h, &ib.final_h),
+    ] {
+        assert_eq!(x.data(), y.data());
+    }
+    for (x, y) in ia.highway.iter().zip(&ib.highway) {
+        assert_eq!(x.data(), y.data());
+    }
+    // Stateful: two batches in a row, the states too.
+    let (mut sa, mut sb) = (LstmState::new(&shared, 6).unwrap(), LstmState::new(&plain, 6).unwrap());
+    for _ in 0..2 {
+        assert_eq!(
+            shared.embed_stateful(&batch, &mut sa).unwrap(),
+            plain.embed_stateful(&batch, &mut sb).unwrap()
+        );
+    }
+    assert_eq!((sa.c(), sa.h()), (sb.c(), sb.h()));
+    // A 64 KiB budget: groups of two sentences and blocks of two steps;
+    // the last group's 3 distinct words fit in one block, the others' not.
+    let tight = small_model(dir.path()).with_memory_budget(64 << 10);
+    assert_eq!(tight.embed(&batch).unwrap(), a);
+    // Through the token cache, filled then hit.
+    let cached = small_model(dir.path()).with_token_cache(100);
+    assert_eq!(cached.embed(&batch).unwrap(), a);
+    assert_eq!(cached.embed(&batch).unwrap(), a);
+    let (hits, misses) = cached.token_cache_stats();
+    // Distinct words of the call: <S>, </S>, a, rose, is, ",", Zürich, ".".
+    assert_eq!((hits, misses), (8, 8));
+}

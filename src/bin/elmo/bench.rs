@@ -36,7 +36,7 @@ pub fn run(
     threads: usize,
     output: &str,
     batch_size: Option<usize>,
-    token_cache: usize,
+    (token_cache, word_sharing): (usize, bool),
     device: elmo::Device,
 ) -> Result<()> {
     if runs == 0 {
@@ -66,6 +66,7 @@ pub fn run(
         let t0 = Instant::now();
         let model = ElmoModel::load(model_path)?
             .with_token_cache(token_cache)
+            .with_word_sharing(word_sharing)
             .with_device(device)?;
         let k = model.options().n_output_layers();
         let mix = (output == "elmo")
@@ -109,6 +110,7 @@ pub fn run(
             "peak_rss_mib": peak_rss_mib(),
             "threads": threads,
             "token_cache": token_cache,
+            "word_sharing": word_sharing,
             "device": device.to_string(),
             "model": model_path.display().to_string(),
         });

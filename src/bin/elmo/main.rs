@@ -128,6 +128,11 @@ enum Command {
         /// like-for-like setting against the peers).
         #[arg(long, default_value_t = 0)]
         token_cache: usize,
+        /// Compute every position, also repeated words and each sentence's
+        /// `<S>` and `</S>`, as TensorFlow does (by default each distinct
+        /// word of a batch is computed once; the outputs are the same bits).
+        #[arg(long)]
+        no_word_sharing: bool,
         /// Where to run: cpu, cuda (device 0) or cuda:N (needs a build
         /// with `--features cuda`).
         #[arg(long, default_value = "cpu")]
@@ -188,6 +193,7 @@ fn run(cmd: Command) -> Result<()> {
             output,
             batch_size,
             token_cache,
+            no_word_sharing,
             device,
         } => bench::run(
             &model,
@@ -197,7 +203,7 @@ fn run(cmd: Command) -> Result<()> {
             threads,
             &output,
             batch_size,
-            token_cache,
+            (token_cache, !no_word_sharing),
             device.parse()?,
         ),
         Command::Inspect { path } => {
