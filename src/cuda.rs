@@ -373,8 +373,10 @@ pub(crate) const ZX_BYTES: usize = 256 << 20;
 
 /// The forward pass on a backend: `chars` (N, C) character ids of the packed
 /// tokens, `segs` each sentence's (first row, length), `init` each
-/// direction's initial states; input-side LSTM products in blocks of about
-/// `zx_bytes`. Returns per direction and layer the outputs in natural
+/// direction's initial states; `keep`: also return the token pipeline's
+/// intermediates; `share`: run the token pipeline once per distinct word
+/// (as the CPU path, [`crate::ElmoModel::with_word_sharing`]); input-side
+/// LSTM products in blocks of about `zx_bytes`. Returns per direction and layer the outputs in natural
 /// order, and the final states in the caller's sentence order.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward<B: Backend>(
@@ -384,7 +386,7 @@ pub(crate) fn forward<B: Backend>(
     chars: &[u16],
     segs: &[(usize, usize)],
     init: [Init<'_>; 2],
-    keep: bool,
+    (keep, share): (bool, bool),
     zx_bytes: usize,
 ) -> Result<GpuOut> {
     let (e, c) = (o.char_cnn.embedding_dim, o.char_cnn.max_characters_per_token);
@@ -419,40 +421,69 @@ pub(crate) fn forward<B: Backend>(
         )));
     }
 
-    // Token pipeline: char CNN (N, F), highway layers, projection (N, P).
-    let d_chars = be.up_u16(chars)?;
-    let mut x = be.zeros(n * f)?;
+    // Token pipeline: char CNN (W, F), highway layers, projection (W, P)
+    // for the W distinct words (W = N without sharing), then copied to the
+    // N positions.
+    let (words, index) = if share {
+        crate::model::distinct_words(chars, c)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let (chars_w, nw) = if share && words.len() < chars.len() {
+        (&words[..], words.len() / c)
+    } else {
+        (chars, n)
+    };
+    let d_chars = be.up_u16(chars_w)?;
+    let mut x = be.zeros(nw * f)?;
     let dims = CnnDims {
-        n,
+        n: nw,
         c,
         e,
         n_chars: w.n_chars,
         relu: o.char_cnn.activation == crate::options::Activation::Relu,
     };
     be.char_cnn(&d_chars, &w.char_embed, &w.cnn_w, &w.cnn_b, &w.convs, &mut x, dims)?;
+    // Rows of the distinct words to the positions (host side, intermediates).
+    let spread = |v: Vec<f32>, width: usize| {
+        if nw < n {
+            crate::model::gather_rows(&v, &index, width)
+        } else {
+            v
+        }
+    };
     if keep {
-        out.cnn = be.down(&x)?;
+        out.cnn = spread(be.down(&x)?, f);
     }
     if !w.highways.is_empty() {
-        let mut carry = be.zeros(n * f)?;
-        let mut trans = be.zeros(n * f)?;
+        let mut carry = be.zeros(nw * f)?;
+        let mut trans = be.zeros(nw * f)?;
         for (h, [wc, bc, wt, bt]) in w.highways.iter().enumerate() {
-            be.gemm((n, f, f), (&x, 0), f, (wc, 0), f, &mut carry, f)?;
-            be.gemm((n, f, f), (&x, 0), f, (wt, 0), f, &mut trans, f)?;
-            be.highway(&mut x, &carry, &trans, bc, bt, n, f)?;
+            be.gemm((nw, f, f), (&x, 0), f, (wc, 0), f, &mut carry, f)?;
+            be.gemm((nw, f, f), (&x, 0), f, (wt, 0), f, &mut trans, f)?;
+            be.highway(&mut x, &carry, &trans, bc, bt, nw, f)?;
             if keep {
-                out.highway[h] = be.down(&x)?;
+                out.highway[h] = spread(be.down(&x)?, f);
             }
         }
     }
     let tok = match &w.projection {
         Some((wp, bias)) => {
-            let mut t = be.zeros(n * p)?;
-            be.gemm((n, p, f), (&x, 0), f, (wp, 0), p, &mut t, p)?;
-            be.add_bias(&mut t, bias, n, p)?;
+            let mut t = be.zeros(nw * p)?;
+            be.gemm((nw, p, f), (&x, 0), f, (wp, 0), p, &mut t, p)?;
+            be.add_bias(&mut t, bias, nw, p)?;
             t
         }
         None => x,
+    };
+    // (N, P): each position's word's row.
+    let tok = if nw < n {
+        let idx: Vec<i32> = index.iter().map(|&i| i as i32).collect();
+        let mut t = be.zeros(n * p)?;
+        be.gather_rows(&tok, &mut t, (&be.up_i32(&idx)?, 0), n, p)?;
+        t
+    } else {
+        tok
     };
     out.tok = be.down(&tok)?;
 
@@ -837,7 +868,7 @@ mod imp {
             ""
         }
 
-        pub(crate) fn run(&self, _: &[u16], _: &[(usize, usize)], _: [Init<'_>; 2], _: bool) -> Result<GpuOut> {
+        pub(crate) fn run(&self, _: &[u16], _: &[(usize, usize)], _: [Init<'_>; 2], _: (bool, bool)) -> Result<GpuOut> {
             Err(Error::CudaNotCompiled)
         }
 
@@ -1314,7 +1345,7 @@ mod imp {
             let mut one = vec![crate::chars::PAD_CHAR + 1; c];
             one[0] = crate::chars::BOW_CHAR + 1;
             one[1] = crate::chars::EOW_CHAR + 1;
-            model.run(&one, &[(0, 1)], [&[], &[]], false)?;
+            model.run(&one, &[(0, 1)], [&[], &[]], (false, true))?;
             Ok(model)
         }
 
@@ -1362,7 +1393,7 @@ mod imp {
             chars: &[u16],
             segs: &[(usize, usize)],
             init: [Init<'_>; 2],
-            keep: bool,
+            keep: (bool, bool),
         ) -> Result<GpuOut> {
             let ex = self.exec.lock().unwrap_or_else(|e| e.into_inner());
             self.ctx.bind_to_thread().map_err(|e| {
@@ -1452,7 +1483,8 @@ mod tests {
     /// reversal, blocks of input-side products, state order), run with the
     /// host backend, against the CPU path, bitwise: every output and intermediate,
     /// stateless and stateful, on the tiny model and on the small one (skip
-    /// connections, clipping that fires), whole and in one-step blocks.
+    /// connections, clipping that fires), whole and in one-step blocks, with
+    /// and without word sharing.
     #[test]
     #[cfg_attr(miri, ignore = "maps files")]
     fn gpu_forward_on_the_host_backend_matches_the_cpu_path() {
@@ -1468,9 +1500,13 @@ mod tests {
         )
         .unwrap();
         for path in [root.join("weights/bilm-tf-test.safetensors"), small] {
-            for zx in [ZX_BYTES, 1] {
+            for (zx, share) in [(ZX_BYTES, true), (ZX_BYTES, false), (1, true)] {
                 let cpu = ElmoModel::load(&path).unwrap();
-                let host = ElmoModel::load(&path).unwrap().with_host_backend(zx).unwrap();
+                let host = ElmoModel::load(&path)
+                    .unwrap()
+                    .with_word_sharing(share)
+                    .with_host_backend(zx)
+                    .unwrap();
                 let c = cpu.options().char_cnn.max_characters_per_token;
                 let cap = 5;
                 let (mut sc, mut sh) = (LstmState::new(&cpu, cap).unwrap(), LstmState::new(&host, cap).unwrap());
@@ -1484,7 +1520,7 @@ mod tests {
                         };
                         let (oc, ic) = cpu.forward_with_intermediates(&ids, st_c).unwrap();
                         let (oh, ih) = host.forward_with_intermediates(&ids, st_h).unwrap();
-                        let tag = format!("{} batch {i} stateful {stateful} zx {zx}", path.display());
+                        let tag = format!("{} batch {i} stateful {stateful} zx {zx} share {share}", path.display());
                         assert_eq!(oh.lengths, oc.lengths, "{tag}");
                         same(&format!("{tag} out"), &oh.data, &oc.data);
                         for (k, a, b) in [

@@ -691,7 +691,7 @@ impl ElmoModel {
         let init0: Vec<_> = (0..nl).map(|l| init(0, l)).collect();
         let init1: Vec<_> = (0..nl).map(|l| init(1, l)).collect();
         let accel = match &self.accel {
-            Some(Accel::Cuda(g)) => Some(g.run(&packed, &segs, [&init0, &init1], keep)?),
+            Some(Accel::Cuda(g)) => Some(g.run(&packed, &segs, [&init0, &init1], (keep, self.share_words))?),
             #[cfg(test)]
             Some(Accel::Host(w, zx_bytes)) => Some(crate::cuda::forward(
                 &crate::cuda::HostBackend,
@@ -700,7 +700,7 @@ impl ElmoModel {
                 &packed,
                 &segs,
                 [&init0, &init1],
-                keep,
+                (keep, self.share_words),
                 *zx_bytes,
             )?),
             None => None,
@@ -1253,7 +1253,7 @@ impl ElmoModel {
 
 /// The distinct words of `ids` (tokens of `c` ids each) in order of first
 /// appearance, and for every token the index of its word.
-fn distinct_words(ids: &[u16], c: usize) -> (Vec<u16>, Vec<usize>) {
+pub(crate) fn distinct_words(ids: &[u16], c: usize) -> (Vec<u16>, Vec<usize>) {
     let c = c.max(1);
     let n = ids.len() / c;
     let mut seen: std::collections::HashMap<&[u16], usize> = std::collections::HashMap::with_capacity(n);
@@ -1272,7 +1272,7 @@ fn distinct_words(ids: &[u16], c: usize) -> (Vec<u16>, Vec<usize>) {
 
 /// Rows `index[i]` of `x` (rows of `w` values), one after the other; empty
 /// for an empty `x`.
-fn gather_rows(x: &[f32], index: &[usize], w: usize) -> Vec<f32> {
+pub(crate) fn gather_rows(x: &[f32], index: &[usize], w: usize) -> Vec<f32> {
     if x.is_empty() {
         return Vec::new();
     }

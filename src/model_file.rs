@@ -386,29 +386,31 @@ impl ModelFile {
         })
     }
 
-    /// Fails on the first tensor holding NaN or an infinity, naming it and
-    /// the position (tensors are scanned in parallel; ~0.1 s for the full
-    /// model, whose pages the first forward pass would read anyway).
+    /// Fails on a tensor holding NaN or an infinity, naming it and the
+    /// position of the first bad value in it. Each tensor is scanned in
+    /// blocks spread over the rayon threads, each block with a branch-free
+    /// (vectorised) test of the exponent bits: ~50 ms for the full model,
+    /// most of it the first touch of the mapped pages, which the first
+    /// forward pass would otherwise pay.
     pub fn check_finite(&self) -> Result<()> {
-        use rayon::prelude::*;
-        let f32s = self.tensors.par_iter().find_map_any(|(name, t)| {
-            t.data()
-                .iter()
-                .position(|v| !v.is_finite())
-                .map(|i| (name.clone(), i, t.data()[i]))
-        });
-        let bf16s = || {
-            self.bf16.par_iter().find_map_any(|(name, t)| {
-                t.data()
-                    .iter()
-                    .position(|&b| !crate::tensor::bf16_to_f32(b).is_finite())
-                    .map(|i| (name.clone(), i, crate::tensor::bf16_to_f32(t.data()[i])))
-            })
-        };
-        match f32s.or_else(bf16s) {
-            Some((name, i, v)) => Err(Error::tensor(&self.path, name, format!("holds {v} at flat index {i}"))),
-            None => Ok(()),
+        for (name, t) in &self.tensors {
+            let data = t.data();
+            if let Some(i) = first_bad(data, |x: f32| x.to_bits() & 0x7f80_0000 == 0x7f80_0000) {
+                return Err(Error::tensor(
+                    &self.path,
+                    name,
+                    format!("holds {} at flat index {i}", data[i]),
+                ));
+            }
         }
+        for (name, t) in &self.bf16 {
+            let data = t.data();
+            if let Some(i) = first_bad(data, |x: u16| x & 0x7f80 == 0x7f80) {
+                let v = crate::tensor::bf16_to_f32(data[i]);
+                return Err(Error::tensor(&self.path, name, format!("holds {v} at flat index {i}")));
+            }
+        }
+        Ok(())
     }
 
     /// The values of tensor `name` in its logical (bilm-tf) layout, as f32:
@@ -434,5 +436,48 @@ impl ModelFile {
         self.tensors
             .get(name)
             .ok_or_else(|| Error::tensor(&self.path, name, "missing from the model file"))
+    }
+}
+
+/// The index of the first value of `v` for which `bad` holds (for floats:
+/// exponent bits all ones, NaN or an infinity). Blocks are spread over the
+/// rayon threads and each is tested with a fold without early exit, which
+/// vectorises; only a block that has a bad value is searched for it.
+fn first_bad<T: Copy + Sync>(v: &[T], bad: impl Fn(T) -> bool + Sync) -> Option<usize> {
+    use rayon::prelude::*;
+    const BLOCK: usize = 1 << 16;
+    v.par_chunks(BLOCK).enumerate().find_map_first(|(b, ch)| {
+        if ch.iter().fold(false, |acc, &x| acc | bad(x)) {
+            ch.iter().position(|&x| bad(x)).map(|i| b * BLOCK + i)
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_bad;
+
+    #[test]
+    fn the_first_non_finite_value_is_found_in_any_block() {
+        let f32_bad = |x: f32| x.to_bits() & 0x7f80_0000 == 0x7f80_0000;
+        let mut v = vec![1.5f32; 300_000];
+        v[3] = f32::MAX;
+        v[4] = -0.0;
+        v[5] = f32::MIN_POSITIVE / 2.0; // subnormal: finite
+        assert_eq!(first_bad(&v, f32_bad), None);
+        v[250_001] = f32::NEG_INFINITY;
+        v[131_073] = f32::NAN;
+        assert_eq!(first_bad(&v, f32_bad), Some(131_073));
+        v[0] = f32::INFINITY;
+        assert_eq!(first_bad(&v, f32_bad), Some(0));
+        let bf16_bad = |x: u16| x & 0x7f80 == 0x7f80;
+        let mut w = vec![0x3f80u16; 70_000]; // 1.0
+        w[9] = 0x7f7f; // the largest finite bf16
+        assert_eq!(first_bad(&w, bf16_bad), None);
+        w[69_999] = 0xff80; // -inf
+        assert_eq!(first_bad(&w, bf16_bad), Some(69_999));
+        assert_eq!(first_bad::<f32>(&[], f32_bad), None);
     }
 }
