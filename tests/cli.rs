@@ -435,3 +435,75 @@ fn convert_tf_checkpoint_and_inspect() {
     assert!(String::from_utf8_lossy(&elmo(&["inspect", out.to_str().unwrap()], d).stdout).contains("version 2"));
     assert_one_line_error(&elmo(&["inspect", "/nonexistent"], d), "nonexistent");
 }
+
+/// `elmo bench` follows the anchors' command contract: one JSON line with
+/// the listed fields, consistent with each other; bad arguments are
+/// one-line errors.
+#[test]
+fn bench_follows_the_command_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = convert_tiny(dir.path());
+    let input = dir.path().join("X.jsonl");
+    std::fs::write(
+        &input,
+        "[[\"a\", \"rose\", \"is\", \"a\", \"rose\"], [\"x\"]]\n[[\"one\", \"two\", \"three\"]]\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["bench", "--model", &model, "--input", input.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = elmo(&args, dir.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = String::from_utf8(o.stdout).unwrap();
+        let lines: Vec<&str> = out.lines().filter(|l| l.starts_with('{')).collect();
+        assert_eq!(lines.len(), 1, "one JSON line: {out}");
+        serde_json::from_str(lines[0]).unwrap()
+    };
+    for (extra, output, sharing, batch) in [
+        (&["--runs", "3", "--warmup", "1"][..], "layers", true, 2),
+        (
+            &["--runs", "2", "--warmup", "0", "--no-word-sharing"][..],
+            "layers",
+            false,
+            2,
+        ),
+        (
+            &["--runs", "1", "--output", "elmo", "--batch-size", "1"][..],
+            "elmo",
+            true,
+            1,
+        ),
+    ] {
+        let j = run(extra);
+        let f = |k: &str| j[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {j}"));
+        assert_eq!(j["runner"], "rust");
+        assert_eq!(j["output"], output);
+        assert_eq!(j["workload"], "X");
+        assert_eq!(j["word_sharing"], sharing);
+        assert_eq!(j["device"], "cpu");
+        let runs: f64 = extra[1].parse().unwrap();
+        assert_eq!(f("runs"), runs);
+        assert_eq!(f("n_tokens"), 9.0);
+        assert_eq!(f("batch_size"), batch as f64);
+        let (min, med, max) = (f("min_s"), f("median_s"), f("max_s"));
+        assert!(0.0 < min && min <= med && med <= max, "{j}");
+        assert!((f("tokens_per_s_median") * med / 9.0 - 1.0).abs() < 1e-3, "{j}");
+        assert!(f("load_s") > 0.0 && f("peak_rss_mib") > 0.0, "{j}");
+    }
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["bench", "--model", &model, "--input", input.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        elmo(&args, dir.path())
+    };
+    assert_one_line_error(&bench(&["--runs", "0"]), "--runs");
+    assert_one_line_error(&bench(&["--output", "all"]), "--output");
+    assert_one_line_error(&bench(&["--batch-size", "0"]), "--batch-size");
+    assert_one_line_error(&bench(&["--device", "tpu"]), "tpu");
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "[[]]\n").unwrap();
+    let o = elmo(
+        &["bench", "--model", &model, "--input", empty.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_one_line_error(&o, "no tokens");
+}
