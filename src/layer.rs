@@ -334,6 +334,14 @@ pub const LAYER_FORMAT_VERSION: u64 = 1;
 
 impl ElmoEmbedding {
     /// `ElmoEmbedding(idx2word, output_mode, trainable)` with defaults.
+    ///
+    /// Each distinct word of a call is computed once by the model anyway
+    /// ([`ElmoModel::with_word_sharing`]); to reuse words across calls, give
+    /// the layer a model with a token cache the size of its vocabulary,
+    /// `ElmoModel::load(path)?.with_token_cache(idx2word.len() + 3)` (the
+    /// `+ 3`: `<S>`, `</S>` and the unknown token), and each vocabulary
+    /// word's char CNN, highway and projection run once for the life of the
+    /// model.
     pub fn new(
         model: Arc<ElmoModel>,
         idx2word: HashMap<i64, String>,
