@@ -71,7 +71,8 @@ def main():
         ids = torch.zeros((len(batch), t, max_chars), dtype=torch.long)
         for i, s in enumerate(batch):
             for j, w in enumerate(s):
-                ids[i, j] = torch.tensor(mapper.convert_word_to_char_ids(w)[:max_chars])
+                c = mapper.convert_word_to_char_ids(w)[:max_chars]
+                ids[i, j, : len(c)] = torch.tensor(c)
         return ids
 
     def sync():
@@ -93,6 +94,9 @@ def main():
             batches = [json.loads(line) for line in f if line.strip()]
         feeds = [char_ids(b).to(dev) for b in batches]
         n_tokens = sum(len(s) for b in batches for s in b)
+        if n_tokens == 0:
+            print(f"{path}: no tokens, skipped", file=sys.stderr)
+            continue
 
         def one_pass():
             sync()

@@ -459,8 +459,10 @@ impl ElmoModel {
     /// the char CNN, highway layers, projection and the first LSTM layer's
     /// input-side products depend on the word alone, so a word that occurs
     /// several times in a call (and every sentence's `<S>` and `</S>`) is
-    /// computed once and copied. Outputs are bitwise the same either way;
-    /// `false` computes every position, as TensorFlow does (for
+    /// computed once and copied. On the CPU the outputs are bitwise the same
+    /// either way (each row is its own fma chain); on a GPU, where cuBLAS may
+    /// pick another algorithm for another row count, within float32
+    /// rounding. `false` computes every position, as TensorFlow does (for
     /// like-for-like timing).
     pub fn with_word_sharing(mut self, on: bool) -> Self {
         self.share_words = on;
@@ -519,7 +521,9 @@ impl ElmoModel {
         self.budget
     }
 
-    /// `(hits, misses)` of the token cache so far (zeros without one).
+    /// `(hits, misses)` of the token cache so far (zeros without one),
+    /// counted per distinct word of each call (per token with word sharing
+    /// off).
     pub fn token_cache_stats(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         self.cache
