@@ -374,9 +374,10 @@ pub(crate) const ZX_BYTES: usize = 256 << 20;
 /// The forward pass on a backend: `chars` (N, C) character ids of the packed
 /// tokens, `segs` each sentence's (first row, length), `init` each
 /// direction's initial states; `keep`: also return the token pipeline's
-/// intermediates; `share`: run the token pipeline once per distinct word
-/// (as the CPU path, [`crate::ElmoModel::with_word_sharing`]); input-side
-/// LSTM products in blocks of about `zx_bytes`. Returns per direction and layer the outputs in natural
+/// intermediates; `share`: run the token pipeline and layer 0's input-side
+/// products once per distinct word (as the CPU path,
+/// [`crate::ElmoModel::with_word_sharing`]); input-side LSTM products in
+/// blocks of about `zx_bytes`. Returns per direction and layer the outputs in natural
 /// order, and the final states in the caller's sentence order.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward<B: Backend>(
@@ -476,14 +477,14 @@ pub(crate) fn forward<B: Backend>(
         }
         None => x,
     };
-    // (N, P): each position's word's row.
-    let tok = if nw < n {
+    // (N, P): each position's word's row; `tok_w` (W, P) kept for layer 0.
+    let (tok, tok_w) = if nw < n {
         let idx: Vec<i32> = index.iter().map(|&i| i as i32).collect();
         let mut t = be.zeros(n * p)?;
         be.gather_rows(&tok, &mut t, (&be.up_i32(&idx)?, 0), n, p)?;
-        t
+        (t, Some(tok))
     } else {
-        tok
+        (tok, None)
     };
     out.tok = be.down(&tok)?;
 
@@ -513,7 +514,26 @@ pub(crate) fn forward<B: Backend>(
     let d_rows = be.up_i32(&step_rows)?;
     let d_rev = be.up_i32(&rev)?;
     let zx_rows = (zx_bytes / (16 * u.max(1))).max(b);
+    // Repeated words (as the CPU path): layer 0's input-side products of
+    // the W distinct words once per direction, within the same memory
+    // bound as a block, and for every step row the row of its word.
+    let tok_w = tok_w.filter(|_| nw <= zx_rows);
+    let word_rows = |d: usize| -> Vec<i32> {
+        step_rows
+            .iter()
+            .map(|&q| index[if d == 0 { q as usize } else { rev[q as usize] as usize }] as i32)
+            .collect()
+    };
     for d in 0..2 {
+        // (W, 4U) = tok_w (W, P) W_0[..P] of layer 0, and the rows to gather.
+        let zx_words = match &tok_w {
+            Some(tw) if nl > 0 => {
+                let mut z = be.zeros(nw * 4 * u)?;
+                be.gemm((nw, 4 * u, p), (tw, 0), p, (&w.lstm[d][0][0], 0), 4 * u, &mut z, 4 * u)?;
+                Some((z, be.up_i32(&word_rows(d))?))
+            }
+            _ => None,
+        };
         let mut x = if d == 0 {
             be.copy(&tok)?
         } else {
@@ -546,11 +566,17 @@ pub(crate) fn forward<B: Backend>(
                     t1 += 1;
                 }
                 let (r0, r1) = (base[t0], base[t1]);
-                let mut xb = be.zeros((r1 - r0) * p)?;
-                be.gather_rows(&x, &mut xb, (&d_rows, r0), r1 - r0, p)?;
-                // (rows, 4U) = x (rows, P) W_0[..P]
                 let mut zx = be.zeros((r1 - r0) * 4 * u)?;
-                be.gemm((r1 - r0, 4 * u, p), (&xb, 0), p, (kernel, 0), 4 * u, &mut zx, 4 * u)?;
+                match zx_words.as_ref().filter(|_| l == 0) {
+                    // Layer 0, repeated words: each row's word's products.
+                    Some((zw, d_wr)) => be.gather_rows(zw, &mut zx, (d_wr, r0), r1 - r0, 4 * u)?,
+                    None => {
+                        let mut xb = be.zeros((r1 - r0) * p)?;
+                        be.gather_rows(&x, &mut xb, (&d_rows, r0), r1 - r0, p)?;
+                        // (rows, 4U) = x (rows, P) W_0[..P]
+                        be.gemm((r1 - r0, 4 * u, p), (&xb, 0), p, (kernel, 0), 4 * u, &mut zx, 4 * u)?;
+                    }
+                }
                 for t in t0..t1 {
                     let na = running[t];
                     // (na, 4U) = m_{t-1} (na, P) W_0[P..]
@@ -1500,7 +1526,9 @@ mod tests {
         )
         .unwrap();
         for path in [root.join("weights/bilm-tf-test.safetensors"), small] {
-            for (zx, share) in [(ZX_BYTES, true), (ZX_BYTES, false), (1, true)] {
+            // 40 KiB: blocks of 40 (tiny) or 20 (small) rows, so layer 0's
+            // shared products are gathered block by block.
+            for (zx, share) in [(ZX_BYTES, true), (ZX_BYTES, false), (1, true), (40 << 10, true)] {
                 let cpu = ElmoModel::load(&path).unwrap();
                 let host = ElmoModel::load(&path)
                     .unwrap()
