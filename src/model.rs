@@ -731,14 +731,16 @@ impl ElmoModel {
             let tokens = self.tokens(&packed, keep);
             let reversed = reverse_segments(&tokens.tok, &segs, p);
             // Repeated words: layer 0's input-side products once per word.
-            let words = (!tokens.index.is_empty()).then(|| {
-                let rev: Vec<usize> = segs
-                    .iter()
-                    .flat_map(|&(off, len)| tokens.index[off..off + len].iter().rev().copied())
-                    .collect();
-                [(&tokens.words[..], tokens.index.clone()), (&tokens.words[..], rev)]
-            });
-            let words = |d: usize| words.as_ref().map(|w| (w[d].0, &w[d].1[..]));
+            // `rev`: the word of every position in the backward direction's order.
+            let rev: Vec<usize> = segs
+                .iter()
+                .filter(|_| !tokens.index.is_empty())
+                .flat_map(|&(off, len)| tokens.index[off..off + len].iter().rev().copied())
+                .collect();
+            let words = |d: usize| {
+                (!tokens.index.is_empty())
+                    .then(|| (&tokens.words[..], if d == 0 { &tokens.index[..] } else { &rev[..] }))
+            };
             // Small batches: one direction after the other, every thread on a
             // share of each step. Larger ones: the directions side by side.
             let big = 5 * u * p >= SHARED_STEPS_MIN_WEIGHTS;
