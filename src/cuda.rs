@@ -300,6 +300,73 @@ pub(crate) struct CnnDims {
     pub relu: bool,
 }
 
+/// A kernel launch's shape: grid and block as `(x, y, z)`, and the bytes of
+/// dynamic shared memory. Computed here, outside the CUDA backend, so the
+/// kernel emulator of the tests (`src/cuda_emu.rs`) launches the kernels
+/// with exactly the shapes a GPU gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Launch {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub smem: u32,
+}
+
+/// Threads per block of the element-wise kernels.
+const BLOCK: u32 = 256;
+
+impl Launch {
+    /// One thread per element of `n` (at least one block).
+    pub(crate) fn elementwise(n: usize) -> Launch {
+        Launch {
+            grid: ((n as u32).div_ceil(BLOCK).max(1), 1, 1),
+            block: (BLOCK, 1, 1),
+            smem: 0,
+        }
+    }
+
+    /// `char_cnn`: a block column per token (grid x), 128 filters per block
+    /// (grid y), the token's `C x E` embeddings in shared memory.
+    pub(crate) fn char_cnn(d: &CnnDims, convs: &ConvTable) -> Launch {
+        Launch {
+            grid: (d.n as u32, (convs.filters() as u32).div_ceil(128), 1),
+            block: (128, 1, 1),
+            smem: (d.c * d.e * 4) as u32,
+        }
+    }
+}
+
+/// The arguments of `cublasSgemm(N, N, m, n, k, 1, A, lda, B, ldb, 0, C,
+/// ldc)` (column-major) that compute the row-major `C (rows, cols) = A (rows,
+/// depth) B (depth, cols)` of [`Backend::gemm`]: a row-major matrix is its
+/// transpose in column-major, and `C^T = B^T A^T`, so cuBLAS's `A` is our
+/// `B` and its `m` our column count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sgemm {
+    pub m: i32,
+    pub n: i32,
+    pub k: i32,
+    /// Leading dimension of cuBLAS's `A`: our `B`'s row stride.
+    pub lda: i32,
+    /// Leading dimension of cuBLAS's `B`: our `A`'s row stride.
+    pub ldb: i32,
+    pub ldc: i32,
+}
+
+impl Sgemm {
+    /// For our `(rows, cols, depth)` and row strides of `A`, `B`, `C`
+    /// ([`forward`] checks every size fits an `i32`).
+    pub(crate) fn row_major((rows, cols, depth): (usize, usize, usize), lda: usize, ldb: usize, ldc: usize) -> Sgemm {
+        Sgemm {
+            m: cols as i32,
+            n: rows as i32,
+            k: depth as i32,
+            lda: ldb as i32,
+            ldb: lda as i32,
+            ldc: ldc as i32,
+        }
+    }
+}
+
 /// The model's weights in a backend's buffers, all f32, logical layouts.
 pub(crate) struct Weights<F> {
     char_embed: F,              // (n_chars, E)
@@ -699,9 +766,16 @@ pub(crate) fn kernel_outputs<B: Backend>(be: &B) -> Result<Vec<(&'static str, Ve
 /// (length-sorted prefixes, step rows, reversal, blocks of input products,
 /// state order) is tested on machines without a GPU. Each CUDA kernel in
 /// `kernels/elmo.cu` names the CPU function it computes.
-#[derive(Debug, Default)]
+///
+/// With `scalar`, the cell and the highway blend use the scalar references
+/// (`cpu::lstm_cell_ref`, libm's `expf`/`tanhf`) instead: each kernel is
+/// then, operation for operation, the formula of its CUDA C, which the
+/// kernel emulator's tests (`src/cuda_emu.rs`) compare bitwise.
+#[derive(Debug, Default, Clone, Copy)]
 #[cfg_attr(not(test), allow(dead_code))]
-pub(crate) struct HostBackend;
+pub(crate) struct HostBackend {
+    pub scalar: bool,
+}
 
 impl Upload for HostBackend {
     type F = Vec<f32>;
@@ -801,7 +875,14 @@ impl Backend for HostBackend {
         let (mut carry, mut trans) = (carry[..n * f].to_vec(), trans[..n * f].to_vec());
         crate::cpu::add_bias(&mut carry, bc);
         crate::cpu::add_bias(&mut trans, bt);
-        crate::cpu::highway_blend(&mut x[..n * f], &carry, &trans);
+        if self.scalar {
+            for i in 0..n * f {
+                let g = crate::cpu::sigmoid(carry[i]);
+                x[i] = g * trans[i].max(0.0) + (1.0 - g) * x[i];
+            }
+        } else {
+            crate::cpu::highway_blend(&mut x[..n * f], &carry, &trans);
+        }
         Ok(())
     }
     fn gather_rows(
@@ -830,8 +911,13 @@ impl Backend for HostBackend {
         clip_c: Option<f32>,
     ) -> Result<()> {
         let g = 4 * u;
+        let cell = if self.scalar {
+            crate::cpu::lstm_cell_ref
+        } else {
+            crate::cpu::lstm_cell
+        };
         for r in 0..na {
-            crate::cpu::lstm_cell(
+            cell(
                 &zx[(zx_base + r) * g..(zx_base + r + 1) * g],
                 &zh[r * g..(r + 1) * g],
                 bias,
@@ -1011,14 +1097,15 @@ mod imp {
         }
     }
 
-    /// Threads per block of the element-wise kernels.
-    const BLOCK: u32 = 256;
-
     fn elementwise(n: usize) -> LaunchConfig {
+        config(Launch::elementwise(n))
+    }
+
+    fn config(l: Launch) -> LaunchConfig {
         LaunchConfig {
-            grid_dim: ((n as u32).div_ceil(BLOCK).max(1), 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
+            grid_dim: l.grid,
+            block_dim: l.block,
+            shared_mem_bytes: l.smem,
         }
     }
 
@@ -1083,18 +1170,20 @@ mod imp {
             if m == 0 || n == 0 {
                 return Ok(());
             }
-            // Row-major C = A B is column-major C^T = B^T A^T.
+            // Row-major C = A B is column-major C^T = B^T A^T: cuBLAS's A
+            // is our B (see Sgemm).
+            let g = Sgemm::row_major((m, n, k), lda, ldb, ldc);
             let cfg = GemmConfig {
                 transa: blas_sys::cublasOperation_t::CUBLAS_OP_N,
                 transb: blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                m: int(n),
-                n: int(m),
-                k: int(k),
+                m: g.m,
+                n: g.n,
+                k: g.k,
                 alpha: 1.0f32,
-                lda: int(ldb),
-                ldb: int(lda),
+                lda: g.lda,
+                ldb: g.ldb,
                 beta: 0.0f32,
-                ldc: int(ldc),
+                ldc: g.ldc,
             };
             let (av, bv) = (a.0.slice(a.1..), b.0.slice(b.1..));
             // SAFETY: forward passes buffers holding (m-1) lda + k values
@@ -1126,11 +1215,7 @@ mod imp {
                 .arg(&e)
                 .arg(&nc)
                 .arg(&relu);
-            let cfg = LaunchConfig {
-                grid_dim: (d.n as u32, (convs.filters() as u32).div_ceil(128), 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: (d.c * d.e * 4) as u32,
-            };
+            let cfg = config(Launch::char_cnn(&d, convs));
             // SAFETY: char_cnn(chars (n, C), table (n_chars, E), w (the
             // kernels concatenated as convs says), bias (F), convs by value,
             // out (n, F), ...): buffers as uploaded; ids past the table read
@@ -1390,7 +1475,7 @@ mod imp {
         /// from the same computation on the host (llm.c's `maxdiff`) and
         /// whether every element is within atol 1e-5 + rtol 1e-4 of it.
         pub fn kernel_maxdiffs(&self) -> Result<Vec<(String, f32, bool)>> {
-            let want = kernel_outputs(&HostBackend)?;
+            let want = kernel_outputs(&HostBackend::default())?;
             let ex = self.exec.lock().unwrap_or_else(|e| e.into_inner());
             self.ctx.bind_to_thread().map_err(|e| {
                 Error::Cuda(format!(
@@ -1477,7 +1562,7 @@ mod tests {
 
     #[test]
     fn kernel_check_inputs_are_finite_and_fire_the_clips() {
-        let outs = super::kernel_outputs(&super::HostBackend).unwrap();
+        let outs = super::kernel_outputs(&super::HostBackend::default()).unwrap();
         assert_eq!(outs.len(), 12);
         for (name, v) in &outs {
             assert!(!v.is_empty() && v.iter().all(|x| x.is_finite()), "{name}");

@@ -14,6 +14,8 @@ pub mod chars;
 pub mod convert;
 pub mod cpu;
 pub mod cuda;
+#[cfg(test)]
+mod cuda_emu;
 pub mod data;
 pub mod error;
 pub mod input;

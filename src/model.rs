@@ -204,10 +204,17 @@ pub struct ElmoModel {
 enum Accel {
     /// A CUDA device.
     Cuda(std::sync::Arc<crate::cuda::GpuModel>),
-    /// The GPU pass's orchestration on host memory (tests only).
+    /// The GPU pass's orchestration on another backend (tests only): the
+    /// host backend or the kernel emulator.
     #[cfg(test)]
-    Host(std::sync::Arc<crate::cuda::Weights<Vec<f32>>>, usize),
+    Test(std::sync::Arc<TestRun>),
 }
+
+/// [`crate::cuda::forward`] on a test backend, its weights uploaded.
+#[cfg(test)]
+type TestRun = dyn Fn(&[u16], &[(usize, usize)], [crate::cuda::Init<'_>; 2], (bool, bool)) -> Result<crate::cuda::GpuOut>
+    + Send
+    + Sync;
 
 /// Token embeddings (char CNN + highway + projection) by character ids: a
 /// word's embedding does not depend on its context, so a vocabulary word is
@@ -502,9 +509,27 @@ impl ElmoModel {
     /// The GPU forward pass run by [`crate::cuda::HostBackend`] (tests),
     /// input-side LSTM products in blocks of about `zx_bytes`.
     #[cfg(test)]
-    pub(crate) fn with_host_backend(mut self, zx_bytes: usize) -> Result<Self> {
-        let w = crate::cuda::Weights::upload(&crate::cuda::HostBackend, &self.file)?;
-        self.accel = Some(Accel::Host(std::sync::Arc::new(w), zx_bytes));
+    pub(crate) fn with_host_backend(self, zx_bytes: usize) -> Result<Self> {
+        self.with_test_backend(crate::cuda::HostBackend::default(), zx_bytes)
+    }
+
+    /// The GPU forward pass run by backend `be` (tests): the host backend,
+    /// or the kernel emulator; input-side LSTM products in blocks of about
+    /// `zx_bytes`.
+    #[cfg(test)]
+    pub(crate) fn with_test_backend<B>(mut self, be: B, zx_bytes: usize) -> Result<Self>
+    where
+        B: crate::cuda::Backend + Send + Sync + 'static,
+        B::F: Send + Sync + 'static,
+    {
+        let w = crate::cuda::Weights::upload(&be, &self.file)?;
+        let o = self.options().clone();
+        let run: std::sync::Arc<TestRun> = std::sync::Arc::new(
+            move |chars: &[u16], segs: &[(usize, usize)], init: [crate::cuda::Init<'_>; 2], flags: (bool, bool)| {
+                crate::cuda::forward(&be, &w, &o, chars, segs, init, flags, zx_bytes)
+            },
+        );
+        self.accel = Some(Accel::Test(run));
         Ok(self)
     }
 
@@ -697,16 +722,7 @@ impl ElmoModel {
         let accel = match &self.accel {
             Some(Accel::Cuda(g)) => Some(g.run(&packed, &segs, [&init0, &init1], (keep, self.share_words))?),
             #[cfg(test)]
-            Some(Accel::Host(w, zx_bytes)) => Some(crate::cuda::forward(
-                &crate::cuda::HostBackend,
-                w,
-                self.options(),
-                &packed,
-                &segs,
-                [&init0, &init1],
-                (keep, self.share_words),
-                *zx_bytes,
-            )?),
+            Some(Accel::Test(run)) => Some(run(&packed, &segs, [&init0, &init1], (keep, self.share_words))?),
             None => None,
         };
         let (tokens, fwd, bwd) = if let Some(r) = accel {

@@ -1,0 +1,52 @@
+// Just enough of CUDA C to run kernels/elmo.cu on a CPU: the tests' way of
+// checking the kernels' source (index arithmetic, bounds, the launch shapes
+// src/cuda.rs computes, barriers) on machines without a GPU. Not a model of
+// the hardware: one OS thread runs every CUDA thread of a launch, block
+// after block, so it checks what a kernel computes, not how fast.
+//
+// What it checks beyond the arithmetic (see elmo_emu.cpp):
+//   - every buffer is copied next to an inaccessible page, read-only where
+//     the kernel takes it `const`: a read past the end or a write to an
+//     input stops the test with the kernel's name;
+//   - launch shapes within CUDA's limits (1024 threads per block, grid y/z
+//     up to 65535, 48 KiB of dynamic shared memory without opting in);
+//   - __syncthreads: threads of a block run as fibers (ucontext) that switch
+//     at each barrier; all threads still running must wait at the same
+//     barrier (a barrier in divergent code is undefined behaviour in CUDA);
+//   - shared memory starts as NaN (reads before writes show in the
+//     results); a write past the launch's dynamic size stops the test.
+#pragma once
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+// Shared memory is per block; blocks run one after another on one OS thread
+// per launch, so thread-local storage is per block in effect (and parallel
+// tests, each on its own OS thread, do not share it).
+#define __shared__ thread_local
+
+struct dim3 {
+    unsigned x, y, z;
+};
+
+namespace emu {
+extern thread_local dim3 thread_idx, block_idx, block_dim, grid_dim;
+void syncthreads(int line);
+}  // namespace emu
+
+#define threadIdx (emu::thread_idx)
+#define blockIdx (emu::block_idx)
+#define blockDim (emu::block_dim)
+#define gridDim (emu::grid_dim)
+#define __syncthreads() emu::syncthreads(__LINE__)
+
+static inline float __int_as_float(int i) {
+    float f;
+    memcpy(&f, &i, sizeof f);
+    return f;
+}

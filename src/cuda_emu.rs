@@ -1,0 +1,828 @@
+//! The CUDA C of `kernels/elmo.cu` run on the CPU (tests only): a backend
+//! of the GPU forward pass whose kernels are the real kernel source,
+//! compiled with the machine's C++ compiler against a small CUDA emulation
+//! (`kernels/emu/`), and whose products follow cuBLAS's column-major
+//! contract with the arguments the CUDA backend passes ([`Sgemm`]).
+//!
+//! The host backend ([`crate::cuda::HostBackend`]) checks the forward pass's
+//! orchestration with each kernel re-written in Rust; this checks the
+//! kernels themselves where there is no GPU: their index arithmetic, the
+//! launch shapes ([`Launch`]) within CUDA's limits, buffers read past their
+//! end or inputs written (each buffer lies next to an inaccessible page),
+//! barriers in divergent code, shared memory read before it is written.
+//! Built without fma contraction, the emulated kernels compute bitwise
+//! what the host backend computes with its scalar references (libm's
+//! `expf`/`tanhf`), which the tests assert; against the CPU path (its
+//! vectorised sigmoid and tanh) they agree to float32 rounding, as a GPU's
+//! kernels do.
+
+use crate::cuda::{Backend, CnnDims, ConvTable, Launch, Sgemm, Upload};
+use crate::error::{Error, Result};
+use std::ffi::{c_char, c_int, c_void};
+use std::sync::{Arc, OnceLock};
+
+/// `EmuLaunch` of `kernels/emu/elmo_emu.cpp`.
+#[repr(C)]
+struct EmuLaunch {
+    grid: [u32; 3],
+    block: [u32; 3],
+    smem: u32,
+}
+
+impl From<Launch> for EmuLaunch {
+    fn from(l: Launch) -> Self {
+        EmuLaunch {
+            grid: [l.grid.0, l.grid.1, l.grid.2],
+            block: [l.block.0, l.block.1, l.block.2],
+            smem: l.smem,
+        }
+    }
+}
+
+/// `EmuBuf`: a buffer as the kernel sees its pointer parameter.
+#[repr(C)]
+struct EmuBuf {
+    p: *mut c_void,
+    bytes: usize,
+}
+
+/// A read-only buffer (the emulator copies it next to a guard page and
+/// maps the copy read-only; it never writes through `p`).
+fn inp<T>(v: &[T]) -> EmuBuf {
+    EmuBuf {
+        p: v.as_ptr() as *mut c_void,
+        bytes: std::mem::size_of_val(v),
+    }
+}
+
+/// A buffer the kernel writes (copied back after the launch).
+fn out<T>(v: &mut [T]) -> EmuBuf {
+    EmuBuf {
+        p: v.as_mut_ptr() as *mut c_void,
+        bytes: std::mem::size_of_val(v),
+    }
+}
+
+type Err = (*mut c_char, usize);
+
+/// The library's entry points, resolved once.
+struct Lib {
+    _lib: libloading::Library,
+    check: unsafe extern "C" fn(*const EmuLaunch, *mut c_char, usize) -> c_int,
+    #[allow(clippy::type_complexity)]
+    char_cnn: unsafe extern "C" fn(
+        *const EmuLaunch,
+        EmuBuf,
+        EmuBuf,
+        EmuBuf,
+        EmuBuf,
+        ConvTable,
+        EmuBuf,
+        c_int,
+        c_int,
+        c_int,
+        c_int,
+        c_int,
+        *mut c_char,
+        usize,
+    ) -> c_int,
+    add_bias: unsafe extern "C" fn(*const EmuLaunch, EmuBuf, EmuBuf, c_int, c_int, *mut c_char, usize) -> c_int,
+    #[allow(clippy::type_complexity)]
+    highway: unsafe extern "C" fn(
+        *const EmuLaunch,
+        EmuBuf,
+        EmuBuf,
+        EmuBuf,
+        EmuBuf,
+        EmuBuf,
+        c_int,
+        c_int,
+        *mut c_char,
+        usize,
+    ) -> c_int,
+    gather_rows:
+        unsafe extern "C" fn(*const EmuLaunch, EmuBuf, EmuBuf, EmuBuf, c_int, c_int, *mut c_char, usize) -> c_int,
+    #[allow(clippy::type_complexity)]
+    lstm_cell: unsafe extern "C" fn(
+        *const EmuLaunch,
+        EmuBuf,
+        c_int,
+        EmuBuf,
+        EmuBuf,
+        EmuBuf,
+        EmuBuf,
+        c_int,
+        c_int,
+        f32,
+        c_int,
+        *mut c_char,
+        usize,
+    ) -> c_int,
+    #[allow(clippy::type_complexity)]
+    lstm_project_out: unsafe extern "C" fn(
+        *const EmuLaunch,
+        EmuBuf,
+        EmuBuf,
+        EmuBuf,
+        EmuBuf,
+        EmuBuf,
+        c_int,
+        c_int,
+        f32,
+        c_int,
+        c_int,
+        *mut c_char,
+        usize,
+    ) -> c_int,
+}
+
+/// Why there is no emulator.
+#[derive(Debug, Clone)]
+pub(crate) enum Unavailable {
+    /// No C++ compiler here (tests skip, unless `ELMO_REQUIRE_CXX` is set).
+    NoCompiler(String),
+    /// The sources did not build or load: always a failure.
+    Broken(String),
+}
+
+/// The kernels of `kernels/elmo.cu` on the CPU, behind the forward pass's
+/// backend trait.
+#[derive(Clone)]
+pub(crate) struct EmuBackend(Arc<Lib>);
+
+impl EmuBackend {
+    /// Builds `kernels/emu/elmo_emu.cpp` with `$CXX` (default `g++`) once
+    /// per process and loads it.
+    pub(crate) fn new() -> std::result::Result<Self, Unavailable> {
+        static LIB: OnceLock<std::result::Result<Arc<Lib>, Unavailable>> = OnceLock::new();
+        LIB.get_or_init(|| build().map(Arc::new)).clone().map(EmuBackend)
+    }
+
+    /// Whether CUDA accepts launch shape `l` (`Err` says why not).
+    pub(crate) fn check(&self, l: Launch) -> Result<()> {
+        let mut e = [0 as c_char; 256];
+        let l = EmuLaunch::from(l);
+        // SAFETY: `l` lives across the call; `e` is 256 writable bytes.
+        let rc = unsafe { (self.0.check)(&l, e.as_mut_ptr(), e.len()) };
+        status("launch", rc, &e)
+    }
+}
+
+fn build() -> std::result::Result<Lib, Unavailable> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("kernels/emu/elmo_emu.cpp");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    let dir = tempfile::tempdir().map_err(|e| Unavailable::Broken(format!("tempdir: {e}")))?;
+    let so = dir.path().join("libelmo_emu.so");
+    let run = std::process::Command::new(&cxx)
+        // No contraction of a * b + c into fma (nvcc's --fmad and g++'s
+        // default do contract): each kernel is then its formula's exact
+        // operations, bitwise those of the host backend's scalar
+        // references, so the tests compare bitwise.
+        .args([
+            "-std=c++17",
+            "-O2",
+            "-ffp-contract=off",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-shared",
+            "-fPIC",
+        ])
+        .arg(&src)
+        .arg("-o")
+        .arg(&so)
+        .output();
+    let run = match run {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Unavailable::NoCompiler(format!("no C++ compiler '{cxx}' (set CXX)")));
+        }
+        Err(e) => return Err(Unavailable::Broken(format!("{cxx}: {e}"))),
+    };
+    if !run.status.success() {
+        return Err(Unavailable::Broken(format!(
+            "{cxx} {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&run.stderr)
+        )));
+    }
+    let broken = |e: libloading::Error| Unavailable::Broken(format!("{}: {e}", so.display()));
+    // SAFETY: the library is ours, built just now; its initialisers only
+    // set up thread-local storage.
+    let lib = unsafe { libloading::Library::new(&so) }.map_err(broken)?;
+    // SAFETY (each symbol): the Rust signature is the C signature of the
+    // entry point of that name in elmo_emu.cpp (EmuLaunch, EmuBuf and
+    // ConvTable are #[repr(C)] with the C structs' fields).
+    unsafe {
+        Ok(Lib {
+            check: *lib.get(b"emu_check").map_err(broken)?,
+            char_cnn: *lib.get(b"emu_char_cnn").map_err(broken)?,
+            add_bias: *lib.get(b"emu_add_bias").map_err(broken)?,
+            highway: *lib.get(b"emu_highway").map_err(broken)?,
+            gather_rows: *lib.get(b"emu_gather_rows").map_err(broken)?,
+            lstm_cell: *lib.get(b"emu_lstm_cell").map_err(broken)?,
+            lstm_project_out: *lib.get(b"emu_lstm_project_out").map_err(broken)?,
+            _lib: lib,
+        })
+    }
+    // `dir` (and the file) go here; the mapping stays.
+}
+
+/// An entry point's status as a Result.
+fn status(what: &str, rc: c_int, e: &[c_char]) -> Result<()> {
+    if rc == 0 {
+        return Ok(());
+    }
+    let bytes: Vec<u8> = e.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    Err(Error::Cuda(format!(
+        "emulated {what}: {}",
+        String::from_utf8_lossy(&bytes)
+    )))
+}
+
+/// Runs `f` with an error buffer and turns its status into a Result.
+fn call(what: &str, f: impl FnOnce(Err) -> c_int) -> Result<()> {
+    let mut e = [0 as c_char; 256];
+    let rc = f((e.as_mut_ptr(), e.len()));
+    status(what, rc, &e)
+}
+
+fn int(v: usize) -> c_int {
+    v as c_int
+}
+
+/// `cublasSgemm(N, N, ...)` with beta 0, column-major, on host slices (`a`,
+/// `b` from their offsets): cuBLAS's argument checks, then every read and
+/// write inside the buffers (a GPU would read past them silently).
+fn sgemm_col_major(g: Sgemm, a: &[f32], b: &[f32], c: &mut [f32]) -> Result<()> {
+    let bad = |why: String| Err(Error::Cuda(format!("emulated cublasSgemm {g:?}: {why}")));
+    if g.m < 0 || g.n < 0 || g.k < 0 || g.lda < g.m.max(1) || g.ldb < g.k.max(1) || g.ldc < g.m.max(1) {
+        return bad("CUBLAS_STATUS_INVALID_VALUE".into());
+    }
+    let [m, n, k, lda, ldb, ldc] = [g.m, g.n, g.k, g.lda, g.ldb, g.ldc].map(|v| v as usize);
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k > 0 && (k - 1) * lda + m > a.len() {
+        return bad(format!("A needs {} values, has {}", (k - 1) * lda + m, a.len()));
+    }
+    if k > 0 && (n - 1) * ldb + k > b.len() {
+        return bad(format!("B needs {} values, has {}", (n - 1) * ldb + k, b.len()));
+    }
+    if (n - 1) * ldc + m > c.len() {
+        return bad(format!("C needs {} values, has {}", (n - 1) * ldc + m, c.len()));
+    }
+    for j in 0..n {
+        for i in 0..m {
+            let mut s = 0f32;
+            for p in 0..k {
+                s = a[i + p * lda].mul_add(b[p + j * ldb], s);
+            }
+            c[i + j * ldc] = s;
+        }
+    }
+    Ok(())
+}
+
+impl Upload for EmuBackend {
+    type F = Vec<f32>;
+    fn up_f32(&self, v: &[f32]) -> Result<Vec<f32>> {
+        Ok(v.to_vec())
+    }
+}
+
+impl Backend for EmuBackend {
+    type I = Vec<i32>;
+    type C = Vec<u16>;
+    fn up_i32(&self, v: &[i32]) -> Result<Vec<i32>> {
+        Ok(v.to_vec())
+    }
+    fn up_u16(&self, v: &[u16]) -> Result<Vec<u16>> {
+        Ok(v.to_vec())
+    }
+    fn zeros(&self, n: usize) -> Result<Vec<f32>> {
+        // As the CUDA backend: at least one element.
+        Ok(vec![0.0; n.max(1)])
+    }
+    fn copy(&self, x: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(x.clone())
+    }
+    fn down(&self, x: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(x.clone())
+    }
+    fn gemm(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        a: (&Vec<f32>, usize),
+        lda: usize,
+        b: (&Vec<f32>, usize),
+        ldb: usize,
+        c: &mut Vec<f32>,
+        ldc: usize,
+    ) -> Result<()> {
+        // As the CUDA backend: nothing for an empty product, else cuBLAS
+        // with our B as its A.
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let g = Sgemm::row_major((m, n, k), lda, ldb, ldc);
+        sgemm_col_major(g, &b.0[b.1..], &a.0[a.1..], c)
+    }
+    fn char_cnn(
+        &self,
+        chars: &Vec<u16>,
+        table: &Vec<f32>,
+        w: &Vec<f32>,
+        bias: &Vec<f32>,
+        convs: &ConvTable,
+        y: &mut Vec<f32>,
+        d: CnnDims,
+    ) -> Result<()> {
+        let l = EmuLaunch::from(Launch::char_cnn(&d, convs));
+        call("char_cnn", |(e, el)| {
+            // SAFETY: the signature of emu_char_cnn; the buffers outlive
+            // the call, `y` is exclusively borrowed.
+            unsafe {
+                (self.0.char_cnn)(
+                    &l,
+                    inp(chars),
+                    inp(table),
+                    inp(w),
+                    inp(bias),
+                    *convs,
+                    out(y),
+                    int(d.n),
+                    int(d.c),
+                    int(d.e),
+                    int(d.n_chars),
+                    c_int::from(d.relu),
+                    e,
+                    el,
+                )
+            }
+        })
+    }
+    fn add_bias(&self, x: &mut Vec<f32>, bias: &Vec<f32>, n: usize, w: usize) -> Result<()> {
+        let l = EmuLaunch::from(Launch::elementwise(n * w));
+        // SAFETY: the signature of emu_add_bias; buffers outlive the call.
+        call("add_bias", |(e, el)| unsafe {
+            (self.0.add_bias)(&l, out(x), inp(bias), int(n), int(w), e, el)
+        })
+    }
+    fn highway(
+        &self,
+        x: &mut Vec<f32>,
+        carry: &Vec<f32>,
+        trans: &Vec<f32>,
+        bc: &Vec<f32>,
+        bt: &Vec<f32>,
+        n: usize,
+        f: usize,
+    ) -> Result<()> {
+        let l = EmuLaunch::from(Launch::elementwise(n * f));
+        // SAFETY: the signature of emu_highway; buffers outlive the call.
+        call("highway", |(e, el)| unsafe {
+            (self.0.highway)(
+                &l,
+                out(x),
+                inp(carry),
+                inp(trans),
+                inp(bc),
+                inp(bt),
+                int(n),
+                int(f),
+                e,
+                el,
+            )
+        })
+    }
+    fn gather_rows(
+        &self,
+        x: &Vec<f32>,
+        y: &mut Vec<f32>,
+        (idx, o): (&Vec<i32>, usize),
+        rows: usize,
+        w: usize,
+    ) -> Result<()> {
+        let l = EmuLaunch::from(Launch::elementwise(rows * w));
+        // SAFETY: the signature of emu_gather_rows; buffers outlive the call.
+        call("gather_rows", |(e, el)| unsafe {
+            (self.0.gather_rows)(&l, inp(x), out(y), inp(&idx[o..]), int(rows), int(w), e, el)
+        })
+    }
+    fn lstm_cell(
+        &self,
+        zx: &Vec<f32>,
+        zx_base: usize,
+        zh: &Vec<f32>,
+        bias: &Vec<f32>,
+        c: &mut Vec<f32>,
+        m: &mut Vec<f32>,
+        na: usize,
+        u: usize,
+        clip: Option<f32>,
+    ) -> Result<()> {
+        let l = EmuLaunch::from(Launch::elementwise(na * u));
+        let (cc, has) = (clip.unwrap_or(0.0), c_int::from(clip.is_some()));
+        // SAFETY: the signature of emu_lstm_cell; buffers outlive the call.
+        call("lstm_cell", |(e, el)| unsafe {
+            (self.0.lstm_cell)(
+                &l,
+                inp(zx),
+                int(zx_base),
+                inp(zh),
+                inp(bias),
+                out(c),
+                out(m),
+                int(na),
+                int(u),
+                cc,
+                has,
+                e,
+                el,
+            )
+        })
+    }
+    fn lstm_project_out(
+        &self,
+        hp: &Vec<f32>,
+        h: &mut Vec<f32>,
+        y: &mut Vec<f32>,
+        x: &Vec<f32>,
+        (rows, o): (&Vec<i32>, usize),
+        na: usize,
+        p: usize,
+        clip: Option<f32>,
+        residual: bool,
+    ) -> Result<()> {
+        let l = EmuLaunch::from(Launch::elementwise(na * p));
+        let (pc, has) = (clip.unwrap_or(0.0), c_int::from(clip.is_some()));
+        // SAFETY: the signature of emu_lstm_project_out; buffers outlive
+        // the call.
+        call("lstm_project_out", |(e, el)| unsafe {
+            (self.0.lstm_project_out)(
+                &l,
+                inp(hp),
+                out(h),
+                out(y),
+                inp(x),
+                inp(&rows[o..]),
+                int(na),
+                int(p),
+                pc,
+                has,
+                c_int::from(residual),
+                e,
+                el,
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{EmuBackend, Unavailable};
+    use crate::cuda::{CnnDims, ConvTable, HostBackend, Launch, ZX_BYTES, kernel_outputs};
+    use crate::{ElmoModel, LstmState, encode_batch};
+
+    const ATOL: f32 = 1e-5;
+    const RTOL: f32 = 1e-4;
+
+    /// The emulator, or `None` (printing why) on a machine without a C++
+    /// compiler, unless `ELMO_REQUIRE_CXX` is set (CI). A build failure is
+    /// always a failure.
+    fn emu() -> Option<EmuBackend> {
+        match EmuBackend::new() {
+            Ok(e) => Some(e),
+            Err(Unavailable::NoCompiler(why)) => {
+                assert!(std::env::var_os("ELMO_REQUIRE_CXX").is_none(), "{why}");
+                eprintln!("skipped: {why}");
+                None
+            }
+            Err(Unavailable::Broken(why)) => panic!("kernel emulator: {why}"),
+        }
+    }
+
+    /// Equal values (0.0 == -0.0: `fmaxf` and `f32::max` may pick either
+    /// zero).
+    fn same(what: &str, a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+            assert!(x == y, "{what}[{i}]: {x} vs {y}");
+        }
+    }
+
+    /// Max abs difference, after asserting `|a - b| <= atol + rtol |b|`
+    /// everywhere.
+    fn close(what: &str, a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let mut worst = 0f32;
+        for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+            let d = (x - y).abs();
+            assert!(d <= ATOL + RTOL * y.abs(), "{what}[{i}]: {x} vs {y}");
+            worst = worst.max(d);
+        }
+        worst
+    }
+
+    /// Every kernel, from the CUDA C source: bitwise the host backend's
+    /// scalar formulas, and within tolerance of the CPU path's vectorised
+    /// ones (printing each maxdiff), on the inputs a device's
+    /// `kernel_maxdiffs` uses (awkward sizes, offsets, clips that fire).
+    #[test]
+    #[cfg_attr(miri, ignore = "runs a C++ compiler")]
+    fn emulated_kernels_match_the_host_backend() {
+        let Some(emu) = emu() else { return };
+        let e = kernel_outputs(&emu).unwrap();
+        let s = kernel_outputs(&HostBackend { scalar: true }).unwrap();
+        let v = kernel_outputs(&HostBackend::default()).unwrap();
+        assert_eq!((e.len(), s.len()), (v.len(), v.len()));
+        for ((name, a), ((ns, b), (nv, c))) in e.iter().zip(s.iter().zip(&v)) {
+            assert_eq!((name, name), (ns, nv));
+            same(name, a, b);
+            println!("{name}: maxdiff vs the CPU path {:.3e}", close(name, a, c));
+        }
+    }
+
+    fn batches() -> Vec<Vec<Vec<String>>> {
+        let words = |n: usize, s: usize| -> Vec<String> { (0..n).map(|i| format!("w{}x", (i * 7 + s) % 23)).collect() };
+        vec![
+            vec![words(5, 0)],
+            vec![words(3, 1), vec![], words(9, 2), words(1, 3), words(9, 4)],
+            vec![words(40, 5), words(2, 6)],
+            vec![],
+            vec![words(4, 7), words(6, 8), words(5, 9)],
+        ]
+    }
+
+    /// The GPU forward pass with the kernels of `elmo.cu` (emulated) and
+    /// cuBLAS's contract: bitwise the same pass with the host backend's
+    /// scalar formulas (every output and intermediate, stateless and
+    /// stateful, on the tiny model and the small one with its skip
+    /// connections and clips that fire, with and without word sharing,
+    /// whole and in small blocks of steps), and within atol 1e-5 + rtol
+    /// 1e-4 of the CPU path on the stateless batches.
+    ///
+    /// (Not on the stateful ones: carried over three batches, the small
+    /// model's random LSTM amplifies rounding. Its final cell states after
+    /// the 42 steps of batch 2 move by up to 3e-5 (relative 2e-4) when only
+    /// the CPU path's own vectorised sigmoid and tanh are swapped for
+    /// libm's; the GPU's differ from both.)
+    #[test]
+    #[cfg_attr(miri, ignore = "runs a C++ compiler")]
+    fn gpu_forward_with_emulated_kernels_matches_the_cpu_path() {
+        let Some(emu) = emu() else { return };
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.safetensors");
+        let f = root.join("tests/fixtures/small");
+        crate::convert::convert_hdf5(
+            &f.join("options.json"),
+            &f.join("lm_weights.hdf5"),
+            &small,
+            &mut |_, _, _| {},
+        )
+        .unwrap();
+        let mut worst = 0f32;
+        for path in [root.join("weights/bilm-tf-test.safetensors"), small] {
+            for (zx, share) in [(ZX_BYTES, true), (ZX_BYTES, false), (40 << 10, true)] {
+                let load = || ElmoModel::load(&path).unwrap().with_word_sharing(share);
+                let cpu = load();
+                let gpu = load().with_test_backend(emu.clone(), zx).unwrap();
+                let host = load().with_test_backend(HostBackend { scalar: true }, zx).unwrap();
+                let c = cpu.options().char_cnn.max_characters_per_token;
+                let (mut sg, mut sh) = (LstmState::new(&gpu, 5).unwrap(), LstmState::new(&host, 5).unwrap());
+                for (i, b) in batches().iter().enumerate() {
+                    let ids = encode_batch(b, c).unwrap();
+                    for stateful in [false, true] {
+                        let (st_g, st_h) = if stateful {
+                            (Some(&mut sg), Some(&mut sh))
+                        } else {
+                            (None, None)
+                        };
+                        let (og, ig) = gpu.forward_with_intermediates(&ids, st_g).unwrap();
+                        let (oh, ih) = host.forward_with_intermediates(&ids, st_h).unwrap();
+                        let tag = format!("{} batch {i} stateful {stateful} zx {zx} share {share}", path.display());
+                        assert_eq!(og.lengths, oh.lengths, "{tag}");
+                        same(&format!("{tag} out"), &og.data, &oh.data);
+                        let pairs = |i: &crate::model::Intermediates, o: &crate::model::Intermediates| {
+                            let mut v = vec![
+                                (i.char_cnn.data().to_vec(), o.char_cnn.data().to_vec()),
+                                (i.token_embeddings.data().to_vec(), o.token_embeddings.data().to_vec()),
+                                (i.lstm_fwd.data().to_vec(), o.lstm_fwd.data().to_vec()),
+                                (i.lstm_bwd.data().to_vec(), o.lstm_bwd.data().to_vec()),
+                                (i.final_c.data().to_vec(), o.final_c.data().to_vec()),
+                                (i.final_h.data().to_vec(), o.final_h.data().to_vec()),
+                            ];
+                            assert_eq!(i.highway.len(), o.highway.len(), "highway layers");
+                            v.extend(
+                                i.highway
+                                    .iter()
+                                    .zip(&o.highway)
+                                    .map(|(a, b)| (a.data().to_vec(), b.data().to_vec())),
+                            );
+                            v
+                        };
+                        for (k, (a, b)) in pairs(&ig, &ih).iter().enumerate() {
+                            same(&format!("{tag} intermediate {k}"), a, b);
+                        }
+                        if !stateful {
+                            let (oc, ic) = cpu.forward_with_intermediates(&ids, None).unwrap();
+                            assert_eq!(og.lengths, oc.lengths, "{tag}");
+                            worst = worst.max(close(&format!("{tag} out vs cpu"), &og.data, &oc.data));
+                            for (k, (a, b)) in pairs(&ig, &ic).iter().enumerate() {
+                                worst = worst.max(close(&format!("{tag} intermediate {k} vs cpu"), a, b));
+                            }
+                        }
+                    }
+                    same("state c", sg.c(), sh.c());
+                    same("state h", sg.h(), sh.h());
+                }
+            }
+        }
+        println!("emulated GPU pass vs CPU path (stateless): maxdiff {worst:.3e}");
+    }
+
+    /// The device test `gpu_matches_cpu_on_every_golden_set` (tests/cuda.rs)
+    /// with the emulated kernels: on every golden set of the tiny and small
+    /// models, stateless and stateful with states carried, the GPU pass
+    /// within atol 1e-5 + rtol 1e-4 of the CPU path (outputs, every
+    /// intermediate, states). The emulator's `expf`/`tanhf` are libm's, not
+    /// CUDA's, so this says the tolerance has room, not what a GPU gives.
+    #[test]
+    #[cfg_attr(miri, ignore = "runs a C++ compiler")]
+    fn emulated_gpu_pass_on_every_golden_set_is_within_tolerance() {
+        let Some(emu) = emu() else { return };
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.safetensors");
+        let f = root.join("tests/fixtures/small");
+        crate::convert::convert_hdf5(
+            &f.join("options.json"),
+            &f.join("lm_weights.hdf5"),
+            &small,
+            &mut |_, _, _| {},
+        )
+        .unwrap();
+        let golden = |set: &str, prefix: &str| -> Vec<std::path::PathBuf> {
+            let mut v: Vec<_> = std::fs::read_dir(root.join("tests/fixtures").join(set))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| {
+                    let n = p.file_name().unwrap().to_string_lossy();
+                    n.starts_with(prefix) && n.ends_with(".npz")
+                })
+                .collect();
+            v.sort();
+            assert!(!v.is_empty(), "no {prefix}*.npz in {set}");
+            v
+        };
+        let ids = |path: &std::path::Path| {
+            let a = crate::npz::read_npz(path).unwrap().remove("char_ids").unwrap();
+            let v: Vec<u16> = a.to_i64().unwrap().iter().map(|&x| x as u16).collect();
+            crate::CharIds::from_ids(a.shape[0], a.shape[1], a.shape[2], v).unwrap()
+        };
+        for (set, model) in [
+            ("tiny", root.join("weights/bilm-tf-test.safetensors")),
+            ("small", small),
+        ] {
+            let cpu = ElmoModel::load(&model).unwrap();
+            let gpu = ElmoModel::load(&model)
+                .unwrap()
+                .with_test_backend(emu.clone(), ZX_BYTES)
+                .unwrap();
+            let mut worst = 0f32;
+            let check =
+                |tag: &str, a: (&crate::model::Intermediates, &[f32]), b: (&crate::model::Intermediates, &[f32])| {
+                    let mut worst = close(&format!("{tag} out"), a.1, b.1);
+                    for (k, x, y) in [
+                        ("cnn", &a.0.char_cnn, &b.0.char_cnn),
+                        ("tok", &a.0.token_embeddings, &b.0.token_embeddings),
+                        ("fwd", &a.0.lstm_fwd, &b.0.lstm_fwd),
+                        ("bwd", &a.0.lstm_bwd, &b.0.lstm_bwd),
+                        ("c", &a.0.final_c, &b.0.final_c),
+                        ("h", &a.0.final_h, &b.0.final_h),
+                    ] {
+                        worst = worst.max(close(&format!("{tag} {k}"), x.data(), y.data()));
+                    }
+                    for (x, y) in a.0.highway.iter().zip(&b.0.highway) {
+                        worst = worst.max(close(&format!("{tag} highway"), x.data(), y.data()));
+                    }
+                    worst
+                };
+            for f in golden(set, "stateless_batch_") {
+                let ids = ids(&f);
+                let (og, ig) = gpu.forward_with_intermediates(&ids, None).unwrap();
+                let (oc, ic) = cpu.forward_with_intermediates(&ids, None).unwrap();
+                worst = worst.max(check(&f.display().to_string(), (&ig, &og.data), (&ic, &oc.data)));
+            }
+            let files = golden(set, "stateful_batch_");
+            let cap = crate::npz::read_npz(&files[0]).unwrap()["state_c_after"].shape[2];
+            let (mut sg, mut sc) = (LstmState::new(&gpu, cap).unwrap(), LstmState::new(&cpu, cap).unwrap());
+            for f in files {
+                let ids = ids(&f);
+                let (og, ig) = gpu.forward_with_intermediates(&ids, Some(&mut sg)).unwrap();
+                let (oc, ic) = cpu.forward_with_intermediates(&ids, Some(&mut sc)).unwrap();
+                worst = worst.max(check(&f.display().to_string(), (&ig, &og.data), (&ic, &oc.data)));
+                worst = worst.max(close("state c", sg.c(), sc.c()));
+                worst = worst.max(close("state h", sg.h(), sc.h()));
+            }
+            println!("{set}: emulated GPU pass vs CPU path on the golden sets: maxdiff {worst:.3e}");
+        }
+    }
+
+    /// The launch shapes the CUDA backend computes stay within CUDA's
+    /// limits at the full model's sizes and a very large batch, and the
+    /// emulator refuses shapes a GPU would refuse.
+    #[test]
+    #[cfg_attr(miri, ignore = "runs a C++ compiler")]
+    fn launch_shapes_are_within_cuda_limits() {
+        let Some(emu) = emu() else { return };
+        // bilm-tf's full model: 2048 filters of widths 1..7, C = 50, E = 16.
+        let filters = [(1, 32), (2, 32), (3, 64), (4, 128), (5, 256), (6, 512), (7, 1024)];
+        let convs = ConvTable::new(&filters, 16, 50).unwrap();
+        for n in [1, 1000, 1 << 20] {
+            let d = CnnDims {
+                n,
+                c: 50,
+                e: 16,
+                n_chars: 262,
+                relu: true,
+            };
+            emu.check(Launch::char_cnn(&d, &convs)).unwrap();
+            // Every element-wise size forward allows (< 2^31 elements).
+            emu.check(Launch::elementwise(n * 4096)).unwrap();
+        }
+        emu.check(Launch::elementwise(i32::MAX as usize)).unwrap();
+        emu.check(Launch::elementwise(0)).unwrap();
+        let bad = |l: Launch, why: &str| {
+            let e = emu.check(l).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        };
+        let ok = Launch::elementwise(10);
+        bad(
+            Launch {
+                block: (2048, 1, 1),
+                ..ok
+            },
+            "threads per block",
+        );
+        bad(
+            Launch {
+                grid: (1, 70_000, 1),
+                ..ok
+            },
+            "grid",
+        );
+        bad(Launch { grid: (0, 1, 1), ..ok }, "zero");
+        bad(Launch { smem: 64 << 10, ..ok }, "shared memory");
+    }
+
+    /// A kernel launched on a buffer too short for it stops the process
+    /// with the kernel's name: the test runs itself in a child process
+    /// (`kernel_reading_past_a_buffer_child`) and reads its stderr.
+    #[test]
+    #[cfg_attr(miri, ignore = "runs a C++ compiler")]
+    fn a_kernel_reading_past_a_buffer_is_caught() {
+        if emu().is_none() {
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let child = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "cuda_emu::tests::kernel_reading_past_a_buffer_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("ELMO_EMU_CHILD", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&child.stderr);
+        assert!(!child.status.success(), "the child must die: {err}");
+        assert!(
+            err.contains("emulated CUDA kernel gather_rows: access outside its buffers"),
+            "stderr: {err}"
+        );
+    }
+
+    /// The child of [`a_kernel_reading_past_a_buffer_is_caught`]: a gather
+    /// whose index points one row past `x`. Does nothing unless run by it.
+    #[test]
+    #[ignore = "run by a_kernel_reading_past_a_buffer_is_caught in a child process"]
+    fn kernel_reading_past_a_buffer_child() {
+        use crate::cuda::Backend;
+        if std::env::var_os("ELMO_EMU_CHILD").is_none() {
+            return;
+        }
+        let emu = emu().unwrap();
+        // 4 rows of 2048 floats (32 KiB: the row past them is past the page).
+        let x = vec![1.0f32; 4 * 2048];
+        let mut y = vec![0.0f32; 2 * 2048];
+        let idx = vec![0i32, 4];
+        let _ = emu.gather_rows(&x, &mut y, (&idx, 0), 2, 2048);
+        unreachable!("the read past x must fault");
+    }
+}
