@@ -1594,23 +1594,31 @@ mod tests {
     /// reversal, blocks of input-side products, state order), run with the
     /// host backend, against the CPU path, bitwise: every output and intermediate,
     /// stateless and stateful, on the tiny model and on the small one (skip
-    /// connections, clipping that fires), whole and in one-step blocks, with
-    /// and without word sharing.
+    /// connections, clipping that fires) in f32 and with bf16 LSTM matrices
+    /// (widened on upload, exactly), whole and in one-step blocks, with and
+    /// without word sharing.
     #[test]
     #[cfg_attr(miri, ignore = "maps files")]
     fn gpu_forward_on_the_host_backend_matches_the_cpu_path() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let dir = tempfile::tempdir().unwrap();
         let small = dir.path().join("small.safetensors");
+        let small_bf16 = dir.path().join("small-bf16.safetensors");
         let f = root.join("tests/fixtures/small");
-        crate::convert::convert_hdf5(
-            &f.join("options.json"),
-            &f.join("lm_weights.hdf5"),
-            &small,
-            &mut |_, _, _| {},
-        )
-        .unwrap();
-        for path in [root.join("weights/bilm-tf-test.safetensors"), small] {
+        for (path, dtype) in [
+            (&small, crate::convert::WeightDtype::F32),
+            (&small_bf16, crate::convert::WeightDtype::Bf16),
+        ] {
+            crate::convert::convert_hdf5_with(
+                &f.join("options.json"),
+                &f.join("lm_weights.hdf5"),
+                path,
+                &mut |_, _, _| {},
+                dtype,
+            )
+            .unwrap();
+        }
+        for path in [root.join("weights/bilm-tf-test.safetensors"), small, small_bf16] {
             // 40 KiB: blocks of 40 (tiny) or 20 (small) rows, so layer 0's
             // shared products are gathered block by block.
             for (zx, share) in [(ZX_BYTES, true), (ZX_BYTES, false), (1, true), (40 << 10, true)] {

@@ -560,7 +560,8 @@ mod tests {
     /// cuBLAS's contract: bitwise the same pass with the host backend's
     /// scalar formulas (every output and intermediate, stateless and
     /// stateful, on the tiny model and the small one with its skip
-    /// connections and clips that fire, with and without word sharing,
+    /// connections and clips that fire, in f32 and with bf16 LSTM matrices,
+    /// with and without word sharing,
     /// whole and in small blocks of steps), and within atol 1e-5 + rtol
     /// 1e-4 of the CPU path on the stateless batches.
     ///
@@ -576,16 +577,23 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let dir = tempfile::tempdir().unwrap();
         let small = dir.path().join("small.safetensors");
+        let small_bf16 = dir.path().join("small-bf16.safetensors");
         let f = root.join("tests/fixtures/small");
-        crate::convert::convert_hdf5(
-            &f.join("options.json"),
-            &f.join("lm_weights.hdf5"),
-            &small,
-            &mut |_, _, _| {},
-        )
-        .unwrap();
+        for (path, dtype) in [
+            (&small, crate::convert::WeightDtype::F32),
+            (&small_bf16, crate::convert::WeightDtype::Bf16),
+        ] {
+            crate::convert::convert_hdf5_with(
+                &f.join("options.json"),
+                &f.join("lm_weights.hdf5"),
+                path,
+                &mut |_, _, _| {},
+                dtype,
+            )
+            .unwrap();
+        }
         let mut worst = 0f32;
-        for path in [root.join("weights/bilm-tf-test.safetensors"), small] {
+        for path in [root.join("weights/bilm-tf-test.safetensors"), small, small_bf16] {
             for (zx, share) in [(ZX_BYTES, true), (ZX_BYTES, false), (40 << 10, true)] {
                 let load = || ElmoModel::load(&path).unwrap().with_word_sharing(share);
                 let cpu = load();
