@@ -1547,7 +1547,7 @@ mod imp {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::ZX_BYTES;
     use crate::{ElmoModel, LstmState, encode_batch};
 
@@ -1579,7 +1579,33 @@ mod tests {
         assert!(get("char_cnn relu").contains(&0.0), "relu clamps");
     }
 
-    fn batches() -> Vec<Vec<Vec<String>>> {
+    /// The models the GPU-pass tests run: the tiny one, the small one (skip
+    /// connections, clips that fire) and the small one with bf16 LSTM
+    /// matrices, converted into `dir`.
+    pub(crate) fn models(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let f = root.join("tests/fixtures/small");
+        let (small, small_bf16) = (dir.join("small.safetensors"), dir.join("small-bf16.safetensors"));
+        for (path, dtype) in [
+            (&small, crate::convert::WeightDtype::F32),
+            (&small_bf16, crate::convert::WeightDtype::Bf16),
+        ] {
+            crate::convert::convert_hdf5_with(
+                &f.join("options.json"),
+                &f.join("lm_weights.hdf5"),
+                path,
+                &mut |_, _, _| {},
+                dtype,
+            )
+            .unwrap();
+        }
+        [root.join("weights/bilm-tf-test.safetensors"), small, small_bf16]
+    }
+
+    /// The batches the GPU-pass tests run, in this order, stateless and
+    /// with states carried: sentences of 0 to 40 words (42 steps), empty
+    /// batches, repeated words.
+    pub(crate) fn batches() -> Vec<Vec<Vec<String>>> {
         let words = |n: usize, s: usize| -> Vec<String> { (0..n).map(|i| format!("w{}x", (i * 7 + s) % 23)).collect() };
         vec![
             vec![words(5, 0)],
@@ -1600,25 +1626,8 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "maps files")]
     fn gpu_forward_on_the_host_backend_matches_the_cpu_path() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let dir = tempfile::tempdir().unwrap();
-        let small = dir.path().join("small.safetensors");
-        let small_bf16 = dir.path().join("small-bf16.safetensors");
-        let f = root.join("tests/fixtures/small");
-        for (path, dtype) in [
-            (&small, crate::convert::WeightDtype::F32),
-            (&small_bf16, crate::convert::WeightDtype::Bf16),
-        ] {
-            crate::convert::convert_hdf5_with(
-                &f.join("options.json"),
-                &f.join("lm_weights.hdf5"),
-                path,
-                &mut |_, _, _| {},
-                dtype,
-            )
-            .unwrap();
-        }
-        for path in [root.join("weights/bilm-tf-test.safetensors"), small, small_bf16] {
+        for path in models(dir.path()) {
             // 40 KiB: blocks of 40 (tiny) or 20 (small) rows, so layer 0's
             // shared products are gathered block by block.
             for (zx, share) in [(ZX_BYTES, true), (ZX_BYTES, false), (1, true), (40 << 10, true)] {

@@ -483,6 +483,7 @@ impl Backend for EmuBackend {
 #[cfg(test)]
 mod tests {
     use super::{EmuBackend, Unavailable};
+    use crate::cuda::tests::{batches, models};
     use crate::cuda::{CnnDims, ConvTable, HostBackend, Launch, ZX_BYTES, kernel_outputs};
     use crate::{ElmoModel, LstmState, encode_batch};
 
@@ -545,17 +546,6 @@ mod tests {
         }
     }
 
-    fn batches() -> Vec<Vec<Vec<String>>> {
-        let words = |n: usize, s: usize| -> Vec<String> { (0..n).map(|i| format!("w{}x", (i * 7 + s) % 23)).collect() };
-        vec![
-            vec![words(5, 0)],
-            vec![words(3, 1), vec![], words(9, 2), words(1, 3), words(9, 4)],
-            vec![words(40, 5), words(2, 6)],
-            vec![],
-            vec![words(4, 7), words(6, 8), words(5, 9)],
-        ]
-    }
-
     /// The GPU forward pass with the kernels of `elmo.cu` (emulated) and
     /// cuBLAS's contract: bitwise the same pass with the host backend's
     /// scalar formulas (every output and intermediate, stateless and
@@ -574,26 +564,9 @@ mod tests {
     #[cfg_attr(miri, ignore = "runs a C++ compiler")]
     fn gpu_forward_with_emulated_kernels_matches_the_cpu_path() {
         let Some(emu) = emu() else { return };
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let dir = tempfile::tempdir().unwrap();
-        let small = dir.path().join("small.safetensors");
-        let small_bf16 = dir.path().join("small-bf16.safetensors");
-        let f = root.join("tests/fixtures/small");
-        for (path, dtype) in [
-            (&small, crate::convert::WeightDtype::F32),
-            (&small_bf16, crate::convert::WeightDtype::Bf16),
-        ] {
-            crate::convert::convert_hdf5_with(
-                &f.join("options.json"),
-                &f.join("lm_weights.hdf5"),
-                path,
-                &mut |_, _, _| {},
-                dtype,
-            )
-            .unwrap();
-        }
         let mut worst = 0f32;
-        for path in [root.join("weights/bilm-tf-test.safetensors"), small, small_bf16] {
+        for path in models(dir.path()) {
             for (zx, share) in [(ZX_BYTES, true), (ZX_BYTES, false), (40 << 10, true)] {
                 let load = || ElmoModel::load(&path).unwrap().with_word_sharing(share);
                 let cpu = load();
@@ -664,15 +637,7 @@ mod tests {
         let Some(emu) = emu() else { return };
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let dir = tempfile::tempdir().unwrap();
-        let small = dir.path().join("small.safetensors");
-        let f = root.join("tests/fixtures/small");
-        crate::convert::convert_hdf5(
-            &f.join("options.json"),
-            &f.join("lm_weights.hdf5"),
-            &small,
-            &mut |_, _, _| {},
-        )
-        .unwrap();
+        let [tiny, small, _] = models(dir.path());
         let golden = |set: &str, prefix: &str| -> Vec<std::path::PathBuf> {
             let mut v: Vec<_> = std::fs::read_dir(root.join("tests/fixtures").join(set))
                 .unwrap()
@@ -691,10 +656,7 @@ mod tests {
             let v: Vec<u16> = a.to_i64().unwrap().iter().map(|&x| x as u16).collect();
             crate::CharIds::from_ids(a.shape[0], a.shape[1], a.shape[2], v).unwrap()
         };
-        for (set, model) in [
-            ("tiny", root.join("weights/bilm-tf-test.safetensors")),
-            ("small", small),
-        ] {
+        for (set, model) in [("tiny", tiny), ("small", small)] {
             let cpu = ElmoModel::load(&model).unwrap();
             let gpu = ElmoModel::load(&model)
                 .unwrap()
