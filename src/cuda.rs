@@ -317,8 +317,11 @@ const BLOCK: u32 = 256;
 impl Launch {
     /// One thread per element of `n` (at least one block).
     pub(crate) fn elementwise(n: usize) -> Launch {
+        // `forward` keeps n below 2^31; past u32, a grid CUDA refuses
+        // rather than one that wraps around and covers too little.
+        let blocks = n.div_ceil(BLOCK as usize).max(1);
         Launch {
-            grid: ((n as u32).div_ceil(BLOCK).max(1), 1, 1),
+            grid: (u32::try_from(blocks).unwrap_or(u32::MAX), 1, 1),
             block: (BLOCK, 1, 1),
             smem: 0,
         }

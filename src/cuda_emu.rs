@@ -7,9 +7,13 @@
 //! The host backend ([`crate::cuda::HostBackend`]) checks the forward pass's
 //! orchestration with each kernel re-written in Rust; this checks the
 //! kernels themselves where there is no GPU: their index arithmetic, the
-//! launch shapes ([`Launch`]) within CUDA's limits, buffers read past their
-//! end or inputs written (each buffer lies next to an inaccessible page),
-//! barriers in divergent code, shared memory read before it is written.
+//! launch shapes ([`Launch`]) within CUDA's limits, and what
+//! compute-sanitizer would report: reads past a buffer, writes to an input
+//! or before a buffer, output elements no thread wrote, barriers in
+//! divergent code, shared memory used before it is written (see
+//! `kernels/README.md`; `emu_selftest` proves each check on a deliberately
+//! wrong kernel).
+//!
 //! Built without fma contraction, the emulated kernels compute bitwise
 //! what the host backend computes with its scalar references (libm's
 //! `expf`/`tanhf`), which the tests assert; against the CPU path (its
@@ -69,6 +73,8 @@ type Err = (*mut c_char, usize);
 struct Lib {
     _lib: libloading::Library,
     check: unsafe extern "C" fn(*const EmuLaunch, *mut c_char, usize) -> c_int,
+    no_core_dumps: unsafe extern "C" fn(),
+    selftest: unsafe extern "C" fn(c_int, *mut c_char, usize) -> c_int,
     #[allow(clippy::type_complexity)]
     char_cnn: unsafe extern "C" fn(
         *const EmuLaunch,
@@ -168,48 +174,78 @@ impl EmuBackend {
     }
 }
 
+/// Builds the emulator library, or finds it built: it is kept beside the
+/// test executable under a name hashing the sources, the compiler and its
+/// flags, so later runs (and the tests' child processes) load it at once.
 fn build() -> std::result::Result<Lib, Unavailable> {
+    use std::hash::{Hash, Hasher};
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let src = root.join("kernels/emu/elmo_emu.cpp");
+    // `$CXX` may carry arguments (`ccache g++`).
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
-    let dir = tempfile::tempdir().map_err(|e| Unavailable::Broken(format!("tempdir: {e}")))?;
-    let so = dir.path().join("libelmo_emu.so");
-    let run = std::process::Command::new(&cxx)
-        // No contraction of a * b + c into fma (nvcc's --fmad and g++'s
-        // default do contract): each kernel is then its formula's exact
-        // operations, bitwise those of the host backend's scalar
-        // references, so the tests compare bitwise.
-        .args([
-            "-std=c++17",
-            "-O2",
-            "-ffp-contract=off",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-shared",
-            "-fPIC",
-        ])
-        .arg(&src)
-        .arg("-o")
-        .arg(&so)
-        .output();
-    let run = match run {
-        Ok(r) => r,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Unavailable::NoCompiler(format!("no C++ compiler '{cxx}' (set CXX)")));
+    let mut words = cxx.split_whitespace();
+    let program = words.next().unwrap_or("g++");
+    // No contraction of a * b + c into fma (nvcc's --fmad and g++'s default
+    // do contract): each kernel is then its formula's exact operations,
+    // bitwise those of the host backend's scalar references, so the tests
+    // compare bitwise.
+    let mut flags: Vec<&str> = words.collect();
+    flags.extend([
+        "-std=c++17",
+        "-O2",
+        "-ffp-contract=off",
+        "-Wall",
+        "-Wextra",
+        "-shared",
+        "-fPIC",
+    ]);
+    // Warnings are errors in CI (a compiler of another version may warn
+    // about something new: that should not fail a user's test run).
+    if std::env::var_os("ELMO_REQUIRE_CXX").is_some() {
+        flags.push("-Werror");
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (program, &flags).hash(&mut h);
+    for f in ["kernels/emu/elmo_emu.cpp", "kernels/emu/cuda_emu.h", "kernels/elmo.cu"] {
+        std::fs::read(root.join(f))
+            .map_err(|e| Unavailable::Broken(format!("{f}: {e}")))?
+            .hash(&mut h);
+    }
+    let exe = std::env::current_exe().map_err(|e| Unavailable::Broken(format!("current_exe: {e}")))?;
+    let so = exe
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join(format!("libelmo_emu-{:016x}.so", h.finish()));
+    if !so.exists() {
+        // Built under a name of its own, then renamed: processes building
+        // it at once never load a half-written file.
+        let part = so.with_extension(format!("so.{}", std::process::id()));
+        let run = std::process::Command::new(program)
+            .args(&flags)
+            .arg(&src)
+            .arg("-o")
+            .arg(&part)
+            .output();
+        let run = match run {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Unavailable::NoCompiler(format!("no C++ compiler '{cxx}' (set CXX)")));
+            }
+            Err(e) => return Err(Unavailable::Broken(format!("{cxx}: {e}"))),
+        };
+        if !run.status.success() {
+            let _ = std::fs::remove_file(&part);
+            return Err(Unavailable::Broken(format!(
+                "{cxx} {}: {}",
+                src.display(),
+                String::from_utf8_lossy(&run.stderr)
+            )));
         }
-        Err(e) => return Err(Unavailable::Broken(format!("{cxx}: {e}"))),
-    };
-    if !run.status.success() {
-        return Err(Unavailable::Broken(format!(
-            "{cxx} {}: {}",
-            src.display(),
-            String::from_utf8_lossy(&run.stderr)
-        )));
+        std::fs::rename(&part, &so).map_err(|e| Unavailable::Broken(format!("{}: {e}", so.display())))?;
     }
     let broken = |e: libloading::Error| Unavailable::Broken(format!("{}: {e}", so.display()));
-    // SAFETY: the library is ours, built just now; its initialisers only
-    // set up thread-local storage.
+    // SAFETY: the library is ours, built from this checkout's sources (the
+    // name hashes them); its initialisers only set up globals.
     let lib = unsafe { libloading::Library::new(&so) }.map_err(broken)?;
     // SAFETY (each symbol): the Rust signature is the C signature of the
     // entry point of that name in elmo_emu.cpp (EmuLaunch, EmuBuf and
@@ -217,6 +253,8 @@ fn build() -> std::result::Result<Lib, Unavailable> {
     unsafe {
         Ok(Lib {
             check: *lib.get(b"emu_check").map_err(broken)?,
+            no_core_dumps: *lib.get(b"emu_no_core_dumps").map_err(broken)?,
+            selftest: *lib.get(b"emu_selftest").map_err(broken)?,
             char_cnn: *lib.get(b"emu_char_cnn").map_err(broken)?,
             add_bias: *lib.get(b"emu_add_bias").map_err(broken)?,
             highway: *lib.get(b"emu_highway").map_err(broken)?,
@@ -226,7 +264,6 @@ fn build() -> std::result::Result<Lib, Unavailable> {
             _lib: lib,
         })
     }
-    // `dir` (and the file) go here; the mapping stays.
 }
 
 /// An entry point's status as a Result.
@@ -486,6 +523,7 @@ mod tests {
     use crate::cuda::tests::{batches, models};
     use crate::cuda::{CnnDims, ConvTable, HostBackend, Launch, ZX_BYTES, kernel_outputs};
     use crate::{ElmoModel, LstmState, encode_batch};
+    use std::ffi::c_char;
 
     const ATOL: f32 = 1e-5;
     const RTOL: f32 = 1e-4;
@@ -702,17 +740,25 @@ mod tests {
         }
     }
 
-    /// The launch shapes the CUDA backend computes stay within CUDA's
-    /// limits at the full model's sizes and a very large batch, and the
+    /// The launch shapes the CUDA backend computes cover their work and
+    /// stay within CUDA's limits at the full model's sizes and the largest
+    /// sizes `forward` allows (every element count below 2^31), and the
     /// emulator refuses shapes a GPU would refuse.
     #[test]
     #[cfg_attr(miri, ignore = "runs a C++ compiler")]
     fn launch_shapes_are_within_cuda_limits() {
         let Some(emu) = emu() else { return };
+        let covers = |l: Launch, n: usize| {
+            let blocks = l.grid.0 as u64 * l.grid.1 as u64 * l.grid.2 as u64;
+            assert!(
+                blocks * (l.block.0 * l.block.1 * l.block.2) as u64 >= n as u64,
+                "{l:?} for {n}"
+            );
+        };
         // bilm-tf's full model: 2048 filters of widths 1..7, C = 50, E = 16.
         let filters = [(1, 32), (2, 32), (3, 64), (4, 128), (5, 256), (6, 512), (7, 1024)];
         let convs = ConvTable::new(&filters, 16, 50).unwrap();
-        for n in [1, 1000, 1 << 20] {
+        for n in [1, 1000, (i32::MAX as usize) / 4096] {
             let d = CnnDims {
                 n,
                 c: 50,
@@ -720,12 +766,19 @@ mod tests {
                 n_chars: 262,
                 relu: true,
             };
-            emu.check(Launch::char_cnn(&d, &convs)).unwrap();
-            // Every element-wise size forward allows (< 2^31 elements).
-            emu.check(Launch::elementwise(n * 4096)).unwrap();
+            let l = Launch::char_cnn(&d, &convs);
+            emu.check(l).unwrap();
+            assert_eq!((l.grid.0 as usize, l.grid.1 * l.block.0), (n, 2048), "{l:?}");
+            // The tokens' (n, 4U) gate products: the largest element-wise size.
+            let l = Launch::elementwise(n * 4096);
+            emu.check(l).unwrap();
+            covers(l, n * 4096);
         }
-        emu.check(Launch::elementwise(i32::MAX as usize)).unwrap();
-        emu.check(Launch::elementwise(0)).unwrap();
+        for n in [0, 1, 255, 256, 257, i32::MAX as usize] {
+            let l = Launch::elementwise(n);
+            emu.check(l).unwrap();
+            covers(l, n);
+        }
         let bad = |l: Launch, why: &str| {
             let e = emu.check(l).unwrap_err().to_string();
             assert!(e.contains(why), "{e}");
@@ -736,63 +789,97 @@ mod tests {
                 block: (2048, 1, 1),
                 ..ok
             },
-            "threads per block",
+            "threads per block must be 1..1024",
         );
         bad(
             Launch {
                 grid: (1, 70_000, 1),
                 ..ok
             },
-            "grid",
+            "y and z at most 65535",
         );
-        bad(Launch { grid: (0, 1, 1), ..ok }, "zero");
-        bad(Launch { smem: 64 << 10, ..ok }, "shared memory");
+        bad(
+            Launch {
+                grid: (1 << 31, 1, 1),
+                ..ok
+            },
+            "x must be at most 2^31 - 1",
+        );
+        bad(Launch { grid: (0, 1, 1), ..ok }, "a grid dimension is zero");
+        bad(
+            Launch { smem: 64 << 10, ..ok },
+            "more than 48 KiB of dynamic shared memory",
+        );
+        // Past what forward allows, a grid CUDA refuses, not one that wraps.
+        bad(Launch::elementwise(1 << 40), "x must be at most 2^31 - 1");
     }
 
-    /// A kernel launched on a buffer too short for it stops the process
-    /// with the kernel's name: the test runs itself in a child process
-    /// (`kernel_reading_past_a_buffer_child`) and reads its stderr.
+    /// What the emulator must catch, each stopping the process with its
+    /// message: run in child processes (`emulator_bug_child`), stderr read.
+    /// Cases 0-5 are deliberately wrong kernels of `elmo_emu.cpp`; case 6
+    /// is `gather_rows` of `elmo.cu` given an index one row past `x`.
     #[test]
     #[cfg_attr(miri, ignore = "runs a C++ compiler")]
-    fn a_kernel_reading_past_a_buffer_is_caught() {
+    fn the_emulator_catches_kernel_bugs() {
         if emu().is_none() {
             return;
         }
         let exe = std::env::current_exe().unwrap();
-        let child = std::process::Command::new(exe)
-            .args([
-                "--exact",
-                "cuda_emu::tests::kernel_reading_past_a_buffer_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("ELMO_EMU_CHILD", "1")
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&child.stderr);
-        assert!(!child.status.success(), "the child must die: {err}");
-        assert!(
-            err.contains("emulated CUDA kernel gather_rows: access outside its buffers"),
-            "stderr: {err}"
-        );
+        for (case, want) in [
+            (0, "bad_read_past: access outside its buffers"),
+            (
+                1,
+                "bad_uninitialised_shared: arithmetic on shared memory it did not write",
+            ),
+            (
+                2,
+                "bad_divergent_barrier: 1 of 100 threads of block (0,0,0) ended while others wait",
+            ),
+            (3, "bad_missed_write: left element 99 of its output y unwritten"),
+            (4, "bad_write_before: wrote before the start of its buffer y"),
+            (5, "bad_shared_past: wrote past the launch's dynamic shared memory"),
+            (6, "gather_rows: access outside its buffers"),
+        ] {
+            let child = std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "cuda_emu::tests::emulator_bug_child",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("ELMO_EMU_CHILD", case.to_string())
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&child.stderr);
+            assert!(!child.status.success(), "case {case}: the child must die: {err}");
+            assert!(err.contains(want), "case {case}: want '{want}' in stderr: {err}");
+        }
     }
 
-    /// The child of [`a_kernel_reading_past_a_buffer_is_caught`]: a gather
-    /// whose index points one row past `x`. Does nothing unless run by it.
+    /// The child of [`the_emulator_catches_kernel_bugs`]: runs case
+    /// `ELMO_EMU_CHILD`. Does nothing unless run by it.
     #[test]
-    #[ignore = "run by a_kernel_reading_past_a_buffer_is_caught in a child process"]
-    fn kernel_reading_past_a_buffer_child() {
+    #[ignore = "run by the_emulator_catches_kernel_bugs in child processes"]
+    fn emulator_bug_child() {
         use crate::cuda::Backend;
-        if std::env::var_os("ELMO_EMU_CHILD").is_none() {
+        let Some(case) = std::env::var("ELMO_EMU_CHILD").ok().and_then(|c| c.parse::<i32>().ok()) else {
             return;
-        }
+        };
         let emu = emu().unwrap();
-        // 4 rows of 2048 floats (32 KiB: the row past them is past the page).
-        let x = vec![1.0f32; 4 * 2048];
-        let mut y = vec![0.0f32; 2 * 2048];
-        let idx = vec![0i32, 4];
-        let _ = emu.gather_rows(&x, &mut y, (&idx, 0), 2, 2048);
-        unreachable!("the read past x must fault");
+        // SAFETY: emu_no_core_dumps takes nothing and only sets a limit.
+        unsafe { (emu.0.no_core_dumps)() };
+        if case == 6 {
+            // 4 rows of 2048 floats (32 KiB: the row past them is past the page).
+            let x = vec![1.0f32; 4 * 2048];
+            let mut y = vec![0.0f32; 2 * 2048];
+            let _ = emu.gather_rows(&x, &mut y, (&vec![0, 4], 0), 2, 2048);
+        } else {
+            let mut e = [0 as c_char; 256];
+            // SAFETY: the signature of emu_selftest; `e` is 256 writable bytes.
+            let rc = unsafe { (emu.0.selftest)(case, e.as_mut_ptr(), e.len()) };
+            super::status("selftest", rc, &e).unwrap();
+        }
+        unreachable!("case {case}: the emulator did not stop the kernel");
     }
 }

@@ -4,17 +4,26 @@
 // the hardware: one OS thread runs every CUDA thread of a launch, block
 // after block, so it checks what a kernel computes, not how fast.
 //
-// What it checks beyond the arithmetic (see elmo_emu.cpp):
+// What it checks beyond the arithmetic (see elmo_emu.cpp), each stopping
+// the test with the kernel's name:
 //   - every buffer is copied next to an inaccessible page, read-only where
-//     the kernel takes it `const`: a read past the end or a write to an
-//     input stops the test with the kernel's name;
-//   - launch shapes within CUDA's limits (1024 threads per block, grid y/z
-//     up to 65535, 48 KiB of dynamic shared memory without opting in);
-//   - __syncthreads: threads of a block run as fibers (ucontext) that switch
-//     at each barrier; all threads still running must wait at the same
-//     barrier (a barrier in divergent code is undefined behaviour in CUDA);
-//   - shared memory starts as NaN (reads before writes show in the
-//     results); a write past the launch's dynamic size stops the test.
+//     the kernel takes it `const`: a read past the end, or a write to an
+//     input, faults; canaries before a written buffer catch a write before
+//     its start, and an output every thread must write starts as canaries,
+//     so an element left unwritten shows;
+//   - launch shapes within CUDA's limits (1024 threads per block, grid x up
+//     to 2^31 - 1, y/z up to 65535, 48 KiB of dynamic shared memory without
+//     opting in);
+//   - __syncthreads: threads of a block run as fibers (ucontext, each stack
+//     above a guard page) that switch at each barrier; either all threads
+//     end or all wait at the same barrier (a barrier some threads skip, or
+//     wait at elsewhere, is undefined behaviour in CUDA);
+//   - shared memory starts as signalling NaNs with FE_INVALID trapping, so
+//     arithmetic on an element no thread wrote (or past the launch's size)
+//     faults; a write past the launch's size is caught after the block.
+//
+// emu_selftest runs deliberately wrong kernels, one per check, which the
+// tests expect to be caught.
 #pragma once
 
 #include <math.h>

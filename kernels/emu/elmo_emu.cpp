@@ -13,14 +13,19 @@
 
 #include "../elmo.cu"
 
+#include <fenv.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <functional>
+#include <initializer_list>
 #include <mutex>
 #include <vector>
 
@@ -40,34 +45,92 @@ namespace {
 // The launch running on this OS thread, for messages.
 thread_local const char* kernel = nullptr;
 
+// The same for the fault handler, which must not touch this library's
+// thread-local storage (a first access can allocate): the OS threads in a
+// launch and their kernels, in a fixed table of atomics.
+struct Active {
+    std::atomic<long> tid{0};
+    std::atomic<const char*> name{nullptr};
+};
+Active active[64];
+
+long this_tid() { return (long)syscall(SYS_gettid); }
+
+// Marks this thread as running `name` (or no launch, for nullptr).
+void set_active(const char* name) {
+    const long me = this_tid();
+    for (Active& a : active) {
+        if (a.tid.load() == me) {
+            if (name) {
+                a.name.store(name);
+            } else {
+                a.name.store(nullptr);
+                a.tid.store(0);
+            }
+            return;
+        }
+    }
+    if (!name) return;
+    for (Active& a : active) {
+        long free = 0;
+        if (a.tid.compare_exchange_strong(free, me)) {
+            a.name.store(name);
+            return;
+        }
+    }
+    // More than 64 threads in launches: messages lose the name, nothing else.
+}
+
+const char* active_kernel() {
+    const long me = this_tid();
+    for (Active& a : active)
+        if (a.tid.load() == me) return a.name.load();
+    return nullptr;
+}
+
 [[noreturn]] void fail(const char* what) {
     fprintf(stderr, "emulated CUDA kernel %s: %s\n", kernel ? kernel : "?", what);
     fflush(stderr);
     abort();
 }
 
-// ---- faults: a buffer's neighbouring page is inaccessible ----
+// ---- faults: a buffer's neighbouring page is inaccessible (SIGSEGV);
+// arithmetic on poisoned shared memory traps (SIGFPE) ----
 
-struct sigaction previous_segv;
+struct sigaction previous[2];  // SIGSEGV, SIGFPE
 thread_local char alt_stack[1 << 16];
 
-void on_segv(int sig, siginfo_t* info, void* ctx) {
-    (void)ctx;
-    if (kernel) {
-        char msg[256];
-        int n = snprintf(msg, sizeof msg,
-                         "emulated CUDA kernel %s: access outside its buffers or a write to a const input "
-                         "(address %p)\n",
-                         kernel, info->si_addr);
-        if (n > 0) {
-            ssize_t r = write(2, msg, (size_t)n);
-            (void)r;
-        }
+// Async-signal-safe output.
+void put(const char* s) {
+    ssize_t r = write(2, s, strlen(s));
+    (void)r;
+}
+
+void put_hex(uintptr_t v) {
+    char b[19] = "0x";
+    for (int i = 0; i < 16; ++i) {
+        const int d = (int)((v >> (60 - 4 * i)) & 15);
+        b[2 + i] = (char)(d < 10 ? '0' + d : 'a' + d - 10);
     }
-    (void)sig;
-    // Hand the fault to whoever handled it before (Rust's runtime); the
-    // faulting instruction runs again under that handler.
-    sigaction(SIGSEGV, &previous_segv, nullptr);
+    b[18] = 0;
+    put(b);
+}
+
+void on_fault(int sig, siginfo_t* info, void* ctx) {
+    (void)ctx;
+    const bool fpe = sig == SIGFPE;
+    if (const char* k = active_kernel()) {
+        put("emulated CUDA kernel ");
+        put(k);
+        put(fpe ? ": arithmetic on shared memory it did not write (uninitialised or past the launch's size)"
+                : ": access outside its buffers or a write to a const input");
+        put(" (address ");
+        put_hex((uintptr_t)info->si_addr);
+        put(")\n");
+    }
+    // Hand the fault to whoever handled it before (Rust's runtime, or the
+    // default action); the faulting instruction runs again under that.
+    sigaction(sig, &previous[fpe], nullptr);
 }
 
 void install_handler() {
@@ -75,10 +138,11 @@ void install_handler() {
     std::call_once(once, [] {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
-        sa.sa_sigaction = on_segv;
+        sa.sa_sigaction = on_fault;
         sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
         sigemptyset(&sa.sa_mask);
-        sigaction(SIGSEGV, &sa, &previous_segv);
+        sigaction(SIGSEGV, &sa, &previous[0]);
+        sigaction(SIGFPE, &sa, &previous[1]);
     });
     // Each thread's own stack for the handler: a fault may happen on a
     // fiber's small stack.
@@ -93,18 +157,41 @@ void install_handler() {
     }
 }
 
+// A quiet NaN with a payload no arithmetic makes: an output element not
+// yet written, or the slack before an output buffer.
+const uint32_t CANARY = 0x7fc0dea1u;
+// A signalling NaN: fresh shared memory (arithmetic on it traps while a
+// launch with barriers runs).
+const uint32_t POISON = 0x7fa0dea1u;
+
+void fill(void* p, size_t bytes, uint32_t v) {
+    for (size_t i = 0; i + 4 <= bytes; i += 4) memcpy((char*)p + i, &v, 4);
+}
+
+// The first 4-byte word of [p, p + bytes) still equal to v, or -1.
+long find(const void* p, size_t bytes, uint32_t v) {
+    for (size_t i = 0; i + 4 <= bytes; i += 4)
+        if (memcmp((const char*)p + i, &v, 4) == 0) return (long)(i / 4);
+    return -1;
+}
+
 // A copy of a caller's buffer whose last byte is followed by an
-// inaccessible page (and whose first byte is preceded by one, a page
-// rounding away); read-only unless the kernel writes to it.
+// inaccessible page; read-only unless the kernel writes to it. Before a
+// written buffer, the rest of its first page holds canaries, checked after
+// the launch (a write before the start). `must_write`: the first bytes the
+// kernel overwrites whatever they held (each thread's output element):
+// they start as canaries, and one left means a thread did not write.
 struct Guarded {
     char* base = nullptr;
-    size_t total = 0, span = 0, bytes = 0;
-    void* data = nullptr;
+    size_t total = 0, span = 0, bytes = 0, pg = 0, must = 0;
+    char* data = nullptr;
     void* caller = nullptr;
     bool writable;
+    const char* name;
 
-    Guarded(void* p, size_t n, bool w) : bytes(n), caller(p), writable(w) {
-        const size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    Guarded(const char* nm, void* p, size_t n, bool w, size_t must_write = 0)
+        : bytes(n), caller(p), writable(w), name(nm) {
+        pg = (size_t)sysconf(_SC_PAGESIZE);
         span = (n + pg - 1) / pg * pg;
         total = span + 2 * pg;
         void* m = mmap(nullptr, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -113,12 +200,30 @@ struct Guarded {
         if (span && mprotect(base + pg, span, PROT_READ | PROT_WRITE) != 0) fail("mprotect failed");
         data = base + pg + span - n;
         if (n) memcpy(data, p, n);
+        if (w) {
+            fill(base + pg, (size_t)(data - (base + pg)), CANARY);
+            must = must_write < n ? must_write : n;
+            fill(data, must, CANARY);
+        }
         if (span && !w && mprotect(base + pg, span, PROT_READ) != 0) fail("mprotect failed");
     }
-    ~Guarded() {
-        if (writable && bytes) memcpy(caller, data, bytes);
-        munmap(base, total);
+    // After the launch: the checks, then the results back to the caller.
+    void finish() {
+        if (!writable) return;
+        char msg[160];
+        for (char* q = base + pg; q + 4 <= data; q += 4)
+            if (memcmp(q, &CANARY, 4) != 0) {
+                snprintf(msg, sizeof msg, "wrote before the start of its buffer %s", name);
+                fail(msg);
+            }
+        const long missed = find(data, must, CANARY);
+        if (missed >= 0) {
+            snprintf(msg, sizeof msg, "left element %ld of its output %s unwritten", missed, name);
+            fail(msg);
+        }
+        if (bytes) memcpy(caller, data, bytes);
     }
+    ~Guarded() { munmap(base, total); }
     Guarded(const Guarded&) = delete;
     Guarded& operator=(const Guarded&) = delete;
 };
@@ -151,9 +256,24 @@ __attribute__((noinline)) void init_fiber(ucontext_t& c, char* stack) {
     makecontext(&c, fiber_entry, 0);
 }
 
+// A fiber's stack with an inaccessible page below it (stacks grow down):
+// an overflow faults instead of running into a neighbour.
+struct Stack {
+    char* base;
+    explicit Stack() {
+        const size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+        void* m = mmap(nullptr, FIBER_STACK + pg, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) fail("mmap failed");
+        base = (char*)m;
+        if (mprotect(base + pg, FIBER_STACK, PROT_READ | PROT_WRITE) != 0) fail("mprotect failed");
+    }
+    char* data() const { return base + (size_t)sysconf(_SC_PAGESIZE); }
+};
+
 void run_block_fibers(unsigned n, const std::function<void()>& f) {
-    static thread_local std::vector<std::vector<char>> stacks;
-    if (stacks.size() < n) stacks.resize(n, std::vector<char>(FIBER_STACK));
+    // Kept for the thread's later launches (at most 1024, 64 KiB each).
+    static thread_local std::vector<Stack> stacks;
+    while (stacks.size() < n) stacks.emplace_back();
     std::vector<ucontext_t> cs(n);
     std::vector<int> at(n, 0);
     std::vector<dim3> tid(n);
@@ -174,10 +294,16 @@ void run_block_fibers(unsigned n, const std::function<void()>& f) {
             at[i] = 0;
             if (swapcontext(&scheduler, &cs[i]) != 0) fail("swapcontext failed");
         }
-        // Those still running must all wait at the same barrier.
+        // Either every thread has ended, or every thread waits at the same
+        // barrier: one that ended, or waits elsewhere, diverged (undefined
+        // behaviour in CUDA).
         int line = 0;
+        unsigned done = 0;
         for (unsigned i = 0; i < n; ++i) {
-            if (at[i] <= 0) continue;
+            if (at[i] < 0) {
+                ++done;
+                continue;
+            }
             if (line && at[i] != line) {
                 char msg[160];
                 snprintf(msg, sizeof msg, "threads of block (%u,%u,%u) wait at different __syncthreads (lines %d and %d)",
@@ -187,6 +313,12 @@ void run_block_fibers(unsigned n, const std::function<void()>& f) {
             line = at[i];
         }
         if (!line) break;
+        if (done) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "%u of %u threads of block (%u,%u,%u) ended while others wait at __syncthreads (line %d)",
+                     done, n, block_idx.x, block_idx.y, block_idx.z, line);
+            fail(msg);
+        }
     }
     fiber_mode = false;
 }
@@ -202,6 +334,7 @@ void syncthreads(int line) {
 }  // namespace emu
 
 using emu::Guarded;
+
 
 extern "C" {
 
@@ -244,33 +377,36 @@ bool check(const EmuLaunch& l, char* err, size_t errlen) {
     return true;
 }
 
-// A quiet NaN with a payload no arithmetic makes: fresh shared memory.
-const uint32_t POISON = 0x7fc0dea1u;
-
 // Runs `f` as every thread of the grid; with `barriers` (the kernels that
 // use shared memory), the threads of a block as fibers that switch at
 // __syncthreads.
 int launch(const char* name, const EmuLaunch& l, bool barriers, char* err, size_t errlen,
-           const std::function<void()>& f) {
+           std::initializer_list<Guarded*> outputs, const std::function<void()>& f) {
     if (!check(l, err, errlen)) return 1;
     emu::install_handler();
     emu::kernel = name;
+    emu::set_active(name);
     emu::grid_dim = dim3{l.grid[0], l.grid[1], l.grid[2]};
     emu::block_dim = dim3{l.block[0], l.block[1], l.block[2]};
     const unsigned threads = l.block[0] * l.block[1] * l.block[2];
+    // Arithmetic on the signalling NaNs of fresh shared memory traps. (Set
+    // before the fibers are made: each context carries the FP state.)
+    if (barriers) feenableexcept(FE_INVALID);
     for (unsigned z = 0; z < l.grid[2]; ++z)
         for (unsigned y = 0; y < l.grid[1]; ++y)
             for (unsigned x = 0; x < l.grid[0]; ++x) {
                 emu::block_idx = dim3{x, y, z};
                 if (barriers) {
-                    // Shared memory starts as garbage on a GPU: a NaN here,
-                    // so a read before the write, or past the launch's
-                    // size, shows in the results; a write past the size
-                    // is caught below.
-                    for (unsigned i = 0; i < SMEM_BYTES / 4; ++i) memcpy(&emb[i], &POISON, 4);
+                    // Shared memory starts as garbage on a GPU: signalling
+                    // NaNs here, so arithmetic on an element read before it
+                    // was written, or past the launch's size, traps; a
+                    // write past the size is caught below.
+                    emu::fill(emb, sizeof emb, emu::POISON);
                     emu::run_block_fibers(threads, f);
-                    for (unsigned i = (l.smem + 3) / 4; i < SMEM_BYTES / 4; ++i)
-                        if (memcmp(&emb[i], &POISON, 4) != 0) emu::fail("wrote past the launch's dynamic shared memory");
+                    const size_t used = (l.smem + 3) / 4 * 4;
+                    for (size_t i = used; i < sizeof emb; i += 4)
+                        if (memcmp((char*)emb + i, &emu::POISON, 4) != 0)
+                            emu::fail("wrote past the launch's dynamic shared memory");
                 } else {
                     for (unsigned i = 0; i < threads; ++i) {
                         emu::thread_idx = dim3{i % l.block[0], (i / l.block[0]) % l.block[1],
@@ -279,14 +415,19 @@ int launch(const char* name, const EmuLaunch& l, bool barriers, char* err, size_
                     }
                 }
             }
+    if (barriers) fedisableexcept(FE_INVALID);
+    for (Guarded* g : outputs) g->finish();
+    emu::set_active(nullptr);
     emu::kernel = nullptr;
     return 0;
 }
 
 }  // namespace
 
-#define IN(b) Guarded g_##b((b).p, (b).bytes, false)
-#define OUT(b) Guarded g_##b((b).p, (b).bytes, true)
+#define IN(b) Guarded g_##b(#b, (b).p, (b).bytes, false)
+#define OUT(b) Guarded g_##b(#b, (b).p, (b).bytes, true)
+// An output whose first `n` floats every correct launch overwrites.
+#define OUT_ALL(b, n) Guarded g_##b(#b, (b).p, (b).bytes, true, (size_t)((n) > 0 ? (n) : 0) * 4)
 #define PTR(T, b) ((T*)g_##b.data)
 
 extern "C" {
@@ -294,14 +435,21 @@ extern "C" {
 // Whether a launch shape is within CUDA's limits (0), else 1 and why.
 int emu_check(const EmuLaunch* l, char* err, size_t errlen) { return check(*l, err, errlen) ? 0 : 1; }
 
+// Core dumps off for this process: the tests' child that faults on purpose
+// leaves none behind.
+void emu_no_core_dumps(void) {
+    struct rlimit r = {0, 0};
+    setrlimit(RLIMIT_CORE, &r);
+}
+
 int emu_char_cnn(const EmuLaunch* l, EmuBuf chars, EmuBuf table, EmuBuf w, EmuBuf bias, ConvTable convs, EmuBuf out,
                  int n, int C, int E, int n_chars, int relu, char* err, size_t errlen) {
     IN(chars);
     IN(table);
     IN(w);
     IN(bias);
-    OUT(out);
-    return launch("char_cnn", *l, true, err, errlen, [&] {
+    OUT_ALL(out, (long)n * convs.first[convs.n]);
+    return launch("char_cnn", *l, true, err, errlen, {&g_out}, [&] {
         char_cnn(PTR(const unsigned short, chars), PTR(const float, table), PTR(const float, w),
                  PTR(const float, bias), convs, PTR(float, out), n, C, E, n_chars, relu);
     });
@@ -310,7 +458,7 @@ int emu_char_cnn(const EmuLaunch* l, EmuBuf chars, EmuBuf table, EmuBuf w, EmuBu
 int emu_add_bias(const EmuLaunch* l, EmuBuf x, EmuBuf bias, int n, int w, char* err, size_t errlen) {
     OUT(x);
     IN(bias);
-    return launch("add_bias", *l, false, err, errlen,
+    return launch("add_bias", *l, false, err, errlen, {&g_x},
                   [&] { add_bias(PTR(float, x), PTR(const float, bias), n, w); });
 }
 
@@ -321,7 +469,7 @@ int emu_highway(const EmuLaunch* l, EmuBuf x, EmuBuf carry, EmuBuf transform, Em
     IN(transform);
     IN(bc);
     IN(bt);
-    return launch("highway", *l, false, err, errlen, [&] {
+    return launch("highway", *l, false, err, errlen, {&g_x}, [&] {
         highway(PTR(float, x), PTR(const float, carry), PTR(const float, transform), PTR(const float, bc),
                 PTR(const float, bt), n, f);
     });
@@ -329,9 +477,9 @@ int emu_highway(const EmuLaunch* l, EmuBuf x, EmuBuf carry, EmuBuf transform, Em
 
 int emu_gather_rows(const EmuLaunch* l, EmuBuf x, EmuBuf y, EmuBuf idx, int rows, int w, char* err, size_t errlen) {
     IN(x);
-    OUT(y);
+    OUT_ALL(y, (long)rows * w);
     IN(idx);
-    return launch("gather_rows", *l, false, err, errlen,
+    return launch("gather_rows", *l, false, err, errlen, {&g_y},
                   [&] { gather_rows(PTR(const float, x), PTR(float, y), PTR(const int, idx), rows, w); });
 }
 
@@ -341,8 +489,8 @@ int emu_lstm_cell(const EmuLaunch* l, EmuBuf zx, int zx_base, EmuBuf zh, EmuBuf 
     IN(zh);
     IN(bias);
     OUT(c);
-    OUT(m);
-    return launch("lstm_cell", *l, false, err, errlen, [&] {
+    OUT_ALL(m, (long)na * u);
+    return launch("lstm_cell", *l, false, err, errlen, {&g_c, &g_m}, [&] {
         lstm_cell(PTR(const float, zx), zx_base, PTR(const float, zh), PTR(const float, bias), PTR(float, c),
                   PTR(float, m), na, u, cell_clip, has_clip);
     });
@@ -351,14 +499,99 @@ int emu_lstm_cell(const EmuLaunch* l, EmuBuf zx, int zx_base, EmuBuf zh, EmuBuf 
 int emu_lstm_project_out(const EmuLaunch* l, EmuBuf hp, EmuBuf h, EmuBuf out, EmuBuf x, EmuBuf rows, int na, int p,
                          float proj_clip, int has_clip, int residual, char* err, size_t errlen) {
     IN(hp);
-    OUT(h);
+    OUT_ALL(h, (long)na * p);
     OUT(out);
     IN(x);
     IN(rows);
-    return launch("lstm_project_out", *l, false, err, errlen, [&] {
+    return launch("lstm_project_out", *l, false, err, errlen, {&g_h, &g_out}, [&] {
         lstm_project_out(PTR(const float, hp), PTR(float, h), PTR(float, out), PTR(const float, x),
                          PTR(const int, rows), na, p, proj_clip, has_clip, residual);
     });
+}
+
+}  // extern "C"
+
+// ---- the emulator's own checks, each on a deliberately wrong kernel ----
+//
+// emu_selftest(case) runs one; each must stop the process with its
+// message (src/cuda_emu.rs runs them in child processes). Returns only if
+// the emulator missed the bug.
+
+extern "C" {
+
+// Reads one element past x (n values).
+__global__ void bad_read_past(const float* x, float* y, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = x[i + 1];
+}
+
+// Thread 0 reads shared memory no thread wrote.
+__global__ void bad_uninitialised_shared(float* y) {
+    extern __shared__ float emb[];
+    if (threadIdx.x > 0) emb[threadIdx.x] = 1.0f;
+    __syncthreads();
+    y[threadIdx.x] = emb[threadIdx.x] * 2.0f;
+}
+
+// Thread 0 leaves before the barrier the others wait at.
+__global__ void bad_divergent_barrier(float* y) {
+    extern __shared__ float emb[];
+    if (threadIdx.x == 0) return;
+    emb[threadIdx.x] = 1.0f;
+    __syncthreads();
+    y[threadIdx.x] = emb[threadIdx.x];
+}
+
+// Leaves the last output element unwritten.
+__global__ void bad_missed_write(float* y, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n - 1) y[i] = 1.0f;
+}
+
+// Writes one element before y.
+__global__ void bad_write_before(float* y, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i - 1] = 1.0f;
+}
+
+// Writes past the launch's dynamic shared memory (blockDim floats).
+__global__ void bad_shared_past(float* y) {
+    extern __shared__ float emb[];
+    emb[blockDim.x + threadIdx.x] = 1.0f;
+    __syncthreads();
+    y[threadIdx.x] = 0.0f;
+}
+
+int emu_selftest(int which, char* err, size_t errlen) {
+    const int n = 100;
+    float xs[n], ys[n];
+    for (int i = 0; i < n; ++i) xs[i] = ys[i] = 0.5f;
+    EmuBuf x = {xs, sizeof xs}, y = {ys, sizeof ys};
+    const EmuLaunch one = {{1, 1, 1}, {(unsigned)n, 1, 1}, 0};
+    const EmuLaunch shared = {{1, 1, 1}, {(unsigned)n, 1, 1}, (unsigned)(n * 4)};
+    IN(x);
+    OUT_ALL(y, n);
+    float* yp = PTR(float, y);
+    switch (which) {
+        case 0:
+            return launch("bad_read_past", one, false, err, errlen, {&g_y},
+                          [&] { bad_read_past(PTR(const float, x), yp, n); });
+        case 1:
+            return launch("bad_uninitialised_shared", shared, true, err, errlen, {&g_y},
+                          [&] { bad_uninitialised_shared(yp); });
+        case 2:
+            return launch("bad_divergent_barrier", shared, true, err, errlen, {&g_y},
+                          [&] { bad_divergent_barrier(yp); });
+        case 3:
+            return launch("bad_missed_write", one, false, err, errlen, {&g_y}, [&] { bad_missed_write(yp, n); });
+        case 4:
+            return launch("bad_write_before", one, false, err, errlen, {&g_y}, [&] { bad_write_before(yp, n); });
+        case 5:
+            return launch("bad_shared_past", shared, true, err, errlen, {&g_y}, [&] { bad_shared_past(yp); });
+        default:
+            snprintf(err, errlen, "no self-test %d", which);
+            return 1;
+    }
 }
 
 }  // extern "C"
