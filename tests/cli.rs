@@ -507,3 +507,41 @@ fn bench_follows_the_command_contract() {
     );
     assert_one_line_error(&o, "no tokens");
 }
+
+/// `elmo devices` lists the CPU and the CUDA devices or why there are none;
+/// `--check` runs every kernel against its CPU reference on each device, and
+/// where there is none it fails with one line saying why.
+#[test]
+fn devices_lists_the_cpu_and_cuda_or_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = elmo(&["devices"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("cpu ") && lines[0].contains(" threads"), "{out}");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        assert!(lines[0].contains("AVX2+FMA"), "{out}");
+    }
+    assert!(
+        lines.len() >= 2 && lines[1..].iter().all(|l| l.starts_with("cuda")),
+        "{out}"
+    );
+    let has_gpu = lines[1].starts_with("cuda:");
+    let check = elmo(&["devices", "--check"], dir.path());
+    if has_gpu {
+        assert!(check.status.success(), "{}", stderr(&check));
+        let out = String::from_utf8_lossy(&check.stdout).into_owned();
+        assert!(out.contains("char_cnn relu") && out.contains(" ok"), "{out}");
+        assert!(!out.contains("FAIL"), "{out}");
+    } else {
+        assert!(
+            lines[1].starts_with("cuda     unavailable: ") || lines[1].contains("none"),
+            "{out}"
+        );
+        assert_one_line_error(&check, "cuda");
+    }
+    // --model only with --check.
+    let o = elmo(&["devices", "--model", "x.safetensors"], dir.path());
+    assert!(!o.status.success());
+}

@@ -100,6 +100,18 @@ enum Command {
         #[arg(long)]
         top_only: bool,
     },
+    /// List where models can run: the CPU (the SIMD the kernels were built
+    /// for) and each CUDA device, or why there is none.
+    Devices {
+        /// Also upload a model to each CUDA device and run every kernel
+        /// against its CPU reference, printing each maxdiff (fails if one
+        /// is outside atol 1e-5 + rtol 1e-4, or there is no device).
+        #[arg(long)]
+        check: bool,
+        /// The model for --check; default: weights/bilm-tf-test.safetensors.
+        #[arg(long, requires = "check")]
+        model: Option<PathBuf>,
+    },
     /// Time the forward pass on a workload (.jsonl); one JSON line per output,
     /// as the anchors' command contract asks.
     Bench {
@@ -171,6 +183,60 @@ fn main() {
     }
 }
 
+/// `elmo devices`: the CPU, the CUDA devices (or why none), and with
+/// `check` every kernel's maxdiff on each device.
+fn devices(check: bool, model: Option<PathBuf>) -> Result<()> {
+    let simd = if cfg!(all(target_feature = "avx2", target_feature = "fma")) {
+        "AVX2+FMA"
+    } else {
+        "the baseline SIMD (a build without AVX2/FMA)"
+    };
+    println!(
+        "cpu      {} threads, kernels built for {simd}",
+        rayon::current_num_threads()
+    );
+    let found = elmo::cuda::devices();
+    match &found {
+        Ok(names) if names.is_empty() => println!("cuda     none: the driver reports no devices"),
+        Ok(names) => {
+            for (i, name) in names.iter().enumerate() {
+                println!("cuda:{i:<3} {name}");
+            }
+        }
+        Err(e) => println!("cuda     unavailable: {e}"),
+    }
+    if !check {
+        return Ok(());
+    }
+    let names = found?;
+    if names.is_empty() {
+        return Err(Error::CudaUnavailable("no CUDA device to check".into()));
+    }
+    let path = model.unwrap_or_else(default_model);
+    let file = elmo::model_file::ModelFile::open(&path)?;
+    let mut bad = Vec::new();
+    for i in 0..names.len() {
+        let gpu = elmo::cuda::GpuModel::new(&file, i)?;
+        for (kernel, d, ok) in gpu.kernel_maxdiffs()? {
+            println!(
+                "cuda:{i:<3} {kernel:<32} maxdiff {d:.3e} {}",
+                if ok { "ok" } else { "FAIL" }
+            );
+            if !ok {
+                bad.push(format!("cuda:{i} {kernel} ({d:.3e})"));
+            }
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Cuda(format!(
+            "kernels outside atol 1e-5 + rtol 1e-4 of their CPU references: {}",
+            bad.join(", ")
+        )))
+    }
+}
+
 /// The default model: `./weights/`, else the `weights/` of this source tree.
 fn default_model() -> PathBuf {
     let local = Path::new("weights").join(DEFAULT_MODEL);
@@ -206,6 +272,7 @@ fn run(cmd: Command) -> Result<()> {
             (token_cache, !no_word_sharing),
             device.parse()?,
         ),
+        Command::Devices { check, model } => devices(check, model),
         Command::Inspect { path } => {
             print!("{}", inspect::describe(&path)?);
             Ok(())
