@@ -780,31 +780,51 @@ pub(crate) struct HostBackend {
     pub scalar: bool,
 }
 
-impl Upload for HostBackend {
-    type F = Vec<f32>;
-    fn up_f32(&self, v: &[f32]) -> Result<Vec<f32>> {
-        Ok(v.to_vec())
-    }
+/// `impl Upload` for a backend whose buffers are host `Vec`s.
+macro_rules! host_upload {
+    ($t:ty) => {
+        impl $crate::cuda::Upload for $t {
+            type F = Vec<f32>;
+            fn up_f32(&self, v: &[f32]) -> Result<Vec<f32>> {
+                Ok(v.to_vec())
+            }
+        }
+    };
 }
+#[cfg(test)]
+pub(crate) use host_upload;
+
+/// The buffer operations of [`Backend`] for host `Vec`s, inside its impl:
+/// uploads and downloads are copies, and `zeros` allocates at least one
+/// element, as the CUDA backend does.
+macro_rules! host_buffers {
+    () => {
+        type I = Vec<i32>;
+        type C = Vec<u16>;
+        fn up_i32(&self, v: &[i32]) -> Result<Vec<i32>> {
+            Ok(v.to_vec())
+        }
+        fn up_u16(&self, v: &[u16]) -> Result<Vec<u16>> {
+            Ok(v.to_vec())
+        }
+        fn zeros(&self, n: usize) -> Result<Vec<f32>> {
+            Ok(vec![0.0; n.max(1)])
+        }
+        fn copy(&self, x: &Vec<f32>) -> Result<Vec<f32>> {
+            Ok(x.clone())
+        }
+        fn down(&self, x: &Vec<f32>) -> Result<Vec<f32>> {
+            Ok(x.clone())
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use host_buffers;
+
+host_upload!(HostBackend);
 
 impl Backend for HostBackend {
-    type I = Vec<i32>;
-    type C = Vec<u16>;
-    fn up_i32(&self, v: &[i32]) -> Result<Vec<i32>> {
-        Ok(v.to_vec())
-    }
-    fn up_u16(&self, v: &[u16]) -> Result<Vec<u16>> {
-        Ok(v.to_vec())
-    }
-    fn zeros(&self, n: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; n])
-    }
-    fn copy(&self, x: &Vec<f32>) -> Result<Vec<f32>> {
-        Ok(x.clone())
-    }
-    fn down(&self, x: &Vec<f32>) -> Result<Vec<f32>> {
-        Ok(x.clone())
-    }
+    host_buffers!();
     fn gemm(
         &self,
         (m, n, k): (usize, usize, usize),

@@ -20,7 +20,7 @@
 //! vectorised sigmoid and tanh) they agree to float32 rounding, as a GPU's
 //! kernels do.
 
-use crate::cuda::{Backend, CnnDims, ConvTable, Launch, Sgemm, Upload};
+use crate::cuda::{Backend, CnnDims, ConvTable, Launch, Sgemm};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, OnceLock};
@@ -322,32 +322,10 @@ fn sgemm_col_major(g: Sgemm, a: &[f32], b: &[f32], c: &mut [f32]) -> Result<()> 
     Ok(())
 }
 
-impl Upload for EmuBackend {
-    type F = Vec<f32>;
-    fn up_f32(&self, v: &[f32]) -> Result<Vec<f32>> {
-        Ok(v.to_vec())
-    }
-}
+crate::cuda::host_upload!(EmuBackend);
 
 impl Backend for EmuBackend {
-    type I = Vec<i32>;
-    type C = Vec<u16>;
-    fn up_i32(&self, v: &[i32]) -> Result<Vec<i32>> {
-        Ok(v.to_vec())
-    }
-    fn up_u16(&self, v: &[u16]) -> Result<Vec<u16>> {
-        Ok(v.to_vec())
-    }
-    fn zeros(&self, n: usize) -> Result<Vec<f32>> {
-        // As the CUDA backend: at least one element.
-        Ok(vec![0.0; n.max(1)])
-    }
-    fn copy(&self, x: &Vec<f32>) -> Result<Vec<f32>> {
-        Ok(x.clone())
-    }
-    fn down(&self, x: &Vec<f32>) -> Result<Vec<f32>> {
-        Ok(x.clone())
-    }
+    crate::cuda::host_buffers!();
     fn gemm(
         &self,
         (m, n, k): (usize, usize, usize),
