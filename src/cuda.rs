@@ -1639,6 +1639,67 @@ pub(crate) mod tests {
         ]
     }
 
+    /// Runs `a` and `b` on `ids` (with their states when carried) and
+    /// returns every array of the two passes, named and paired: the output,
+    /// each intermediate (shapes asserted equal) and each highway layer.
+    pub(crate) fn both(
+        a: &ElmoModel,
+        b: &ElmoModel,
+        ids: &crate::CharIds,
+        states: Option<(&mut LstmState, &mut LstmState)>,
+        tag: &str,
+    ) -> Vec<(String, Vec<f32>, Vec<f32>)> {
+        let (sa, sb) = match states {
+            Some((x, y)) => (Some(x), Some(y)),
+            None => (None, None),
+        };
+        let (oa, ia) = a.forward_with_intermediates(ids, sa).unwrap();
+        let (ob, ib) = b.forward_with_intermediates(ids, sb).unwrap();
+        assert_eq!(oa.lengths, ob.lengths, "{tag}");
+        let mut v = vec![(format!("{tag} out"), oa.data, ob.data)];
+        for (k, x, y) in [
+            ("cnn", &ia.char_cnn, &ib.char_cnn),
+            ("tok", &ia.token_embeddings, &ib.token_embeddings),
+            ("fwd", &ia.lstm_fwd, &ib.lstm_fwd),
+            ("bwd", &ia.lstm_bwd, &ib.lstm_bwd),
+            ("c", &ia.final_c, &ib.final_c),
+            ("h", &ia.final_h, &ib.final_h),
+        ] {
+            assert_eq!(x.shape(), y.shape(), "{tag} {k}");
+            v.push((format!("{tag} {k}"), x.data().to_vec(), y.data().to_vec()));
+        }
+        assert_eq!(ia.highway.len(), ib.highway.len(), "{tag} highway layers");
+        for (h, (x, y)) in ia.highway.iter().zip(&ib.highway).enumerate() {
+            v.push((format!("{tag} highway {h}"), x.data().to_vec(), y.data().to_vec()));
+        }
+        v
+    }
+
+    /// Every batch of [`batches`] through `a` and `b`, stateless and with
+    /// states carried from batch to batch: `check(name, stateful, a's, b's)`
+    /// on every pair of arrays ([`both`]) and, after each batch, on the
+    /// carried states.
+    pub(crate) fn on_batches(
+        a: &ElmoModel,
+        b: &ElmoModel,
+        tag: &str,
+        mut check: impl FnMut(&str, bool, &[f32], &[f32]),
+    ) {
+        let c = a.options().char_cnn.max_characters_per_token;
+        let (mut sa, mut sb) = (LstmState::new(a, 5).unwrap(), LstmState::new(b, 5).unwrap());
+        for (i, batch) in batches().iter().enumerate() {
+            let ids = encode_batch(batch, c).unwrap();
+            for stateful in [false, true] {
+                let states = stateful.then_some((&mut sa, &mut sb));
+                for (name, x, y) in both(a, b, &ids, states, &format!("{tag} batch {i} stateful {stateful}")) {
+                    check(&name, stateful, &x, &y);
+                }
+            }
+            check(&format!("{tag} batch {i} state c"), true, sa.c(), sb.c());
+            check(&format!("{tag} batch {i} state h"), true, sa.h(), sb.h());
+        }
+    }
+
     /// The GPU pass's orchestration (length-sorted prefixes, step rows,
     /// reversal, blocks of input-side products, state order), run with the
     /// host backend, against the CPU path, bitwise: every output and intermediate,
@@ -1660,41 +1721,8 @@ pub(crate) mod tests {
                     .with_word_sharing(share)
                     .with_host_backend(zx)
                     .unwrap();
-                let c = cpu.options().char_cnn.max_characters_per_token;
-                let cap = 5;
-                let (mut sc, mut sh) = (LstmState::new(&cpu, cap).unwrap(), LstmState::new(&host, cap).unwrap());
-                for (i, b) in batches().iter().enumerate() {
-                    let ids = encode_batch(b, c).unwrap();
-                    for stateful in [false, true] {
-                        let (st_c, st_h) = if stateful {
-                            (Some(&mut sc), Some(&mut sh))
-                        } else {
-                            (None, None)
-                        };
-                        let (oc, ic) = cpu.forward_with_intermediates(&ids, st_c).unwrap();
-                        let (oh, ih) = host.forward_with_intermediates(&ids, st_h).unwrap();
-                        let tag = format!("{} batch {i} stateful {stateful} zx {zx} share {share}", path.display());
-                        assert_eq!(oh.lengths, oc.lengths, "{tag}");
-                        same(&format!("{tag} out"), &oh.data, &oc.data);
-                        for (k, a, b) in [
-                            ("cnn", &ih.char_cnn, &ic.char_cnn),
-                            ("tok", &ih.token_embeddings, &ic.token_embeddings),
-                            ("fwd", &ih.lstm_fwd, &ic.lstm_fwd),
-                            ("bwd", &ih.lstm_bwd, &ic.lstm_bwd),
-                            ("c", &ih.final_c, &ic.final_c),
-                            ("h", &ih.final_h, &ic.final_h),
-                        ] {
-                            assert_eq!(a.shape(), b.shape(), "{tag} {k}");
-                            same(&format!("{tag} {k}"), a.data(), b.data());
-                        }
-                        assert_eq!(ih.highway.len(), ic.highway.len(), "{tag} highway layers");
-                        for (a, b) in ih.highway.iter().zip(&ic.highway) {
-                            same(&format!("{tag} highway"), a.data(), b.data());
-                        }
-                    }
-                    same("state c", sh.c(), sc.c());
-                    same("state h", sh.h(), sc.h());
-                }
+                let tag = format!("{} zx {zx} share {share}", path.display());
+                on_batches(&host, &cpu, &tag, |name, _, a, b| same(name, a, b));
             }
         }
     }

@@ -498,9 +498,9 @@ impl Backend for EmuBackend {
 #[cfg(test)]
 mod tests {
     use super::{EmuBackend, Unavailable};
-    use crate::cuda::tests::{batches, models};
+    use crate::cuda::tests::{both, models, on_batches};
     use crate::cuda::{CnnDims, ConvTable, HostBackend, Launch, ZX_BYTES, kernel_outputs};
-    use crate::{ElmoModel, LstmState, encode_batch};
+    use crate::{ElmoModel, LstmState};
     use std::ffi::c_char;
 
     const ATOL: f32 = 1e-5;
@@ -585,57 +585,15 @@ mod tests {
         for path in models(dir.path()) {
             for (zx, share) in [(ZX_BYTES, true), (ZX_BYTES, false), (40 << 10, true)] {
                 let load = || ElmoModel::load(&path).unwrap().with_word_sharing(share);
-                let cpu = load();
                 let gpu = load().with_test_backend(emu.clone(), zx).unwrap();
                 let host = load().with_test_backend(HostBackend { scalar: true }, zx).unwrap();
-                let c = cpu.options().char_cnn.max_characters_per_token;
-                let (mut sg, mut sh) = (LstmState::new(&gpu, 5).unwrap(), LstmState::new(&host, 5).unwrap());
-                for (i, b) in batches().iter().enumerate() {
-                    let ids = encode_batch(b, c).unwrap();
-                    for stateful in [false, true] {
-                        let (st_g, st_h) = if stateful {
-                            (Some(&mut sg), Some(&mut sh))
-                        } else {
-                            (None, None)
-                        };
-                        let (og, ig) = gpu.forward_with_intermediates(&ids, st_g).unwrap();
-                        let (oh, ih) = host.forward_with_intermediates(&ids, st_h).unwrap();
-                        let tag = format!("{} batch {i} stateful {stateful} zx {zx} share {share}", path.display());
-                        assert_eq!(og.lengths, oh.lengths, "{tag}");
-                        same(&format!("{tag} out"), &og.data, &oh.data);
-                        let pairs = |i: &crate::model::Intermediates, o: &crate::model::Intermediates| {
-                            let mut v = vec![
-                                (i.char_cnn.data().to_vec(), o.char_cnn.data().to_vec()),
-                                (i.token_embeddings.data().to_vec(), o.token_embeddings.data().to_vec()),
-                                (i.lstm_fwd.data().to_vec(), o.lstm_fwd.data().to_vec()),
-                                (i.lstm_bwd.data().to_vec(), o.lstm_bwd.data().to_vec()),
-                                (i.final_c.data().to_vec(), o.final_c.data().to_vec()),
-                                (i.final_h.data().to_vec(), o.final_h.data().to_vec()),
-                            ];
-                            assert_eq!(i.highway.len(), o.highway.len(), "highway layers");
-                            v.extend(
-                                i.highway
-                                    .iter()
-                                    .zip(&o.highway)
-                                    .map(|(a, b)| (a.data().to_vec(), b.data().to_vec())),
-                            );
-                            v
-                        };
-                        for (k, (a, b)) in pairs(&ig, &ih).iter().enumerate() {
-                            same(&format!("{tag} intermediate {k}"), a, b);
-                        }
-                        if !stateful {
-                            let (oc, ic) = cpu.forward_with_intermediates(&ids, None).unwrap();
-                            assert_eq!(og.lengths, oc.lengths, "{tag}");
-                            worst = worst.max(close(&format!("{tag} out vs cpu"), &og.data, &oc.data));
-                            for (k, (a, b)) in pairs(&ig, &ic).iter().enumerate() {
-                                worst = worst.max(close(&format!("{tag} intermediate {k} vs cpu"), a, b));
-                            }
-                        }
+                let tag = format!("{} zx {zx} share {share}", path.display());
+                on_batches(&gpu, &host, &tag, |name, _, a, b| same(name, a, b));
+                on_batches(&gpu, &load(), &format!("{tag} vs cpu"), |name, stateful, a, b| {
+                    if !stateful {
+                        worst = worst.max(close(name, a, b));
                     }
-                    same("state c", sg.c(), sh.c());
-                    same("state h", sg.h(), sh.h());
-                }
+                });
             }
         }
         println!("emulated GPU pass vs CPU path (stateless): maxdiff {worst:.3e}");
@@ -679,38 +637,19 @@ mod tests {
                 .with_test_backend(emu.clone(), ZX_BYTES)
                 .unwrap();
             let mut worst = 0f32;
-            let check =
-                |tag: &str, a: (&crate::model::Intermediates, &[f32]), b: (&crate::model::Intermediates, &[f32])| {
-                    let mut worst = close(&format!("{tag} out"), a.1, b.1);
-                    for (k, x, y) in [
-                        ("cnn", &a.0.char_cnn, &b.0.char_cnn),
-                        ("tok", &a.0.token_embeddings, &b.0.token_embeddings),
-                        ("fwd", &a.0.lstm_fwd, &b.0.lstm_fwd),
-                        ("bwd", &a.0.lstm_bwd, &b.0.lstm_bwd),
-                        ("c", &a.0.final_c, &b.0.final_c),
-                        ("h", &a.0.final_h, &b.0.final_h),
-                    ] {
-                        worst = worst.max(close(&format!("{tag} {k}"), x.data(), y.data()));
-                    }
-                    for (x, y) in a.0.highway.iter().zip(&b.0.highway) {
-                        worst = worst.max(close(&format!("{tag} highway"), x.data(), y.data()));
-                    }
-                    worst
-                };
             for f in golden(set, "stateless_batch_") {
-                let ids = ids(&f);
-                let (og, ig) = gpu.forward_with_intermediates(&ids, None).unwrap();
-                let (oc, ic) = cpu.forward_with_intermediates(&ids, None).unwrap();
-                worst = worst.max(check(&f.display().to_string(), (&ig, &og.data), (&ic, &oc.data)));
+                for (name, a, b) in both(&gpu, &cpu, &ids(&f), None, &f.display().to_string()) {
+                    worst = worst.max(close(&name, &a, &b));
+                }
             }
             let files = golden(set, "stateful_batch_");
             let cap = crate::npz::read_npz(&files[0]).unwrap()["state_c_after"].shape[2];
             let (mut sg, mut sc) = (LstmState::new(&gpu, cap).unwrap(), LstmState::new(&cpu, cap).unwrap());
             for f in files {
-                let ids = ids(&f);
-                let (og, ig) = gpu.forward_with_intermediates(&ids, Some(&mut sg)).unwrap();
-                let (oc, ic) = cpu.forward_with_intermediates(&ids, Some(&mut sc)).unwrap();
-                worst = worst.max(check(&f.display().to_string(), (&ig, &og.data), (&ic, &oc.data)));
+                let states = Some((&mut sg, &mut sc));
+                for (name, a, b) in both(&gpu, &cpu, &ids(&f), states, &f.display().to_string()) {
+                    worst = worst.max(close(&name, &a, &b));
+                }
                 worst = worst.max(close("state c", sg.c(), sc.c()));
                 worst = worst.max(close("state h", sg.h(), sc.h()));
             }
