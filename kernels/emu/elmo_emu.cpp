@@ -42,12 +42,9 @@ thread_local dim3 thread_idx, block_idx, block_dim, grid_dim;
 
 namespace {
 
-// The launch running on this OS thread, for messages.
-thread_local const char* kernel = nullptr;
-
-// The same for the fault handler, which must not touch this library's
-// thread-local storage (a first access can allocate): the OS threads in a
-// launch and their kernels, in a fixed table of atomics.
+// The launch running on each OS thread, for messages. Not thread-local
+// storage: the fault handler reads it, and a first access to this library's
+// TLS can allocate. A fixed table of atomics: OS thread, kernel name.
 struct Active {
     std::atomic<long> tid{0};
     std::atomic<const char*> name{nullptr};
@@ -89,7 +86,8 @@ const char* active_kernel() {
 }
 
 [[noreturn]] void fail(const char* what) {
-    fprintf(stderr, "emulated CUDA kernel %s: %s\n", kernel ? kernel : "?", what);
+    const char* k = active_kernel();
+    fprintf(stderr, "emulated CUDA kernel %s: %s\n", k ? k : "?", what);
     fflush(stderr);
     abort();
 }
@@ -384,7 +382,6 @@ int launch(const char* name, const EmuLaunch& l, bool barriers, char* err, size_
            std::initializer_list<Guarded*> outputs, const std::function<void()>& f) {
     if (!check(l, err, errlen)) return 1;
     emu::install_handler();
-    emu::kernel = name;
     emu::set_active(name);
     emu::grid_dim = dim3{l.grid[0], l.grid[1], l.grid[2]};
     emu::block_dim = dim3{l.block[0], l.block[1], l.block[2]};
@@ -418,7 +415,6 @@ int launch(const char* name, const EmuLaunch& l, bool barriers, char* err, size_
     if (barriers) fedisableexcept(FE_INVALID);
     for (Guarded* g : outputs) g->finish();
     emu::set_active(nullptr);
-    emu::kernel = nullptr;
     return 0;
 }
 
