@@ -96,6 +96,10 @@ pub const MIN_DRIVER_VERSION: i32 = 12040;
 /// direction and layer the outputs `(N, P)` in natural order and the final
 /// `(c, h)` of every sentence.
 pub(crate) struct GpuOut {
+    /// The output, `(B, L + 1, T, 2P)` as [`crate::BiLmOutput::data`],
+    /// assembled on the device.
+    pub data: Vec<f32>,
+    /// The intermediates below: filled only when asked for (`keep`).
     pub tok: Vec<f32>,
     pub cnn: Vec<f32>,
     pub highway: Vec<Vec<f32>>,
@@ -132,6 +136,12 @@ pub(crate) trait Backend: Upload {
     fn copy(&self, x: &Self::F) -> Result<Self::F>;
     /// Downloads values.
     fn down(&self, x: &Self::F) -> Result<Vec<f32>>;
+    /// `y[at .. at + len] = x[.. len]`, on the device.
+    fn copy_into(&self, x: &Self::F, y: &mut Self::F, at: usize, len: usize) -> Result<()>;
+    /// Waits for the work queued so far ([`Trace`] only: `down` waits by itself).
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
     /// `c (m, n) = a (m, k) b (k, n)`, row-major with row strides.
     #[allow(clippy::too_many_arguments)]
     fn gemm(
@@ -438,6 +448,47 @@ impl<F> Weights<F> {
     }
 }
 
+/// Where a GPU pass spends its time: with `ELMO_TRACE` set in the
+/// environment, [`forward`] waits for the device at the end of each phase
+/// and prints one line to stderr with each phase's milliseconds (the waits
+/// cost a little overlap, so traced passes run slightly slower).
+pub(crate) struct Trace {
+    last: Option<std::time::Instant>,
+    marks: Vec<(String, f64)>,
+}
+
+impl Trace {
+    /// A trace that records only when `ELMO_TRACE` is set.
+    pub(crate) fn new() -> Self {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let on = *ON.get_or_init(|| std::env::var_os("ELMO_TRACE").is_some());
+        Trace {
+            last: on.then(std::time::Instant::now),
+            marks: Vec::new(),
+        }
+    }
+
+    /// Ends the phase `what` (waiting for the device's queue first).
+    pub(crate) fn mark<B: Backend>(&mut self, be: &B, what: impl FnOnce() -> String) -> Result<()> {
+        if let Some(t) = self.last {
+            be.sync()?;
+            let now = std::time::Instant::now();
+            self.marks.push((what(), (now - t).as_secs_f64() * 1e3));
+            self.last = Some(now);
+        }
+        Ok(())
+    }
+
+    /// Prints the phases, after `head`.
+    pub(crate) fn print(&self, head: &str) {
+        if self.last.is_some() {
+            let total: f64 = self.marks.iter().map(|m| m.1).sum();
+            let phases: Vec<String> = self.marks.iter().map(|(w, ms)| format!("{w} {ms:.3}")).collect();
+            eprintln!("trace {head}: {total:.3} ms = {}", phases.join(", "));
+        }
+    }
+}
+
 /// Largest block of input-side LSTM products held at once on a GPU, in bytes.
 pub(crate) const ZX_BYTES: usize = 256 << 20;
 
@@ -447,8 +498,10 @@ pub(crate) const ZX_BYTES: usize = 256 << 20;
 /// intermediates; `share`: run the token pipeline and layer 0's input-side
 /// products once per distinct word (as the CPU path,
 /// [`crate::ElmoModel::with_word_sharing`]); input-side LSTM products in
-/// blocks of about `zx_bytes`. Returns per direction and layer the outputs in natural
-/// order, and the final states in the caller's sentence order.
+/// blocks of about `zx_bytes`. Returns the output assembled on the device
+/// (one download), the final states in the caller's sentence order and,
+/// with `keep`, the intermediates (per direction and layer the outputs in
+/// natural order).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward<B: Backend>(
     be: &B,
@@ -464,7 +517,12 @@ pub(crate) fn forward<B: Backend>(
     let (f, p, u, nl) = (o.n_filters(), o.lstm.projection_dim, o.lstm.dim, o.lstm.n_layers);
     let n = chars.len() / c.max(1);
     let b = segs.len();
+    // The output (B, L + 1, T, 2P): token j of sentence i is packed row
+    // off_i + j + 1 (the boundaries removed).
+    let (nk, t_max) = (nl + 1, segs.iter().map(|s| s.1.saturating_sub(2)).max().unwrap_or(0));
+    let data_len = b * nk * t_max * 2 * p;
     let mut out = GpuOut {
+        data: Vec::new(),
         tok: Vec::new(),
         cnn: Vec::new(),
         // One (empty until filled) per highway layer when kept, as the CPU path.
@@ -484,9 +542,19 @@ pub(crate) fn forward<B: Backend>(
         }),
     };
     if n == 0 {
+        out.data = vec![0.0; data_len];
         return Ok(out);
     }
-    if n.checked_mul(f.max(4 * u)).is_none_or(|x| x > i32::MAX as usize) {
+    let mut trace = Trace::new();
+    // `all` (1 + 2L, N, P) + a zero row: the token embeddings, then each
+    // layer's outputs, forward and backward (the backward in its reversed
+    // order), from which one gather makes the output.
+    let zero_row = (1 + 2 * nl) * n;
+    let too_big = |x: Option<usize>| x.is_none_or(|x| x > i32::MAX as usize);
+    if too_big(n.checked_mul(f.max(4 * u)))
+        || too_big((zero_row + 1).checked_mul(p))
+        || too_big(b.checked_mul(nk * t_max * 2 * p))
+    {
         return Err(Error::Input(format!(
             "a batch of {n} tokens is too large for the CUDA kernels: split it"
         )));
@@ -515,6 +583,7 @@ pub(crate) fn forward<B: Backend>(
         relu: o.char_cnn.activation == crate::options::Activation::Relu,
     };
     be.char_cnn(&d_chars, &w.char_embed, &w.cnn_w, &w.cnn_b, &w.convs, &mut x, dims)?;
+    trace.mark(be, || format!("char_cnn ({nw} words)"))?;
     // Rows of the distinct words to the positions (host side, intermediates).
     let spread = |v: Vec<f32>, width: usize| {
         if nw < n {
@@ -556,7 +625,12 @@ pub(crate) fn forward<B: Backend>(
     } else {
         (tok, None)
     };
-    out.tok = be.down(&tok)?;
+    trace.mark(be, || "highway+projection".into())?;
+    if keep {
+        out.tok = be.down(&tok)?;
+    }
+    let mut all = be.zeros((zero_row + 1) * p)?;
+    be.copy_into(&tok, &mut all, 0, n * p)?;
 
     // Sentences longest first: those running at step t are a prefix.
     let mut perm: Vec<usize> = (0..b).collect();
@@ -676,15 +750,45 @@ pub(crate) fn forward<B: Backend>(
                 fh[i * p..(i + 1) * p].copy_from_slice(&hs[r * p..(r + 1) * p]);
             }
             x = y;
-            out.outputs[d][l] = if d == 0 {
-                be.down(&x)?
-            } else {
-                let mut nat = be.zeros(n * p)?;
-                be.gather_rows(&x, &mut nat, (&d_rev, 0), n, p)?;
-                be.down(&nat)?
-            };
+            be.copy_into(&x, &mut all, (1 + 2 * l + d) * n * p, n * p)?;
+            if keep {
+                out.outputs[d][l] = if d == 0 {
+                    be.down(&x)?
+                } else {
+                    let mut nat = be.zeros(n * p)?;
+                    be.gather_rows(&x, &mut nat, (&d_rev, 0), n, p)?;
+                    be.down(&nat)?
+                };
+            }
+            trace.mark(be, || format!("lstm d{d} l{l}"))?;
         }
     }
+    // Each P-wide half row of the output: the token embedding twice, or
+    // layer l's forward and backward rows (backward row of position q:
+    // rev[q]), or the zero row past a sentence's end.
+    let mut idx = Vec::with_capacity(data_len / p.max(1));
+    for &(off, len) in segs {
+        for k in 0..nk {
+            for j in 0..t_max {
+                let q = off + j + 1;
+                let pair = match k {
+                    _ if j + 2 >= len => [zero_row; 2],
+                    0 => [q; 2],
+                    _ => [(2 * k - 1) * n + q, 2 * k * n + rev[q] as usize],
+                };
+                idx.extend(pair.map(|r| r as i32));
+            }
+        }
+    }
+    if data_len > 0 {
+        let mut data = be.zeros(data_len)?;
+        be.gather_rows(&all, &mut data, (&be.up_i32(&idx)?, 0), data_len / p, p)?;
+        trace.mark(be, || "assemble".into())?;
+        out.data = be.down(&data)?;
+        out.data.truncate(data_len);
+        trace.mark(be, || format!("download {} MiB", (4 * data_len) >> 20))?;
+    }
+    trace.print(&format!("B={b} N={n}"));
     Ok(out)
 }
 
@@ -815,6 +919,10 @@ macro_rules! host_buffers {
         }
         fn down(&self, x: &Vec<f32>) -> Result<Vec<f32>> {
             Ok(x.clone())
+        }
+        fn copy_into(&self, x: &Vec<f32>, y: &mut Vec<f32>, at: usize, len: usize) -> Result<()> {
+            y[at..at + len].copy_from_slice(&x[..len]);
+            Ok(())
         }
     };
 }
@@ -1027,7 +1135,8 @@ mod imp {
     use crate::options::Options;
     use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys as blas_sys};
     use cudarc::driver::{
-        CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg, sys as drv_sys,
+        CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PinnedHostSlice, PushKernelArg,
+        sys as drv_sys,
     };
     use std::sync::{Arc, Mutex};
 
@@ -1089,6 +1198,10 @@ mod imp {
     struct Exec {
         stream: Arc<CudaStream>,
         blas: CudaBlas,
+        /// Page-locked host memory that downloads land in (grown as needed,
+        /// kept): a DMA at the bus's speed, then a parallel copy out,
+        /// instead of the driver's staged copy into pageable memory.
+        staging: std::cell::RefCell<Option<PinnedHostSlice<f32>>>,
     }
 
     /// The model's weights on one CUDA device, with its kernels loaded.
@@ -1178,7 +1291,55 @@ mod imp {
             self.ex.stream.clone_dtod(x).map_err(self.err("copy"))
         }
         fn down(&self, x: &Self::F) -> Result<Vec<f32>> {
-            self.ex.stream.clone_dtoh(x).map_err(self.err("download"))
+            use rayon::prelude::*;
+            // Staging: at most 64 MiB of page-locked memory, larger results
+            // go through it in pieces.
+            const STAGING: usize = 1 << 24;
+            const CHUNK: usize = 1 << 18;
+            let n = x.len();
+            let mut staging = self.ex.staging.borrow_mut();
+            let want = n.min(STAGING).next_power_of_two();
+            if staging.as_ref().is_none_or(|s| s.len() < want) {
+                *staging = None;
+                // Flags 0: cached memory (the default write-combined kind
+                // is slow for the CPU to read).
+                // SAFETY: the buffer's contents are only read after a copy
+                // into it (below) has completed.
+                let s = unsafe { self.m.ctx.alloc_pinned_with_flags::<f32>(want, 0) };
+                *staging = Some(s.map_err(self.err("page-locked host memory for downloads"))?);
+            }
+            let s = staging.as_mut().expect("allocated above");
+            let mut v = vec![0f32; n];
+            for (i, out) in v.chunks_mut(STAGING).enumerate() {
+                let k = out.len();
+                let piece = x.slice(i * STAGING..i * STAGING + k);
+                self.ex.stream.memcpy_dtoh(&piece, s).map_err(self.err("download"))?;
+                // `as_slice` waits for the copy.
+                let src = &s.as_slice().map_err(self.err("download"))?[..k];
+                // Large results: the copy out (and the first touch of `v`'s
+                // pages) on every thread.
+                if k > CHUNK {
+                    out.par_chunks_mut(CHUNK)
+                        .zip(src.par_chunks(CHUNK))
+                        .for_each(|(d, s)| d.copy_from_slice(s));
+                } else {
+                    out.copy_from_slice(src);
+                }
+            }
+            Ok(v)
+        }
+        fn copy_into(&self, x: &Self::F, y: &mut Self::F, at: usize, len: usize) -> Result<()> {
+            if len == 0 {
+                return Ok(());
+            }
+            let mut dst = y.slice_mut(at..at + len);
+            self.ex
+                .stream
+                .memcpy_dtod(&x.slice(..len), &mut dst)
+                .map_err(self.err("copy"))
+        }
+        fn sync(&self) -> Result<()> {
+            self.ex.stream.synchronize().map_err(self.err("synchronize"))
         }
         fn gemm(
             &self,
@@ -1373,6 +1534,29 @@ mod imp {
             }
             let dev = |e: DriverError| unavailable(format!("cuda:{ordinal}: {e}"));
             let ctx = CudaContext::new(ordinal).map_err(dev)?;
+            if ctx.has_async_alloc() {
+                // A pass allocates and frees its activations (hundreds of
+                // MiB at batch 256) on the stream's pool; by default the
+                // pool hands memory back to the driver at every
+                // synchronisation, and the next pass maps it again. Keep it.
+                let mut threshold = u64::MAX;
+                // SAFETY: the device is this context's; the attribute takes
+                // a pointer to a u64.
+                unsafe {
+                    let mut pool = std::mem::MaybeUninit::uninit();
+                    drv_sys::cuDeviceGetMemPool(pool.as_mut_ptr(), ctx.cu_device())
+                        .result()
+                        .and_then(|()| {
+                            drv_sys::cuMemPoolSetAttribute(
+                                pool.assume_init(),
+                                drv_sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                                (&mut threshold as *mut u64).cast(),
+                            )
+                            .result()
+                        })
+                }
+                .map_err(dev)?;
+            }
             let name = ctx.name().map_err(dev)?;
             let cc = ctx.compute_capability().map_err(dev)?;
             if cc < MIN_COMPUTE_CAPABILITY {
@@ -1456,7 +1640,11 @@ mod imp {
             unsafe { blas_sys::cublasSetMathMode(*blas.handle(), blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH) }
                 .result()
                 .map_err(|e| unavailable(format!("cuda:{ordinal}: cublasSetMathMode: {e}")))?;
-            let ex = Exec { stream, blas };
+            let ex = Exec {
+                stream,
+                blas,
+                staging: Default::default(),
+            };
             let w = Weights::upload(
                 &Uploader {
                     stream: &ex.stream,
@@ -1653,10 +1841,24 @@ pub(crate) mod tests {
             Some((x, y)) => (Some(x), Some(y)),
             None => (None, None),
         };
+        let stateless = sa.is_none();
         let (oa, ia) = a.forward_with_intermediates(ids, sa).unwrap();
         let (ob, ib) = b.forward_with_intermediates(ids, sb).unwrap();
         assert_eq!(oa.lengths, ob.lengths, "{tag}");
-        let mut v = vec![(format!("{tag} out"), oa.data, ob.data)];
+        let mut v = Vec::new();
+        if stateless {
+            // Without intermediates the GPU pass downloads only the output
+            // it assembled: the same as with them.
+            let (pa, pb) = (a.forward(ids, None).unwrap(), b.forward(ids, None).unwrap());
+            assert_eq!(pa.data, oa.data, "{tag}: a's output without intermediates");
+            assert_eq!(pb.data, ob.data, "{tag}: b's output without intermediates");
+            assert_eq!(
+                (pa.n_layers, pa.max_len, pa.dim),
+                (oa.n_layers, oa.max_len, oa.dim),
+                "{tag}"
+            );
+        }
+        v.push((format!("{tag} out"), oa.data, ob.data));
         for (k, x, y) in [
             ("cnn", &ia.char_cnn, &ib.char_cnn),
             ("tok", &ia.token_embeddings, &ib.token_embeddings),
@@ -1698,6 +1900,27 @@ pub(crate) mod tests {
             check(&format!("{tag} batch {i} state c"), true, sa.c(), sb.c());
             check(&format!("{tag} batch {i} state h"), true, sa.h(), sb.h());
         }
+    }
+
+    #[test]
+    fn a_trace_records_each_phase_only_when_on() {
+        use super::{HostBackend, Trace};
+        let be = HostBackend::default();
+        let mut on = Trace {
+            last: Some(std::time::Instant::now()),
+            marks: Vec::new(),
+        };
+        on.mark(&be, || "a".into()).unwrap();
+        on.mark(&be, || "b".into()).unwrap();
+        let names: Vec<&str> = on.marks.iter().map(|m| m.0.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(on.marks.iter().all(|m| m.1 >= 0.0));
+        let mut off = Trace {
+            last: None,
+            marks: Vec::new(),
+        };
+        off.mark(&be, || unreachable!("an idle trace names no phase")).unwrap();
+        assert!(off.marks.is_empty());
     }
 
     /// The GPU pass's orchestration (length-sorted prefixes, step rows,

@@ -725,7 +725,7 @@ impl ElmoModel {
             Some(Accel::Test(run)) => Some(run(&packed, &segs, [&init0, &init1], (keep, self.share_words))?),
             None => None,
         };
-        let (tokens, fwd, bwd) = if let Some(r) = accel {
+        let (tokens, fwd, bwd, gpu_data) = if let Some(r) = accel {
             let ([o0, o1], [f0, f1]) = (r.outputs, r.finals);
             (
                 TokenOut {
@@ -742,6 +742,7 @@ impl ElmoModel {
                     outputs: o1,
                     finals: f1,
                 },
+                Some(r.data),
             )
         } else {
             let tokens = self.tokens(&packed, keep);
@@ -775,7 +776,7 @@ impl ElmoModel {
             for out in &mut bwd.outputs {
                 *out = reverse_segments(out, &segs, p);
             }
-            (tokens, fwd, bwd)
+            (tokens, fwd, bwd, None)
         };
         if let Some(s) = state {
             for (d, dir) in [&fwd, &bwd].into_iter().enumerate() {
@@ -790,22 +791,8 @@ impl ElmoModel {
         // Remove the boundaries: token j of sentence b is raw position j + 1.
         let t_max = lens.iter().map(|&l| l.saturating_sub(2)).max().unwrap_or(0);
         let (nk, dim) = (nl + 1, 2 * p);
-        let mut data = vec![0f32; b * nk * t_max * dim];
-        for (i, &(off, len)) in segs.iter().enumerate() {
-            for j in 0..len.saturating_sub(2) {
-                let src = (off + j + 1) * p;
-                for k in 0..nk {
-                    let dst = ((i * nk + k) * t_max + j) * dim;
-                    let (lo, hi) = if k == 0 {
-                        (&tokens.tok[src..src + p], &tokens.tok[src..src + p])
-                    } else {
-                        (&fwd.outputs[k - 1][src..src + p], &bwd.outputs[k - 1][src..src + p])
-                    };
-                    data[dst..dst + p].copy_from_slice(lo);
-                    data[dst + p..dst + dim].copy_from_slice(hi);
-                }
-            }
-        }
+        // The GPU assembles its output on the device.
+        let data = gpu_data.unwrap_or_else(|| self.assemble(&segs, &tokens.tok, &fwd, &bwd, t_max));
         let out = BiLmOutput {
             lengths: lens.iter().map(|&l| l.saturating_sub(2)).collect(),
             n_layers: nk,
@@ -819,6 +806,39 @@ impl ElmoModel {
             None
         };
         Ok((out, inter))
+    }
+
+    /// The output `(B, L + 1, T, 2P)` from the packed token embeddings and
+    /// layer outputs (natural order): token j of a sentence is its packed
+    /// row j + 1 (the boundaries removed); padding stays zero.
+    fn assemble(
+        &self,
+        segs: &[(usize, usize)],
+        tok: &[f32],
+        fwd: &DirectionOut,
+        bwd: &DirectionOut,
+        t_max: usize,
+    ) -> Vec<f32> {
+        let o = self.options();
+        let (p, nk) = (o.lstm.projection_dim, o.lstm.n_layers + 1);
+        let dim = 2 * p;
+        let mut data = vec![0f32; segs.len() * nk * t_max * dim];
+        for (i, &(off, len)) in segs.iter().enumerate() {
+            for j in 0..len.saturating_sub(2) {
+                let src = (off + j + 1) * p;
+                for k in 0..nk {
+                    let dst = ((i * nk + k) * t_max + j) * dim;
+                    let (lo, hi) = if k == 0 {
+                        (&tok[src..src + p], &tok[src..src + p])
+                    } else {
+                        (&fwd.outputs[k - 1][src..src + p], &bwd.outputs[k - 1][src..src + p])
+                    };
+                    data[dst..dst + p].copy_from_slice(lo);
+                    data[dst + p..dst + dim].copy_from_slice(hi);
+                }
+            }
+        }
+        data
     }
 
     /// Scatters packed results into bilm-tf's padded `(B, T2, ...)` layout;
