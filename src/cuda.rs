@@ -1313,8 +1313,13 @@ mod imp {
             for (i, out) in v.chunks_mut(STAGING).enumerate() {
                 let k = out.len();
                 let piece = x.slice(i * STAGING..i * STAGING + k);
-                self.ex.stream.memcpy_dtoh(&piece, s).map_err(self.err("download"))?;
-                // `as_slice` waits for the copy.
+                // A slice of exactly the piece's length (cudarc copies as
+                // many values as the destination holds), then a wait: into
+                // page-locked memory the copy is asynchronous, and with
+                // event tracking off nothing else waits for it.
+                let dst = &mut s.as_mut_slice().map_err(self.err("download"))?[..k];
+                self.ex.stream.memcpy_dtoh(&piece, dst).map_err(self.err("download"))?;
+                self.ex.stream.synchronize().map_err(self.err("download"))?;
                 let src = &s.as_slice().map_err(self.err("download"))?[..k];
                 // Large results: the copy out (and the first touch of `v`'s
                 // pages) on every thread.
