@@ -138,8 +138,23 @@ pub(crate) trait Backend: Upload {
     fn down(&self, x: &Self::F) -> Result<Vec<f32>>;
     /// `y[at .. at + len] = x[.. len]`, on the device.
     fn copy_into(&self, x: &Self::F, y: &mut Self::F, at: usize, len: usize) -> Result<()>;
-    /// Waits for the work queued so far ([`Trace`] only: `down` waits by itself).
+    /// Waits for the work queued so far on every lane ([`Trace`] only:
+    /// `down` waits by itself).
     fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Sends the work that follows to lane `d` (0 or 1): two queues that run
+    /// side by side where the device can (CUDA streams). Work on one lane
+    /// sees the other's only across [`fork`](Self::fork) and
+    /// [`join`](Self::join). A backend that runs everything in order
+    /// ignores lanes.
+    fn lane(&self, _d: usize) {}
+    /// Lane 1 waits for everything queued on lane 0 so far.
+    fn fork(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Lane 0 waits for everything queued on lane 1 so far.
+    fn join(&self) -> Result<()> {
         Ok(())
     }
     /// `c (m, n) = a (m, k) b (k, n)`, row-major with row strides.
@@ -668,7 +683,14 @@ pub(crate) fn forward<B: Backend>(
             .map(|&q| index[if d == 0 { q as usize } else { rev[q as usize] as usize }] as i32)
             .collect()
     };
+    // The two directions on two lanes (CUDA streams), each from the token
+    // pipeline's results: their per-step kernels, small at small batches,
+    // run side by side. Every buffer either lane reads that the other
+    // wrote, or that lane 0 made before the fork, lives to the end.
+    be.fork()?;
+    let mut states = Vec::with_capacity(2 * nl);
     for d in 0..2 {
+        be.lane(d);
         // (W, 4U) = tok_w (W, P) W_0[..P] of layer 0, and the rows to gather.
         let zx_words = match &tok_w {
             Some(tw) if nl > 0 => {
@@ -742,13 +764,9 @@ pub(crate) fn forward<B: Backend>(
                 }
                 t0 = t1;
             }
-            // Final states back in the caller's sentence order.
-            let (cs, hs) = (be.down(&dc)?, be.down(&dh)?);
-            let (fc, fh) = &mut out.finals[d][l];
-            for (r, &i) in perm.iter().enumerate() {
-                fc[i * u..(i + 1) * u].copy_from_slice(&cs[r * u..(r + 1) * u]);
-                fh[i * p..(i + 1) * p].copy_from_slice(&hs[r * p..(r + 1) * p]);
-            }
+            // Final states: downloaded once both lanes are queued (a
+            // download waits, and would hold the other lane back).
+            states.push((d, l, dc, dh));
             x = y;
             be.copy_into(&x, &mut all, (1 + 2 * l + d) * n * p, n * p)?;
             if keep {
@@ -761,6 +779,17 @@ pub(crate) fn forward<B: Backend>(
                 };
             }
             trace.mark(be, || format!("lstm d{d} l{l}"))?;
+        }
+    }
+    be.lane(0);
+    be.join()?;
+    for (d, l, dc, dh) in states {
+        // Final states back in the caller's sentence order.
+        let (cs, hs) = (be.down(&dc)?, be.down(&dh)?);
+        let (fc, fh) = &mut out.finals[d][l];
+        for (r, &i) in perm.iter().enumerate() {
+            fc[i * u..(i + 1) * u].copy_from_slice(&cs[r * u..(r + 1) * u]);
+            fh[i * p..(i + 1) * p].copy_from_slice(&hs[r * p..(r + 1) * p]);
         }
     }
     // Each P-wide half row of the output: the token embedding twice, or
@@ -1196,8 +1225,11 @@ mod imp {
 
     /// What runs need exclusively: the stream and the cuBLAS handle on it.
     struct Exec {
-        stream: Arc<CudaStream>,
-        blas: CudaBlas,
+        /// Two streams (lanes), each with its cuBLAS handle: the forward
+        /// direction runs on the first, the backward on the second, so
+        /// their small per-step kernels overlap (see [`Backend::lane`]).
+        streams: [Arc<CudaStream>; 2],
+        blas: [CudaBlas; 2],
         /// Page-locked host memory that downloads land in (grown as needed,
         /// kept): a DMA at the bus's speed, then a parallel copy out,
         /// instead of the driver's staged copy into pageable memory.
@@ -1254,9 +1286,30 @@ mod imp {
     struct Cuda<'a> {
         m: &'a GpuModel,
         ex: &'a Exec,
+        /// The lane that work goes to.
+        lane: std::cell::Cell<usize>,
     }
 
-    impl Cuda<'_> {
+    impl<'a> Cuda<'a> {
+        fn new(m: &'a GpuModel, ex: &'a Exec) -> Self {
+            Cuda {
+                m,
+                ex,
+                lane: std::cell::Cell::new(0),
+            }
+        }
+        fn s(&self) -> &Arc<CudaStream> {
+            &self.ex.streams[self.lane.get()]
+        }
+        fn b(&self) -> &CudaBlas {
+            &self.ex.blas[self.lane.get()]
+        }
+        /// Makes lane `to` wait for the work queued so far on lane `from`.
+        fn order(&self, from: usize, to: usize) -> Result<()> {
+            let flags = Some(drv_sys::CUevent_flags::CU_EVENT_DISABLE_TIMING);
+            let e = self.ex.streams[from].record_event(flags).map_err(self.err("event"))?;
+            self.ex.streams[to].wait(&e).map_err(self.err("event"))
+        }
         fn err(&self, what: &'static str) -> impl Fn(DriverError) -> Error + '_ {
             move |e| match e.0 {
                 drv_sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => Error::Cuda(format!(
@@ -1271,7 +1324,7 @@ mod imp {
     impl Upload for Cuda<'_> {
         type F = CudaSlice<f32>;
         fn up_f32(&self, v: &[f32]) -> Result<Self::F> {
-            self.ex.stream.clone_htod(v).map_err(self.err("upload"))
+            self.s().clone_htod(v).map_err(self.err("upload"))
         }
     }
 
@@ -1279,16 +1332,16 @@ mod imp {
         type I = CudaSlice<i32>;
         type C = CudaSlice<u16>;
         fn up_i32(&self, v: &[i32]) -> Result<Self::I> {
-            self.ex.stream.clone_htod(v).map_err(self.err("upload"))
+            self.s().clone_htod(v).map_err(self.err("upload"))
         }
         fn up_u16(&self, v: &[u16]) -> Result<Self::C> {
-            self.ex.stream.clone_htod(v).map_err(self.err("upload"))
+            self.s().clone_htod(v).map_err(self.err("upload"))
         }
         fn zeros(&self, n: usize) -> Result<Self::F> {
-            self.ex.stream.alloc_zeros(n.max(1)).map_err(self.err("alloc"))
+            self.s().alloc_zeros(n.max(1)).map_err(self.err("alloc"))
         }
         fn copy(&self, x: &Self::F) -> Result<Self::F> {
-            self.ex.stream.clone_dtod(x).map_err(self.err("copy"))
+            self.s().clone_dtod(x).map_err(self.err("copy"))
         }
         fn down(&self, x: &Self::F) -> Result<Vec<f32>> {
             use rayon::prelude::*;
@@ -1318,8 +1371,8 @@ mod imp {
                 // page-locked memory the copy is asynchronous, and with
                 // event tracking off nothing else waits for it.
                 let dst = &mut s.as_mut_slice().map_err(self.err("download"))?[..k];
-                self.ex.stream.memcpy_dtoh(&piece, dst).map_err(self.err("download"))?;
-                self.ex.stream.synchronize().map_err(self.err("download"))?;
+                self.s().memcpy_dtoh(&piece, dst).map_err(self.err("download"))?;
+                self.s().synchronize().map_err(self.err("download"))?;
                 let src = &s.as_slice().map_err(self.err("download"))?[..k];
                 // Large results: the copy out (and the first touch of `v`'s
                 // pages) on every thread.
@@ -1338,13 +1391,24 @@ mod imp {
                 return Ok(());
             }
             let mut dst = y.slice_mut(at..at + len);
-            self.ex
-                .stream
+            self.s()
                 .memcpy_dtod(&x.slice(..len), &mut dst)
                 .map_err(self.err("copy"))
         }
         fn sync(&self) -> Result<()> {
-            self.ex.stream.synchronize().map_err(self.err("synchronize"))
+            for s in &self.ex.streams {
+                s.synchronize().map_err(self.err("synchronize"))?;
+            }
+            Ok(())
+        }
+        fn lane(&self, d: usize) {
+            self.lane.set(d.min(1));
+        }
+        fn fork(&self) -> Result<()> {
+            self.order(0, 1)
+        }
+        fn join(&self) -> Result<()> {
+            self.order(1, 0)
         }
         fn gemm(
             &self,
@@ -1378,7 +1442,7 @@ mod imp {
             // SAFETY: forward passes buffers holding (m-1) lda + k values
             // of A from a.1, (k-1) ldb + n of B from b.1 and (m-1) ldc + n
             // of C, all on this handle's stream.
-            unsafe { self.ex.blas.gemm(cfg, &bv, &av, c) }
+            unsafe { self.b().gemm(cfg, &bv, &av, c) }
                 .map_err(|e| Error::Cuda(format!("cuda:{} ({}): cublasSgemm: {e}", self.m.ordinal, self.m.name)))
         }
         fn char_cnn(
@@ -1392,7 +1456,7 @@ mod imp {
             d: CnnDims,
         ) -> Result<()> {
             let (n, c, e, nc, relu) = (int(d.n), int(d.c), int(d.e), int(d.n_chars), i32::from(d.relu));
-            let mut bld = self.ex.stream.launch_builder(&self.m.k.char_cnn);
+            let mut bld = self.s().launch_builder(&self.m.k.char_cnn);
             bld.arg(chars)
                 .arg(table)
                 .arg(w)
@@ -1413,7 +1477,7 @@ mod imp {
         }
         fn add_bias(&self, x: &mut Self::F, bias: &Self::F, n: usize, w: usize) -> Result<()> {
             let (ni, wi) = (int(n), int(w));
-            let mut bld = self.ex.stream.launch_builder(&self.m.k.add_bias);
+            let mut bld = self.s().launch_builder(&self.m.k.add_bias);
             bld.arg(x).arg(bias).arg(&ni).arg(&wi);
             // SAFETY: add_bias(x (n, w), bias (w,), n, w).
             unsafe { bld.launch(elementwise(n * w)) }
@@ -1431,7 +1495,7 @@ mod imp {
             f: usize,
         ) -> Result<()> {
             let (ni, fi) = (int(n), int(f));
-            let mut bld = self.ex.stream.launch_builder(&self.m.k.highway);
+            let mut bld = self.s().launch_builder(&self.m.k.highway);
             bld.arg(x).arg(carry).arg(trans).arg(bc).arg(bt).arg(&ni).arg(&fi);
             // SAFETY: highway(x, carry, transform (n, f), bc, bt (f,), n, f).
             unsafe { bld.launch(elementwise(n * f)) }
@@ -1448,7 +1512,7 @@ mod imp {
         ) -> Result<()> {
             let iv = idx.0.slice(idx.1..);
             let (ri, wi) = (int(rows), int(w));
-            let mut bld = self.ex.stream.launch_builder(&self.m.k.gather_rows);
+            let mut bld = self.s().launch_builder(&self.m.k.gather_rows);
             bld.arg(x).arg(y).arg(&iv).arg(&ri).arg(&wi);
             // SAFETY: gather_rows(x, y (rows, w), idx (rows), rows, w); every
             // index is a row of x (built by forward).
@@ -1470,7 +1534,7 @@ mod imp {
         ) -> Result<()> {
             let (zb, nai, ui) = (int(zx_base), int(na), int(u));
             let (cc, has) = (clip.unwrap_or(0.0), i32::from(clip.is_some()));
-            let mut bld = self.ex.stream.launch_builder(&self.m.k.lstm_cell);
+            let mut bld = self.s().launch_builder(&self.m.k.lstm_cell);
             bld.arg(zx)
                 .arg(&zb)
                 .arg(zh)
@@ -1502,7 +1566,7 @@ mod imp {
             let rv = rows.0.slice(rows.1..);
             let (nai, pi) = (int(na), int(p));
             let (pc, has, res) = (clip.unwrap_or(0.0), i32::from(clip.is_some()), i32::from(residual));
-            let mut bld = self.ex.stream.launch_builder(&self.m.k.lstm_project_out);
+            let mut bld = self.s().launch_builder(&self.m.k.lstm_project_out);
             bld.arg(hp)
                 .arg(h)
                 .arg(out)
@@ -1632,27 +1696,36 @@ mod imp {
                 lstm_project_out: f("lstm_project_out")?,
             };
             // SAFETY: this model's buffers are created after this call and
-            // used on one stream only (the context's default stream, in
-            // order; cuBLAS is bound to it too), so cudarc's cross-stream
-            // event tracking has nothing to order: it would only record
-            // events around every launch and copy.
+            // used on its two streams, which `forward` orders explicitly
+            // (`fork` and `join`: each buffer one lane writes is read by
+            // the other only after such an event, and lives until the
+            // pass's end), so cudarc's cross-stream event tracking has
+            // nothing to add: it would only record events around every
+            // launch and copy.
             unsafe { ctx.disable_event_tracking() };
-            let stream = ctx.default_stream();
-            let blas = CudaBlas::new(stream.clone())
-                .map_err(|e| unavailable(format!("cuda:{ordinal}: creating the cuBLAS handle: {e}")))?;
-            // Full f32 products: no TF32 or other reduced precision.
-            // SAFETY: the handle is valid (just created).
-            unsafe { blas_sys::cublasSetMathMode(*blas.handle(), blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH) }
-                .result()
-                .map_err(|e| unavailable(format!("cuda:{ordinal}: cublasSetMathMode: {e}")))?;
+            let streams = [
+                ctx.default_stream(),
+                ctx.new_stream()
+                    .map_err(|e| unavailable(format!("cuda:{ordinal}: creating a stream: {e}")))?,
+            ];
+            let handle = |s: &Arc<CudaStream>| -> Result<CudaBlas> {
+                let blas = CudaBlas::new(s.clone())
+                    .map_err(|e| unavailable(format!("cuda:{ordinal}: creating a cuBLAS handle: {e}")))?;
+                // Full f32 products: no TF32 or other reduced precision.
+                // SAFETY: the handle is valid (just created).
+                unsafe { blas_sys::cublasSetMathMode(*blas.handle(), blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH) }
+                    .result()
+                    .map_err(|e| unavailable(format!("cuda:{ordinal}: cublasSetMathMode: {e}")))?;
+                Ok(blas)
+            };
             let ex = Exec {
-                stream,
-                blas,
+                blas: [handle(&streams[0])?, handle(&streams[1])?],
+                streams,
                 staging: Default::default(),
             };
             let w = Weights::upload(
                 &Uploader {
-                    stream: &ex.stream,
+                    stream: &ex.streams[0],
                     ordinal,
                 },
                 file,
@@ -1699,7 +1772,7 @@ mod imp {
                     self.ordinal, self.name
                 ))
             })?;
-            let got = kernel_outputs(&Cuda { m: self, ex: &ex })?;
+            let got = kernel_outputs(&Cuda::new(self, &ex))?;
             Ok(want
                 .into_iter()
                 .zip(got)
@@ -1729,7 +1802,7 @@ mod imp {
                     self.ordinal, self.name
                 ))
             })?;
-            let be = Cuda { m: self, ex: &ex };
+            let be = Cuda::new(self, &ex);
             forward(&be, &self.w, &self.options, chars, segs, init, keep, ZX_BYTES)
         }
     }
