@@ -684,33 +684,53 @@ pub(crate) fn forward<B: Backend>(
             .collect()
     };
     // The two directions on two lanes (CUDA streams), each from the token
-    // pipeline's results: their per-step kernels, small at small batches,
-    // run side by side. Every buffer either lane reads that the other
-    // wrote, or that lane 0 made before the fork, lives to the end.
+    // pipeline's results, their work queued step by step in turn: the
+    // per-step kernels, small at small batches, run side by side. Every
+    // buffer a lane reads that the other lane wrote, or that lane 0 made
+    // before the fork, lives to the end.
     be.fork()?;
-    let mut states = Vec::with_capacity(2 * nl);
+    // Per direction: layer 0's products of the distinct words (W, 4U) =
+    // tok_w (W, P) W_0[..P] and each step row's word, and the layer input.
+    let mut zx_words = Vec::with_capacity(2);
+    let mut xs = Vec::with_capacity(2);
     for d in 0..2 {
         be.lane(d);
-        // (W, 4U) = tok_w (W, P) W_0[..P] of layer 0, and the rows to gather.
-        let zx_words = match &tok_w {
+        zx_words.push(match &tok_w {
             Some(tw) if nl > 0 => {
                 let mut z = be.zeros(nw * 4 * u)?;
                 be.gemm((nw, 4 * u, p), (tw, 0), p, (&w.lstm[d][0][0], 0), 4 * u, &mut z, 4 * u)?;
                 Some((z, be.up_i32(&word_rows(d))?))
             }
             _ => None,
-        };
-        let mut x = if d == 0 {
+        });
+        xs.push(if d == 0 {
             be.copy(&tok)?
         } else {
             let mut y = be.zeros(n * p)?;
             be.gather_rows(&tok, &mut y, (&d_rev, 0), n, p)?;
             y
-        };
-        for l in 0..nl {
-            let [kernel, bias, proj] = &w.lstm[d][l];
-            // States in sorted order.
-            let (c0, h0) = &out.finals[d][l];
+        });
+    }
+    /// One direction's buffers for a layer: states (sorted order), output,
+    /// a step's gates, cell output and projection.
+    struct Layer<F> {
+        dc: F,
+        dh: F,
+        y: F,
+        zh: F,
+        m: F,
+        hp: F,
+    }
+    // Final states are wanted by stateful calls (`init` given) and with the
+    // intermediates; downloaded once both lanes are queued (a download
+    // waits, and would hold the other lane back).
+    let want_states = keep || init.iter().any(|i| i.iter().any(Option::is_some));
+    let mut states = Vec::with_capacity(2 * nl);
+    for l in 0..nl {
+        let mut ls = Vec::with_capacity(2);
+        for (d, finals) in out.finals.iter().enumerate() {
+            be.lane(d);
+            let (c0, h0) = &finals[l];
             let cs: Vec<f32> = perm
                 .iter()
                 .flat_map(|&i| c0[i * u..(i + 1) * u].iter().copied())
@@ -719,42 +739,64 @@ pub(crate) fn forward<B: Backend>(
                 .iter()
                 .flat_map(|&i| h0[i * p..(i + 1) * p].iter().copied())
                 .collect();
-            let (mut dc, mut dh) = (be.up_f32(&cs)?, be.up_f32(&hs)?);
-            let mut y = be.zeros(n * p)?;
-            let mut zh = be.zeros(b * 4 * u)?;
-            let mut m = be.zeros(b * u)?;
-            let mut hp = be.zeros(b * p)?;
-            let mut t0 = 0;
-            while t0 < max_len {
-                // A block of steps whose input rows fit ZX_BYTES.
-                let mut t1 = t0 + 1;
-                while t1 < max_len && base[t1 + 1] - base[t0] <= zx_rows {
-                    t1 += 1;
-                }
-                let (r0, r1) = (base[t0], base[t1]);
-                let mut zx = be.zeros((r1 - r0) * 4 * u)?;
-                match zx_words.as_ref().filter(|_| l == 0) {
+            ls.push(Layer {
+                dc: be.up_f32(&cs)?,
+                dh: be.up_f32(&hs)?,
+                y: be.zeros(n * p)?,
+                zh: be.zeros(b * 4 * u)?,
+                m: be.zeros(b * u)?,
+                hp: be.zeros(b * p)?,
+            });
+        }
+        let mut t0 = 0;
+        while t0 < max_len {
+            // A block of steps whose input rows fit ZX_BYTES.
+            let mut t1 = t0 + 1;
+            while t1 < max_len && base[t1 + 1] - base[t0] <= zx_rows {
+                t1 += 1;
+            }
+            let (r0, r1) = (base[t0], base[t1]);
+            let mut zx = Vec::with_capacity(2);
+            for d in 0..2 {
+                be.lane(d);
+                let mut z = be.zeros((r1 - r0) * 4 * u)?;
+                match zx_words[d].as_ref().filter(|_| l == 0) {
                     // Layer 0, repeated words: each row's word's products.
-                    Some((zw, d_wr)) => be.gather_rows(zw, &mut zx, (d_wr, r0), r1 - r0, 4 * u)?,
+                    Some((zw, d_wr)) => be.gather_rows(zw, &mut z, (d_wr, r0), r1 - r0, 4 * u)?,
                     None => {
                         let mut xb = be.zeros((r1 - r0) * p)?;
-                        be.gather_rows(&x, &mut xb, (&d_rows, r0), r1 - r0, p)?;
+                        be.gather_rows(&xs[d], &mut xb, (&d_rows, r0), r1 - r0, p)?;
                         // (rows, 4U) = x (rows, P) W_0[..P]
-                        be.gemm((r1 - r0, 4 * u, p), (&xb, 0), p, (kernel, 0), 4 * u, &mut zx, 4 * u)?;
+                        let kernel = &w.lstm[d][l][0];
+                        be.gemm((r1 - r0, 4 * u, p), (&xb, 0), p, (kernel, 0), 4 * u, &mut z, 4 * u)?;
                     }
                 }
-                for t in t0..t1 {
-                    let na = running[t];
+                zx.push(z);
+            }
+            for t in t0..t1 {
+                let na = running[t];
+                for (d, s) in ls.iter_mut().enumerate() {
+                    be.lane(d);
+                    let [kernel, bias, proj] = &w.lstm[d][l];
                     // (na, 4U) = m_{t-1} (na, P) W_0[P..]
-                    be.gemm((na, 4 * u, p), (&dh, 0), p, (kernel, p * 4 * u), 4 * u, &mut zh, 4 * u)?;
-                    be.lstm_cell(&zx, base[t] - r0, &zh, bias, &mut dc, &mut m, na, u, o.lstm.cell_clip)?;
+                    be.gemm(
+                        (na, 4 * u, p),
+                        (&s.dh, 0),
+                        p,
+                        (kernel, p * 4 * u),
+                        4 * u,
+                        &mut s.zh,
+                        4 * u,
+                    )?;
+                    let cell = o.lstm.cell_clip;
+                    be.lstm_cell(&zx[d], base[t] - r0, &s.zh, bias, &mut s.dc, &mut s.m, na, u, cell)?;
                     // (na, P) = m (na, U) W_P
-                    be.gemm((na, p, u), (&m, 0), u, (proj, 0), p, &mut hp, p)?;
+                    be.gemm((na, p, u), (&s.m, 0), u, (proj, 0), p, &mut s.hp, p)?;
                     be.lstm_project_out(
-                        &hp,
-                        &mut dh,
-                        &mut y,
-                        &x,
+                        &s.hp,
+                        &mut s.dh,
+                        &mut s.y,
+                        &xs[d],
                         (&d_rows, base[t]),
                         na,
                         p,
@@ -762,24 +804,27 @@ pub(crate) fn forward<B: Backend>(
                         o.lstm.use_skip_connections && l > 0,
                     )?;
                 }
-                t0 = t1;
             }
-            // Final states: downloaded once both lanes are queued (a
-            // download waits, and would hold the other lane back).
-            states.push((d, l, dc, dh));
-            x = y;
-            be.copy_into(&x, &mut all, (1 + 2 * l + d) * n * p, n * p)?;
+            t0 = t1;
+        }
+        for (d, s) in ls.into_iter().enumerate() {
+            be.lane(d);
+            if want_states {
+                states.push((d, l, s.dc, s.dh));
+            }
+            xs[d] = s.y;
+            be.copy_into(&xs[d], &mut all, (1 + 2 * l + d) * n * p, n * p)?;
             if keep {
                 out.outputs[d][l] = if d == 0 {
-                    be.down(&x)?
+                    be.down(&xs[d])?
                 } else {
                     let mut nat = be.zeros(n * p)?;
-                    be.gather_rows(&x, &mut nat, (&d_rev, 0), n, p)?;
+                    be.gather_rows(&xs[d], &mut nat, (&d_rev, 0), n, p)?;
                     be.down(&nat)?
                 };
             }
-            trace.mark(be, || format!("lstm d{d} l{l}"))?;
         }
+        trace.mark(be, || format!("lstm layer {l} (both directions)"))?;
     }
     be.lane(0);
     be.join()?;
@@ -1919,23 +1964,26 @@ pub(crate) mod tests {
             Some((x, y)) => (Some(x), Some(y)),
             None => (None, None),
         };
-        let stateless = sa.is_none();
-        let (oa, ia) = a.forward_with_intermediates(ids, sa).unwrap();
-        let (ob, ib) = b.forward_with_intermediates(ids, sb).unwrap();
+        // Without intermediates the GPU pass downloads only the output it
+        // assembled (and the final states when carried): the same as with
+        // them. Run first, on copies of the states.
+        let (mut sa, mut sb) = (sa, sb);
+        let (mut ca, mut cb) = (sa.as_deref().cloned(), sb.as_deref().cloned());
+        let pa = a.forward(ids, ca.as_mut()).unwrap();
+        let pb = b.forward(ids, cb.as_mut()).unwrap();
+        let (oa, ia) = a.forward_with_intermediates(ids, sa.as_deref_mut()).unwrap();
+        let (ob, ib) = b.forward_with_intermediates(ids, sb.as_deref_mut()).unwrap();
         assert_eq!(oa.lengths, ob.lengths, "{tag}");
+        assert_eq!(pa.data, oa.data, "{tag}: a's output without intermediates");
+        assert_eq!(pb.data, ob.data, "{tag}: b's output without intermediates");
+        assert_eq!(
+            (pa.n_layers, pa.max_len, pa.dim),
+            (oa.n_layers, oa.max_len, oa.dim),
+            "{tag}"
+        );
+        assert_eq!(ca.as_ref(), sa.as_deref(), "{tag}: a's states without intermediates");
+        assert_eq!(cb.as_ref(), sb.as_deref(), "{tag}: b's states without intermediates");
         let mut v = Vec::new();
-        if stateless {
-            // Without intermediates the GPU pass downloads only the output
-            // it assembled: the same as with them.
-            let (pa, pb) = (a.forward(ids, None).unwrap(), b.forward(ids, None).unwrap());
-            assert_eq!(pa.data, oa.data, "{tag}: a's output without intermediates");
-            assert_eq!(pb.data, ob.data, "{tag}: b's output without intermediates");
-            assert_eq!(
-                (pa.n_layers, pa.max_len, pa.dim),
-                (oa.n_layers, oa.max_len, oa.dim),
-                "{tag}"
-            );
-        }
         v.push((format!("{tag} out"), oa.data, ob.data));
         for (k, x, y) in [
             ("cnn", &ia.char_cnn, &ib.char_cnn),
