@@ -132,8 +132,6 @@ pub(crate) trait Backend: Upload {
     fn up_u16(&self, v: &[u16]) -> Result<Self::C>;
     /// `n` zeros.
     fn zeros(&self, n: usize) -> Result<Self::F>;
-    /// A copy.
-    fn copy(&self, x: &Self::F) -> Result<Self::F>;
     /// Downloads values.
     fn down(&self, x: &Self::F) -> Result<Vec<f32>>;
     /// `y[at .. at + len] = x[.. len]`, on the device.
@@ -685,14 +683,16 @@ pub(crate) fn forward<B: Backend>(
     };
     // The two directions on two lanes (CUDA streams), each from the token
     // pipeline's results, their work queued step by step in turn: the
-    // per-step kernels, small at small batches, run side by side. Every
-    // buffer a lane reads that the other lane wrote, or that lane 0 made
-    // before the fork, lives to the end.
+    // per-step kernels, small at small batches, run side by side. A lane
+    // writes only buffers it made; what lane 0 made before the fork, and
+    // every layer's output, lives to the end (`src/lane_check.rs` checks
+    // the ordering).
     be.fork()?;
     // Per direction: layer 0's products of the distinct words (W, 4U) =
-    // tok_w (W, P) W_0[..P] and each step row's word, and the layer input.
+    // tok_w (W, P) W_0[..P] and each step row's word; the backward
+    // direction's input, the token embeddings reversed within sentences.
     let mut zx_words = Vec::with_capacity(2);
-    let mut xs = Vec::with_capacity(2);
+    let mut tok_rev = None;
     for d in 0..2 {
         be.lane(d);
         zx_words.push(match &tok_w {
@@ -703,14 +703,14 @@ pub(crate) fn forward<B: Backend>(
             }
             _ => None,
         });
-        xs.push(if d == 0 {
-            be.copy(&tok)?
-        } else {
+        if d == 1 {
             let mut y = be.zeros(n * p)?;
             be.gather_rows(&tok, &mut y, (&d_rev, 0), n, p)?;
-            y
-        });
+            tok_rev = Some(y);
+        }
     }
+    // Each direction's layer outputs (N, P), in its own order.
+    let mut outs: [Vec<B::F>; 2] = [Vec::with_capacity(nl), Vec::with_capacity(nl)];
     /// One direction's buffers for a layer: states (sorted order), output,
     /// a step's gates, cell output and projection.
     struct Layer<F> {
@@ -759,13 +759,18 @@ pub(crate) fn forward<B: Backend>(
             let mut zx = Vec::with_capacity(2);
             for d in 0..2 {
                 be.lane(d);
+                let x = match (l, &tok_rev) {
+                    (0, Some(r)) if d == 1 => r,
+                    (0, _) => &tok,
+                    _ => &outs[d][l - 1],
+                };
                 let mut z = be.zeros((r1 - r0) * 4 * u)?;
                 match zx_words[d].as_ref().filter(|_| l == 0) {
                     // Layer 0, repeated words: each row's word's products.
                     Some((zw, d_wr)) => be.gather_rows(zw, &mut z, (d_wr, r0), r1 - r0, 4 * u)?,
                     None => {
                         let mut xb = be.zeros((r1 - r0) * p)?;
-                        be.gather_rows(&xs[d], &mut xb, (&d_rows, r0), r1 - r0, p)?;
+                        be.gather_rows(x, &mut xb, (&d_rows, r0), r1 - r0, p)?;
                         // (rows, 4U) = x (rows, P) W_0[..P]
                         let kernel = &w.lstm[d][l][0];
                         be.gemm((r1 - r0, 4 * u, p), (&xb, 0), p, (kernel, 0), 4 * u, &mut z, 4 * u)?;
@@ -777,6 +782,11 @@ pub(crate) fn forward<B: Backend>(
                 let na = running[t];
                 for (d, s) in ls.iter_mut().enumerate() {
                     be.lane(d);
+                    let x = match (l, &tok_rev) {
+                        (0, Some(r)) if d == 1 => r,
+                        (0, _) => &tok,
+                        _ => &outs[d][l - 1],
+                    };
                     let [kernel, bias, proj] = &w.lstm[d][l];
                     // (na, 4U) = m_{t-1} (na, P) W_0[P..]
                     be.gemm(
@@ -796,7 +806,7 @@ pub(crate) fn forward<B: Backend>(
                         &s.hp,
                         &mut s.dh,
                         &mut s.y,
-                        &xs[d],
+                        x,
                         (&d_rows, base[t]),
                         na,
                         p,
@@ -812,22 +822,26 @@ pub(crate) fn forward<B: Backend>(
             if want_states {
                 states.push((d, l, s.dc, s.dh));
             }
-            xs[d] = s.y;
-            be.copy_into(&xs[d], &mut all, (1 + 2 * l + d) * n * p, n * p)?;
             if keep {
                 out.outputs[d][l] = if d == 0 {
-                    be.down(&xs[d])?
+                    be.down(&s.y)?
                 } else {
                     let mut nat = be.zeros(n * p)?;
-                    be.gather_rows(&xs[d], &mut nat, (&d_rev, 0), n, p)?;
+                    be.gather_rows(&s.y, &mut nat, (&d_rev, 0), n, p)?;
                     be.down(&nat)?
                 };
             }
+            outs[d].push(s.y);
         }
         trace.mark(be, || format!("lstm layer {l} (both directions)"))?;
     }
     be.lane(0);
     be.join()?;
+    for (d, layers) in outs.iter().enumerate() {
+        for (l, y) in layers.iter().enumerate() {
+            be.copy_into(y, &mut all, (1 + 2 * l + d) * n * p, n * p)?;
+        }
+    }
     for (d, l, dc, dh) in states {
         // Final states back in the caller's sentence order.
         let (cs, hs) = (be.down(&dc)?, be.down(&dh)?);
@@ -987,9 +1001,6 @@ macro_rules! host_buffers {
         }
         fn zeros(&self, n: usize) -> Result<Vec<f32>> {
             Ok(vec![0.0; n.max(1)])
-        }
-        fn copy(&self, x: &Vec<f32>) -> Result<Vec<f32>> {
-            Ok(x.clone())
         }
         fn down(&self, x: &Vec<f32>) -> Result<Vec<f32>> {
             Ok(x.clone())
@@ -1384,9 +1395,6 @@ mod imp {
         }
         fn zeros(&self, n: usize) -> Result<Self::F> {
             self.s().alloc_zeros(n.max(1)).map_err(self.err("alloc"))
-        }
-        fn copy(&self, x: &Self::F) -> Result<Self::F> {
-            self.s().clone_dtod(x).map_err(self.err("copy"))
         }
         fn down(&self, x: &Self::F) -> Result<Vec<f32>> {
             use rayon::prelude::*;

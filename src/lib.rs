@@ -19,6 +19,8 @@ mod cuda_emu;
 pub mod data;
 pub mod error;
 pub mod input;
+#[cfg(test)]
+mod lane_check;
 pub mod layer;
 pub mod mix;
 pub mod model;
