@@ -4,8 +4,9 @@
 //! (`--device cuda[:N]` in the CLI). The weights are uploaded once, in f32
 //! (bf16 files are widened exactly, as the CPU path does), and the kernels
 //! loaded in [`GpuModel::new`], which also runs a warm-up batch so no request
-//! pays for loading. Per batch, the character ids go up and the layer outputs
-//! come down once.
+//! pays for loading. Per batch, the character ids go up once and the output,
+//! assembled on the device, comes down once (through page-locked memory);
+//! final states only for stateful calls.
 //!
 //! Products (char-CNN excepted) are cuBLAS SGEMMs in its default math mode
 //! (full f32, no TF32); the rest are the kernels of `kernels/elmo.cu`, whose
@@ -19,13 +20,17 @@
 //! The LSTM runs the sentences sorted by length, longest first, so the
 //! sentences still running at step `t` are a prefix of the batch: each
 //! step is two SGEMMs on that prefix (recurrent, projection) and two fused
-//! kernels (cell; clip, state and output).
+//! kernels (cell; clip, state and output). The two directions run on two
+//! streams, queued step by step in turn and ordered by events after the
+//! token pipeline (`fork`) and before the output (`join`).
 //!
 //! The forward pass is written once (`forward`) over a small backend trait:
 //! a host backend computes each kernel as the CPU path does, so the GPU
 //! pass's orchestration is checked bitwise against the CPU path on machines
-//! without a GPU (always compiled and tested); the CUDA backend launches the
-//! PTX and cuBLAS.
+//! without a GPU (always compiled and tested), as are the kernels themselves
+//! under an emulator (`src/cuda_emu.rs`) and the two streams' ordering under
+//! a race checker (`src/lane_check.rs`); the CUDA backend launches the PTX
+//! and cuBLAS.
 
 // Without the `cuda` feature the forward pass and its backend trait are
 // compiled for the host backend's tests only.
