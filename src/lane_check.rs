@@ -350,6 +350,16 @@ mod tests {
         }
     }
 
+    /// Forks, then reads `x` on lane 1 (a device copy, no wait of the
+    /// host); returns the copy, a buffer of lane 1.
+    fn read_on_lane_1(be: &LaneCheck, x: &Buf<f32>) -> Buf<f32> {
+        be.fork().unwrap();
+        be.lane(1);
+        let mut z = be.zeros(4).unwrap();
+        be.copy_into(x, &mut z, 0, 4).unwrap();
+        z
+    }
+
     /// Each rule catches what it is for.
     #[test]
     fn the_checker_catches_unordered_lanes() {
@@ -370,12 +380,8 @@ mod tests {
         assert!(msg.contains("reads a buffer lane 0 wrote"), "{msg}");
         // Write after read: lane 1 reads, lane 0 overwrites without a join.
         let msg = caught(|be| {
-            let mut x = be.zeros(4).unwrap();
-            let y = be.zeros(4).unwrap();
-            be.fork().unwrap();
-            be.lane(1);
-            let mut z = be.zeros(4).unwrap();
-            be.copy_into(&x, &mut z, 0, 4).unwrap();
+            let (mut x, y) = (be.zeros(4).unwrap(), be.zeros(4).unwrap());
+            let _z = read_on_lane_1(be, &x);
             be.lane(0);
             be.copy_into(&y, &mut x, 0, 4).unwrap();
         });
@@ -383,22 +389,15 @@ mod tests {
         // A buffer of lane 0 freed while lane 1 may use it.
         let msg = caught(|be| {
             let x = be.zeros(4).unwrap();
-            be.fork().unwrap();
-            be.lane(1);
-            let mut z = be.zeros(4).unwrap();
-            be.copy_into(&x, &mut z, 0, 4).unwrap();
+            let _z = read_on_lane_1(be, &x);
             drop(x);
         });
         assert!(msg.contains("freed there while lane 1 may still use it"), "{msg}");
         // The same, ordered by a join, passes; so does a read on lane 1
         // ordered by the host's wait for lane 0 (a download there).
         let be = LaneCheck::default();
-        let mut x = be.zeros(4).unwrap();
-        let y = be.zeros(4).unwrap();
-        be.fork().unwrap();
-        be.lane(1);
-        let mut z = be.zeros(4).unwrap();
-        be.copy_into(&x, &mut z, 0, 4).unwrap();
+        let (mut x, y) = (be.zeros(4).unwrap(), be.zeros(4).unwrap());
+        let mut z = read_on_lane_1(&be, &x);
         be.lane(0);
         be.join().unwrap();
         be.copy_into(&y, &mut x, 0, 4).unwrap();
