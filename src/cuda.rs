@@ -97,9 +97,9 @@ pub const MIN_COMPUTE_CAPABILITY: (i32, i32) = (8, 0);
 pub const MIN_DRIVER_VERSION: i32 = 12040;
 
 /// What a GPU forward pass returns to [`ElmoModel`](crate::ElmoModel): the
-/// token embeddings, (optionally) the char-CNN and highway outputs, and per
-/// direction and layer the outputs `(N, P)` in natural order and the final
-/// `(c, h)` of every sentence.
+/// output; with the intermediates (`keep`) the token embeddings, char-CNN
+/// and highway outputs and per direction and layer the outputs `(N, P)` in
+/// natural order; and the final `(c, h)` of every sentence.
 pub(crate) struct GpuOut {
     /// The output, `(B, L + 1, T, 2P)` as [`crate::BiLmOutput::data`],
     /// assembled on the device.
@@ -109,6 +109,8 @@ pub(crate) struct GpuOut {
     pub cnn: Vec<f32>,
     pub highway: Vec<Vec<f32>>,
     pub outputs: [Vec<Vec<f32>>; 2],
+    /// Per direction and layer: the final states of a stateful call or one
+    /// with intermediates; otherwise the (zero) initial states, untouched.
     pub finals: [Vec<(Vec<f32>, Vec<f32>)>; 2],
 }
 
@@ -538,7 +540,7 @@ pub(crate) fn forward<B: Backend>(
     // The output (B, L + 1, T, 2P): token j of sentence i is packed row
     // off_i + j + 1 (the boundaries removed).
     let (nk, t_max) = (nl + 1, segs.iter().map(|s| s.1.saturating_sub(2)).max().unwrap_or(0));
-    let data_len = b * nk * t_max * 2 * p;
+    let data_len = b.saturating_mul(nk * t_max * 2 * p);
     let mut out = GpuOut {
         data: Vec::new(),
         tok: Vec::new(),
@@ -716,6 +718,15 @@ pub(crate) fn forward<B: Backend>(
     }
     // Each direction's layer outputs (N, P), in its own order.
     let mut outs: [Vec<B::F>; 2] = [Vec::with_capacity(nl), Vec::with_capacity(nl)];
+    /// Layer `l`'s input in direction `d`: the token embeddings (reversed
+    /// within sentences backward), then the layer below's output.
+    fn layer_input<'a, F>(d: usize, l: usize, tok: &'a F, tok_rev: &'a Option<F>, outs: &'a [Vec<F>; 2]) -> &'a F {
+        match (l, tok_rev) {
+            (0, Some(r)) if d == 1 => r,
+            (0, _) => tok,
+            _ => &outs[d][l - 1],
+        }
+    }
     /// One direction's buffers for a layer: states (sorted order), output,
     /// a step's gates, cell output and projection.
     struct Layer<F> {
@@ -762,15 +773,11 @@ pub(crate) fn forward<B: Backend>(
             }
             let (r0, r1) = (base[t0], base[t1]);
             let mut zx = Vec::with_capacity(2);
-            for d in 0..2 {
+            for (d, words) in zx_words.iter().enumerate() {
                 be.lane(d);
-                let x = match (l, &tok_rev) {
-                    (0, Some(r)) if d == 1 => r,
-                    (0, _) => &tok,
-                    _ => &outs[d][l - 1],
-                };
+                let x = layer_input(d, l, &tok, &tok_rev, &outs);
                 let mut z = be.zeros((r1 - r0) * 4 * u)?;
-                match zx_words[d].as_ref().filter(|_| l == 0) {
+                match words.as_ref().filter(|_| l == 0) {
                     // Layer 0, repeated words: each row's word's products.
                     Some((zw, d_wr)) => be.gather_rows(zw, &mut z, (d_wr, r0), r1 - r0, 4 * u)?,
                     None => {
@@ -787,11 +794,7 @@ pub(crate) fn forward<B: Backend>(
                 let na = running[t];
                 for (d, s) in ls.iter_mut().enumerate() {
                     be.lane(d);
-                    let x = match (l, &tok_rev) {
-                        (0, Some(r)) if d == 1 => r,
-                        (0, _) => &tok,
-                        _ => &outs[d][l - 1],
-                    };
+                    let x = layer_input(d, l, &tok, &tok_rev, &outs);
                     let [kernel, bias, proj] = &w.lstm[d][l];
                     // (na, 4U) = m_{t-1} (na, P) W_0[P..]
                     be.gemm(
