@@ -1999,8 +1999,7 @@ pub(crate) mod tests {
         );
         assert_eq!(ca.as_ref(), sa.as_deref(), "{tag}: a's states without intermediates");
         assert_eq!(cb.as_ref(), sb.as_deref(), "{tag}: b's states without intermediates");
-        let mut v = Vec::new();
-        v.push((format!("{tag} out"), oa.data, ob.data));
+        let mut v = vec![(format!("{tag} out"), oa.data, ob.data)];
         for (k, x, y) in [
             ("cnn", &ia.char_cnn, &ib.char_cnn),
             ("tok", &ia.token_embeddings, &ib.token_embeddings),
