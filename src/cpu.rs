@@ -184,6 +184,7 @@ impl WeightElem for u16 {
     }
 }
 
+#[inline(always)]
 fn load8(s: &[f32]) -> wide::f32x8 {
     wide::f32x8::from(<[f32; 8]>::try_from(&s[..8]).expect("8 lanes"))
 }
@@ -744,8 +745,13 @@ pub fn lstm_cell(zx: &[f32], zh: &[f32], bias: &[f32], c: &mut [f32], m: &mut [f
     };
     let mut k = 0;
     while k + 8 <= u {
-        let g = |q: usize| load(zx, q * u + k) + load(zh, q * u + k) + load(bias, q * u + k);
-        let (gi, gj, gf, go) = (g(0), g(1), g(2), g(3));
+        // Not a closure: LLVM left one out of line (a call per gate).
+        let (gi, gj, gf, go) = (
+            gate8(zx, zh, bias, k),
+            gate8(zx, zh, bias, u + k),
+            gate8(zx, zh, bias, 2 * u + k),
+            gate8(zx, zh, bias, 3 * u + k),
+        );
         let cn = sigmoid8(gf + f32x8::ONE) * load(c, k) + sigmoid8(gi) * tanh8(gj);
         let cn = cn.fast_max(lo).fast_min(hi);
         c[k..k + 8].copy_from_slice(&cn.to_array());
@@ -753,6 +759,12 @@ pub fn lstm_cell(zx: &[f32], zh: &[f32], bias: &[f32], c: &mut [f32], m: &mut [f
         k += 8;
     }
     lstm_cell_ref_range(zx, zh, bias, c, m, cell_clip, k);
+}
+
+/// `zx + zh + bias` at 8 lanes from `o`.
+#[inline(always)]
+fn gate8(zx: &[f32], zh: &[f32], bias: &[f32], o: usize) -> wide::f32x8 {
+    load8(&zx[o..]) + load8(&zh[o..]) + load8(&bias[o..])
 }
 
 /// Scalar reference of [`lstm_cell`].
