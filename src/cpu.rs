@@ -387,17 +387,17 @@ pub fn strips_gemm<T: WeightElem>(
                 // while every tile of the row block uses it; visited strip
                 // by strip, each strip's blocks in order.
                 let kc = k_block::<T>(k);
-                let order: Vec<(usize, usize)> = groups(1)
+                let mut order = groups(1)
                     .flat_map(|(s, _)| (0..k).step_by(kc).map(move |q0| (s, q0)))
-                    .collect();
-                for (ci, &(s, q0)) in order.iter().enumerate() {
+                    .peekable();
+                while let Some((s, q0)) = order.next() {
                     let (cs, j) = (cols(s, 1), at(s));
                     let kl = kc.min(k - q0);
                     // The block visited next, fetched while this one's
                     // tiles run (each tile a share of its cache lines).
-                    let next = order.get(ci + 1).filter(|_| from_dram);
+                    let next = order.peek().copied().filter(|_| from_dram);
                     for (ti, &(off, h)) in tiles.iter().enumerate() {
-                        let ahead = next.map(|&(x, x0)| Ahead::new(&w, x, x0, kc.min(k - x0), ti, tiles.len()));
+                        let ahead = next.map(|(x, x0)| Ahead::new(&w, x, x0, kc.min(k - x0), ti, tiles.len()));
                         let pa = &panel[off * k + q0 * h..];
                         let cr = &mut c[(r0 + off) * ldc + j..];
                         let wq = &w.strip(s)[q0 * STRIP..];
