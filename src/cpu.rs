@@ -610,8 +610,9 @@ fn k_block<T>(k: usize) -> usize {
 
 /// `R` rows x 1 strip of `C = A W` from a packed panel (see
 /// [`pack_panels`]: `k x R`, the `R` values of each `p` together), the first
-/// `cols` columns stored. The same fma chains as [`tile`]. `ahead`: a share
-/// of the next strip to fetch meanwhile.
+/// `cols` columns stored. The same fma chains as [`tile`]. `first`: start
+/// from zero, else from the partial sums in `C`; `ahead`: a share of the
+/// block visited next to fetch meanwhile.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn panel_tile<const R: usize, T: WeightElem>(
@@ -662,10 +663,10 @@ fn panel_tile<const R: usize, T: WeightElem>(
 /// [`Ahead`]): twice the L2 of one core.
 const FETCH_AHEAD_BYTES: usize = 2 << 20;
 
-/// A share of another strip's cache lines, fetched evenly over a tile's
-/// loop: while the tiles of one strip run (from cache), the
-/// next strip streams in from memory instead of the first tile waiting on
-/// it (the LSTM matrices come from DRAM; the hardware prefetcher alone left
+/// A share of the cache lines of the block visited next (the next depth
+/// block of this strip, or the first of the next strip), fetched evenly
+/// over a tile's loop: while the tiles of one block run (from cache), the
+/// next streams in from memory instead of the first tile waiting on it (the LSTM matrices come from DRAM; the hardware prefetcher alone left
 /// the batch-32 recurrent product at ~52 GFLOP/s on one core, this ~67 in
 /// the same process, and W3 ~15% faster end to end). Tile `i` of `n` takes
 /// lines `i L / n ..` of the `L`.

@@ -53,8 +53,9 @@ impl Limits {
         let group = (per_dir / 2 / (4 * (7 * u + 3 * p)).max(1)).max(1);
         let c = o.char_cnn.max_characters_per_token;
         let widest = o.char_cnn.filters.iter().map(|f| f.1).max().unwrap_or(1);
-        // Per token: the convolution's output rows (C x widest filter), the
-        // character embeddings, the highway buffers (3 F).
+        // Per token: the convolution's output rows (C x widest filter; one
+        // token's at a time now, so an upper bound), the character
+        // embeddings, the highway buffers (3 F).
         let per_token = 4 * (c * widest + c * o.char_cnn.embedding_dim + 3 * o.n_filters());
         let threads = rayon::current_num_threads().max(1);
         let token_chunk = (budget / 2 / threads / per_token.max(1)).clamp(1, TOKEN_CHUNK);
