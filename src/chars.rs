@@ -169,6 +169,41 @@ where
     })
 }
 
+/// Adds the `<S>`/`</S>` rows to character ids laid out as allennlp's
+/// `batch_to_ids` makes them: `(batch, tokens, chars)`, already +1 shifted,
+/// no sentence boundaries, padded tokens all zero after each sentence's real
+/// tokens. The result is what [`encode_batch`] gives for the same tokens.
+pub fn with_boundaries(batch: usize, tokens: usize, chars: usize, ids: &[u16]) -> Result<CharIds> {
+    if chars < 3 {
+        return Err(Error::Input(format!(
+            "char ids have {chars} characters per token, at least 3 are needed"
+        )));
+    }
+    let n = batch
+        .checked_mul(tokens)
+        .and_then(|x| x.checked_mul(chars))
+        .ok_or_else(|| Error::Input("char id tensor is too large".into()))?;
+    if ids.len() != n {
+        return Err(Error::Input(format!(
+            "char ids hold {} values, expected {batch} x {tokens} x {chars} = {n}",
+            ids.len()
+        )));
+    }
+    let positions = tokens + 2;
+    let mut out = vec![0u16; batch * positions * chars];
+    for b in 0..batch {
+        let src = &ids[b * tokens * chars..(b + 1) * tokens * chars];
+        let len = src.chunks_exact(chars).take_while(|t| t.iter().any(|&x| x > 0)).count();
+        let dst = &mut out[b * positions * chars..(b + 1) * positions * chars];
+        encode_token("<S>", &mut dst[..chars]);
+        dst[chars..(len + 1) * chars].copy_from_slice(&src[..len * chars]);
+        encode_token("</S>", &mut dst[(len + 1) * chars..(len + 2) * chars]);
+        // A real token after a padded one is refused by `from_ids` below.
+        dst[(len + 2) * chars..].copy_from_slice(&src[len * chars..]);
+    }
+    CharIds::from_ids(batch, positions, chars, out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +242,24 @@ mod tests {
         big[0] = 262;
         assert!(CharIds::from_ids(1, 4, 4, big).is_err());
         assert!(CharIds::from_ids(1, 4, 3, c.ids().to_vec()).is_err());
+    }
+
+    #[test]
+    fn boundaries_added_as_encode_batch_does() {
+        let want = encode_batch(&[vec!["ab", "c"], vec!["d"], vec![]], 6).unwrap();
+        // allennlp's layout: the token rows only, (3, 2, 6).
+        let mut bare = vec![0u16; 3 * 2 * 6];
+        for (b, len) in [2usize, 1, 0].into_iter().enumerate() {
+            for t in 0..len {
+                bare[(b * 2 + t) * 6..][..6].copy_from_slice(want.token(b, t + 1));
+            }
+        }
+        assert_eq!(with_boundaries(3, 2, 6, &bare).unwrap(), want);
+        // A real token after padding, a wrong length, too few characters.
+        let mut gap = bare.clone();
+        gap[..6].fill(0);
+        assert!(with_boundaries(3, 2, 6, &gap).is_err());
+        assert!(with_boundaries(3, 2, 6, &bare[1..]).is_err());
+        assert!(with_boundaries(3, 2, 2, &bare[..12]).is_err());
     }
 }

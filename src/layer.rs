@@ -8,7 +8,7 @@
 use crate::autograd::{Param, Var};
 use crate::error::{Error, Result};
 use crate::mix::{MixConfig, ScalarMix};
-use crate::model::{ElmoModel, LstmState};
+use crate::model::{BiLmOutput, ElmoModel, LstmState};
 use crate::tensor::Tensor;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -202,6 +202,67 @@ impl LayerOutputs {
             OutputMode::All => Var::constant(self.all.clone()),
         })
     }
+}
+
+/// Places each sentence's vectors at its input positions: `positions[b][j]`
+/// is where token `j` of sentence `b` stands in a row of `t` positions.
+/// Returns every layer, (B, K, t, 2P), zero elsewhere, and the (B, t) mask.
+pub fn align_to_positions(out: &BiLmOutput, positions: &[Vec<usize>], t: usize) -> Result<(Tensor, Vec<f32>)> {
+    let (b, k, d) = (out.lengths.len(), out.n_layers, out.dim);
+    if positions.len() != b || positions.iter().zip(&out.lengths).any(|(p, &n)| p.len() != n) {
+        return Err(Error::Shape("positions do not match the sentences".into()));
+    }
+    if positions.iter().flatten().any(|&p| p >= t) {
+        return Err(Error::Shape(format!("a position lies beyond the row length {t}")));
+    }
+    let mut all = vec![0f32; b * k * t * d];
+    let mut mask = vec![0f32; b * t];
+    for (bi, pos) in positions.iter().enumerate() {
+        for (j, &ti) in pos.iter().enumerate() {
+            mask[bi * t + ti] = 1.0;
+            for kk in 0..k {
+                let dst = ((bi * k + kk) * t + ti) * d;
+                all[dst..dst + d].copy_from_slice(out.vector(bi, kk, j));
+            }
+        }
+    }
+    Ok((Tensor::from_vec(&[b, k, t, d], all)?, mask))
+}
+
+/// One output mode of a biLM pass without recording a graph: (B, K, T, 2P)
+/// for `all`, (B, T, P) `word_emb`, (B, T, 2P) `lstm_outputsK` and `elmo`
+/// (through `mix`), (B, 2P) `default` (the masked mean of `elmo`). Padded
+/// positions are zero. `all` takes the output's buffer without a copy.
+pub fn select_output(out: BiLmOutput, mode: OutputMode, mix: &ScalarMix) -> Result<Tensor> {
+    let (b, k, t, d) = (out.lengths.len(), out.n_layers, out.max_len, out.dim);
+    if let OutputMode::LstmOutputs(l) = mode
+        && (l == 0 || l >= k)
+    {
+        return Err(Error::Input(format!(
+            "lstm_outputs{l}: the model has {} LSTM layers",
+            k - 1
+        )));
+    }
+    let mask: Vec<f32> = out
+        .lengths
+        .iter()
+        .flat_map(|&l| (0..t).map(move |j| if j < l { 1.0 } else { 0.0 }))
+        .collect();
+    let lengths = out.lengths.clone();
+    let all = Tensor::from_vec(&[b, k, t, d], out.data)?;
+    if mode == OutputMode::All {
+        return Ok(all);
+    }
+    let outs = LayerOutputs {
+        elmo: match mode {
+            OutputMode::Elmo | OutputMode::Default => vec![mix.forward(&all, &mask, true)?],
+            _ => Vec::new(),
+        },
+        all,
+        mask,
+        lengths,
+    };
+    Ok(outs.get(mode)?.value().clone())
 }
 
 /// Options of [`ElmoEmbedding`] beyond the Keras arguments.
@@ -473,19 +534,8 @@ impl ElmoEmbedding {
                 .embed_stateful(&words, &mut s.lock().unwrap_or_else(|e| e.into_inner()))?,
             None => self.model.embed(&words)?,
         };
-        let (k, d) = (out.n_layers, out.dim);
-        let mut all = vec![0f32; b * k * t * d];
-        let mut mask = vec![0f32; b * t];
-        for (bi, pos) in positions.iter().enumerate() {
-            for (j, &ti) in pos.iter().enumerate() {
-                mask[bi * t + ti] = 1.0;
-                for kk in 0..k {
-                    let dst = ((bi * k + kk) * t + ti) * d;
-                    all[dst..dst + d].copy_from_slice(out.vector(bi, kk, j));
-                }
-            }
-        }
-        let all = Tensor::from_vec(&[b, k, t, d], all)?;
+        let (all, mask) = align_to_positions(&out, &positions, t)?;
+        debug_assert_eq!(all.shape()[0], b);
         let elmo = self
             .mixes
             .iter()

@@ -24,7 +24,7 @@
 //! layout, and [`convert_tf_checkpoint`] writes them as a model file.
 
 use crate::error::{Error, Result};
-use crate::model_file::{NamedTensor, expected_tensors, write_model};
+use crate::model_file::{NamedTensor, expected_tensors};
 use crate::options::{Activation, N_CHARACTERS, Options};
 use serde_json::json;
 use std::borrow::Cow;
@@ -1389,10 +1389,21 @@ pub fn elmo_from_checkpoint(
 /// from the `options.json` file `options` if given, else inferred with
 /// `preset`) and writes the model file `out`.
 pub fn convert_tf_checkpoint(path: &Path, options: Option<&Path>, preset: Option<&str>, out: &Path) -> Result<()> {
+    convert_tf_checkpoint_with(path, options, preset, out, crate::convert::WeightDtype::F32)
+}
+
+/// [`convert_tf_checkpoint`] with a choice of weight dtype for the LSTM matrices.
+pub fn convert_tf_checkpoint_with(
+    path: &Path,
+    options: Option<&Path>,
+    preset: Option<&str>,
+    out: &Path,
+    dtype: crate::convert::WeightDtype,
+) -> Result<()> {
     let options = options.map(Options::from_file).transpose()?;
     let ckpt = open_checkpoint(path)?;
     let (options, tensors) = elmo_from_checkpoint(&ckpt, options, preset)?;
-    write_model(out, &options, &tensors)
+    crate::convert::write_converted(out, &options, &tensors, dtype)
 }
 
 #[cfg(test)]

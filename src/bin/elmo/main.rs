@@ -288,14 +288,7 @@ fn run(cmd: Command) -> Result<()> {
             let dtype: elmo::convert::WeightDtype = dtype.parse()?;
             if let Some(ckpt) = tf_checkpoint {
                 let t0 = std::time::Instant::now();
-                if dtype == elmo::convert::WeightDtype::F32 {
-                    elmo::tfckpt::convert_tf_checkpoint(&ckpt, options.as_deref(), preset.as_deref(), &out)?;
-                } else {
-                    let opts = options.as_deref().map(elmo::Options::from_file).transpose()?;
-                    let c = elmo::tfckpt::open_checkpoint(&ckpt)?;
-                    let (o, tensors) = elmo::tfckpt::elmo_from_checkpoint(&c, opts, preset.as_deref())?;
-                    elmo::convert::write_converted(&out, &o, &tensors, dtype)?;
-                }
+                elmo::tfckpt::convert_tf_checkpoint_with(&ckpt, options.as_deref(), preset.as_deref(), &out, dtype)?;
                 eprintln!("wrote {} in {:.2} s", out.display(), t0.elapsed().as_secs_f64());
                 return Ok(());
             }
