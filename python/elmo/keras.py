@@ -136,6 +136,15 @@ class ELMoEmbedding(keras.layers.Layer):
 
     # ---- Keras API -------------------------------------------------------
 
+    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        # Host data of a dtype no id can have (str, object) would otherwise
+        # fail inside the backend's conversion with a message about floats.
+        if isinstance(inputs, (np.ndarray, list, tuple)):
+            kind = np.asarray(inputs).dtype.kind
+            if kind not in "iuf":
+                raise ElmoError(f"input: token ids must be integers, got dtype {np.asarray(inputs).dtype}")
+        return super().__call__(inputs, *args, **kwargs)
+
     def build(self, input_shape: Any = None) -> None:
         n = self.num_output_representations
         for i in range(n):
@@ -219,6 +228,8 @@ class ELMoEmbedding(keras.layers.Layer):
                 "idx2word": [[int(k), v] for k, v in sorted(self.idx2word.items())],
                 "output_mode": self.output_mode,
                 "model": model_path(self.elmo_model),
+                # Checked on load: the saved mix only fits a model of this shape.
+                "model_shape": {"n_layers": self._k, "projection_dim": self._p},
                 "mask_zero": self.mask_zero,
                 "layer_norm": self.layer_norm,
                 "top_only": self.top_only,
@@ -236,7 +247,14 @@ class ELMoEmbedding(keras.layers.Layer):
     def from_config(cls, config: Dict[str, Any]) -> "ELMoEmbedding":
         config = dict(config)
         config["idx2word"] = _idx2word_dict(config["idx2word"])
-        return cls(**config)
+        want = config.pop("model_shape", None)
+        layer = cls(**config)
+        if want is not None and (want.get("n_layers"), want.get("projection_dim")) != (layer._k, layer._p):
+            raise ElmoError(
+                f"this layer was saved for a model with {want.get('n_layers')} layers of size "
+                f"{want.get('projection_dim')}, but {layer.elmo_model!r} has {layer._k} layers of size {layer._p}"
+            )
+        return layer
 
     # ---- the mix ---------------------------------------------------------
 

@@ -344,6 +344,13 @@ impl Model {
         array(py, &shape, out.into_vec())
     }
 
+    /// An id of the loaded weights: equal for two `Model`s that share one
+    /// mapping (the same file and device loaded twice in a process).
+    #[getter]
+    fn _weights_id(&self) -> usize {
+        Arc::as_ptr(&self.model) as usize
+    }
+
     fn __repr__(&self) -> String {
         let o = self.model.options();
         format!(
