@@ -3,6 +3,7 @@ zero-copy results, threads, shared mappings and bad input."""
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -151,3 +152,16 @@ def test_bad_input_raises_elmo_error(tmp_path):
             f()
     # The model still works after every error.
     assert m.embed([["fine"]]).shape == (1, 3, 1, 32)
+
+
+@pytest.mark.skipif(not os.environ.get("ELMO_FULL_MODEL"), reason="set ELMO_FULL_MODEL to a converted full-size model")
+def test_full_size_model_matches_tensorflow():
+    # The random full-size weights (make_weights.py --config full); float32
+    # drift over long sentences is larger here: atol 1e-4 (tests/fixtures/README.md).
+    m = elmo.Model(os.environ["ELMO_FULL_MODEL"])
+    for g in golden_batches("full"):
+        lm, lengths = g["lm_embeddings"], g["lengths"]
+        got = m.embed(g.tokens())
+        real = np.arange(lm.shape[2])[None, :] < lengths[:, None]
+        for k in range(lm.shape[1]):
+            record("all (full size)", "full", assert_close(f"{g.name} layer {k}", got[:, k][real], lm[:, k][real], atol=1e-4))
