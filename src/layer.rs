@@ -204,6 +204,30 @@ impl LayerOutputs {
     }
 }
 
+/// A mix of `model`'s layers starting at `weights`/`gamma` when given, else
+/// at the model file's `aggregation/{weights,scaling}` (TF Hub's trained
+/// mix) when it carries them, else at bilm-tf's initial zeros and 1.
+pub fn starting_mix(
+    model: &ElmoModel,
+    weights: Option<Vec<f32>>,
+    gamma: Option<f32>,
+    config: MixConfig,
+    trainable: bool,
+) -> Result<ScalarMix> {
+    let k = model.options().n_output_layers();
+    let t = &model.file().tensors;
+    let agg_w = t
+        .get("aggregation/weights")
+        .filter(|x| x.len() == k)
+        .map(|x| x.data().to_vec());
+    let agg_g = t
+        .get("aggregation/scaling")
+        .filter(|x| x.len() == 1)
+        .map(|x| x.data()[0]);
+    let w = weights.or(agg_w).unwrap_or_else(|| vec![0.0; k]);
+    ScalarMix::new(k, &w, gamma.or(agg_g).unwrap_or(1.0), config, trainable)
+}
+
 /// Places each sentence's vectors at its input positions: `positions[b][j]`
 /// is where token `j` of sentence `b` stands in a row of `t` positions.
 /// Returns every layer, (B, K, t, 2P), zero elsewhere, and the (B, t) mask.
@@ -340,22 +364,16 @@ impl ElmoEmbeddingBuilder {
                 k - 1
             )));
         }
-        // Start from the model's aggregation values when it carries them.
-        let file = self.model.file();
-        let agg_w = file
-            .tensors
-            .get("aggregation/weights")
-            .filter(|t| t.len() == k)
-            .map(|t| t.data().to_vec());
-        let agg_g = file
-            .tensors
-            .get("aggregation/scaling")
-            .filter(|t| t.len() == 1)
-            .map(|t| t.data()[0]);
-        let w = self.weights.or(agg_w).unwrap_or_else(|| vec![0.0; k]);
-        let g = self.gamma.or(agg_g).unwrap_or(1.0);
         let mixes = (0..self.n_mixes)
-            .map(|_| ScalarMix::new(k, &w, g, self.config, self.trainable))
+            .map(|_| {
+                starting_mix(
+                    &self.model,
+                    self.weights.clone(),
+                    self.gamma,
+                    self.config,
+                    self.trainable,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let state = match self.stateful {
             Some(cap) => Some(Mutex::new(LstmState::new(&self.model, cap)?)),

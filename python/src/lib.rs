@@ -7,7 +7,7 @@
 //! `Model._layers_for_char_ids` for the biLM and compute the trainable mix in
 //! their own framework, so gradients flow there.
 
-use elmo::layer::{OutputMode, align_to_positions, select_output};
+use elmo::layer::{OutputMode, align_to_positions, select_output, starting_mix};
 use elmo::mix::{MixConfig, ScalarMix};
 use elmo::{Device, ElmoModel};
 use numpy::{
@@ -101,23 +101,12 @@ impl Model {
         layer_norm: bool,
         top_only: bool,
     ) -> PyResult<ScalarMix> {
-        let k = self.model.options().n_output_layers();
-        let t = &self.model.file().tensors;
-        let agg_w = t
-            .get("aggregation/weights")
-            .filter(|x| x.len() == k)
-            .map(|x| x.data().to_vec());
-        let agg_g = t
-            .get("aggregation/scaling")
-            .filter(|x| x.len() == 1)
-            .map(|x| x.data()[0]);
         let config = MixConfig {
             do_layer_norm: layer_norm,
             use_top_only: top_only,
             l2_coef: 0.0,
         };
-        let w = weights.or(agg_w).unwrap_or_else(|| vec![0.0; k]);
-        ScalarMix::new(k, &w, gamma.or(agg_g).unwrap_or(1.0), config, false).map_err(err)
+        starting_mix(&self.model, weights, gamma, config, false).map_err(err)
     }
 }
 

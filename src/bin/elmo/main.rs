@@ -402,23 +402,12 @@ fn parse_outputs(names: &[String]) -> Result<Vec<Output>> {
 /// The mix `elmo` and `default` use: flags first, then the model's
 /// aggregation values, then bilm-tf's initial values (zeros, 1).
 fn default_mix(model: &ElmoModel, w: Option<Vec<f32>>, gamma: Option<f32>, ln: bool, top: bool) -> Result<ScalarMix> {
-    let k = model.options().n_output_layers();
-    let t = &model.file().tensors;
-    let agg_w = t
-        .get("aggregation/weights")
-        .filter(|x| x.len() == k)
-        .map(|x| x.data().to_vec());
-    let agg_g = t
-        .get("aggregation/scaling")
-        .filter(|x| x.len() == 1)
-        .map(|x| x.data()[0]);
     let config = MixConfig {
         do_layer_norm: ln,
         use_top_only: top,
         l2_coef: 0.0,
     };
-    let w = w.or(agg_w).unwrap_or_else(|| vec![0.0; k]);
-    ScalarMix::new(k, &w, gamma.or(agg_g).unwrap_or(1.0), config, false)
+    elmo::layer::starting_mix(model, w, gamma, config, false)
         .map_err(|e| Error::Input(format!("--mix-weights/--gamma: {e}")))
 }
 
