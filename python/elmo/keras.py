@@ -191,8 +191,9 @@ class ELMoEmbedding(keras.layers.Layer):
         # Without running the model (and on torch's meta tensors, which the
         # engine cannot read).
         s = self._shape_of(inputs.shape)
-        spec = keras.KerasTensor(s, dtype="float32")
-        return [spec] + [keras.KerasTensor(s, dtype="float32") for _ in range(self.num_output_representations - 1)] if self._multi() else spec
+        if self._multi():
+            return [keras.KerasTensor(s, dtype="float32") for _ in range(self.num_output_representations)]
+        return keras.KerasTensor(s, dtype="float32")
 
     def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
         if not self.mask_zero or self.output_mode == "default":

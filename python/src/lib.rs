@@ -285,8 +285,11 @@ impl Model {
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let shape = ids.shape().to_vec();
         let (b, t) = (shape[0], shape[1]);
-        let ids: Vec<i64> = ids.as_array().iter().copied().collect();
-        let (words, positions) = vocab.words(&ids, b, t)?;
+        // The caller passes C-contiguous int64 (`_common.as_ids`): read in place.
+        let ids = ids
+            .as_slice()
+            .map_err(|_| input_err("token ids must be a C-contiguous int64 array"))?;
+        let (words, positions) = vocab.words(ids, b, t)?;
         let (all, _) = self.run(py, move |m| {
             let out = m.embed(&words)?;
             align_to_positions(&out, &positions, t)
