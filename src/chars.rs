@@ -204,6 +204,25 @@ pub fn with_boundaries(batch: usize, tokens: usize, chars: usize, ids: &[u16]) -
     CharIds::from_ids(batch, positions, chars, out)
 }
 
+/// The distinct words of `ids` (tokens of `c` ids each) in order of first
+/// appearance, and for every token the index of its word.
+pub(crate) fn distinct_words(ids: &[u16], c: usize) -> (Vec<u16>, Vec<usize>) {
+    let c = c.max(1);
+    let n = ids.len() / c;
+    let mut seen: std::collections::HashMap<&[u16], usize> = std::collections::HashMap::with_capacity(n);
+    let mut words = Vec::with_capacity(ids.len());
+    let index = ids
+        .chunks_exact(c)
+        .map(|w| {
+            *seen.entry(w).or_insert_with(|| {
+                words.extend_from_slice(w);
+                words.len() / c - 1
+            })
+        })
+        .collect();
+    (words, index)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

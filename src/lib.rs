@@ -9,31 +9,24 @@
 //! # Ok::<(), elmo::Error>(())
 //! ```
 
-pub mod autograd;
+// One folder per concept; leaves (error, options, tensor, rng) at the top.
+pub mod backend;
 pub mod chars;
-pub mod convert;
-pub mod cpu;
-pub mod cuda;
-#[cfg(test)]
-mod cuda_emu;
-pub mod data;
 pub mod error;
-pub mod input;
-#[cfg(test)]
-mod lane_check;
+pub mod io;
 pub mod layer;
-pub mod mix;
+pub mod layout;
 pub mod model;
-pub mod model_file;
-pub mod nn;
-pub mod npz;
-pub mod optim;
 pub mod options;
-pub mod pickle;
 pub mod rng;
 pub mod tensor;
-pub mod tfckpt;
 pub mod train;
+
+// The paths of the flat layout this crate had, kept for its users.
+pub use backend::{cpu, cuda};
+pub use io::{convert, input, model_file, npz, tfckpt};
+pub use layer::mix;
+pub use train::{autograd, data, nn, optim, pickle};
 
 pub use chars::{CharIds, encode_batch};
 pub use cuda::Device;

@@ -2,7 +2,7 @@
 //! or borrowed in place from a memory-mapped weight file.
 //!
 //! It is deliberately minimal: the forward pass works on slices through the
-//! kernels in [`crate::cpu`]; the tensor carries shapes across API boundaries
+//! kernels in [`crate::backend::cpu`]; the tensor carries shapes across API boundaries
 //! and keeps mapped weights alive.
 
 use crate::error::{Error, Result};
@@ -168,25 +168,6 @@ impl Tensor {
         }
         self.shape = shape.to_vec();
         Ok(self)
-    }
-
-    /// Row-major matrix product of two 2-D tensors, `(m, k) x (k, n)`.
-    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
-        let (&[m, k], &[k2, n]) = (self.shape(), rhs.shape()) else {
-            return Err(Error::Shape(format!(
-                "matmul needs 2-D tensors, got {:?} and {:?}",
-                self.shape, rhs.shape
-            )));
-        };
-        if k != k2 {
-            return Err(Error::Shape(format!(
-                "matmul {:?} x {:?}: inner sizes differ",
-                self.shape, rhs.shape
-            )));
-        }
-        let mut out = vec![0.0; m * n];
-        crate::cpu::gemm(m, k, n, self.data(), k, rhs.data(), n, &mut out, n, false);
-        Tensor::from_vec(&[m, n], out)
     }
 }
 

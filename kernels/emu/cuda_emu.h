@@ -1,6 +1,6 @@
 // Just enough of CUDA C to run kernels/elmo.cu on a CPU: the tests' way of
 // checking the kernels' source (index arithmetic, bounds, the launch shapes
-// src/cuda.rs computes, barriers) on machines without a GPU. Not a model of
+// src/backend/cuda/mod.rs computes, barriers) on machines without a GPU. Not a model of
 // the hardware: one OS thread runs every CUDA thread of a launch, block
 // after block, so it checks what a kernel computes, not how fast.
 //

@@ -1,6 +1,6 @@
 // kernels/elmo.cu compiled for the CPU (see cuda_emu.h), with one C entry
 // point per kernel taking the launch shape and the buffers. Built and
-// loaded by the Rust tests (src/cuda_emu.rs):
+// loaded by the Rust tests (src/backend/cuda/emu.rs):
 //
 //   g++ -std=c++17 -O2 -shared -fPIC kernels/emu/elmo_emu.cpp -o libelmo_emu.so
 //
@@ -510,7 +510,7 @@ int emu_lstm_project_out(const EmuLaunch* l, EmuBuf hp, EmuBuf h, EmuBuf out, Em
 // ---- the emulator's own checks, each on a deliberately wrong kernel ----
 //
 // emu_selftest(case) runs one; each must stop the process with its
-// message (src/cuda_emu.rs runs them in child processes). Returns only if
+// message (src/backend/cuda/emu.rs runs them in child processes). Returns only if
 // the emulator missed the bug.
 
 extern "C" {

@@ -193,29 +193,29 @@ impl ImdbData {
 pub fn load_imdb_npz(npz: &Path, word_index: &Path, limit: Option<usize>) -> Result<ImdbData> {
     let bytes = std::fs::read(npz).map_err(|e| Error::io(npz, e))?;
     let ctx = |e: Error| Error::Input(format!("{}: {e}", npz.display()));
-    let entries: HashMap<String, Vec<u8>> = crate::npz::read_npz_raw(&bytes).map_err(ctx)?.into_iter().collect();
+    let entries: HashMap<String, Vec<u8>> = crate::io::npz::read_npz_raw(&bytes).map_err(ctx)?.into_iter().collect();
     let get = |name: &str| {
         entries
             .get(name)
             .ok_or_else(|| Error::Input(format!("{}: no array '{name}' (not Keras' imdb.npz?)", npz.display())))
     };
     let reviews = |name: &str| -> Result<Vec<Vec<i64>>> {
-        let (descr, _, data) = crate::npz::split_npy(get(name)?).map_err(ctx)?;
+        let (descr, _, data) = crate::io::npz::split_npy(get(name)?).map_err(ctx)?;
         if descr != "|O" {
             return Err(Error::Input(format!(
                 "{}: '{name}' has dtype {descr}, expected objects",
                 npz.display()
             )));
         }
-        let v = crate::pickle::load(data).map_err(ctx)?;
-        crate::pickle::numpy_object_array(&v)
+        let v = crate::train::pickle::load(data).map_err(ctx)?;
+        crate::train::pickle::numpy_object_array(&v)
             .map_err(ctx)?
             .iter()
-            .map(|x| crate::pickle::int_list(x).map_err(ctx))
+            .map(|x| crate::train::pickle::int_list(x).map_err(ctx))
             .collect()
     };
     let labels = |name: &str| -> Result<Vec<f32>> {
-        let a = crate::npz::parse_npy(get(name)?).map_err(ctx)?;
+        let a = crate::io::npz::parse_npy(get(name)?).map_err(ctx)?;
         a.to_i64()?
             .into_iter()
             .map(|l| match l {

@@ -2,9 +2,9 @@
 //! `gamma * sum_k softmax(w + 1/K)_k * layer_k`, optionally on layer-normalised
 //! layers, or `gamma * top layer`.
 
-use crate::autograd::{Param, Var};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use crate::train::autograd::{Param, Var};
 
 /// How a mix combines the layers (bilm-tf's `weight_layers` arguments).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -5,11 +5,13 @@
 //! stands. Every output row lines up with its input positions; padded
 //! positions are zero in every mode.
 
-use crate::autograd::{Param, Var};
+pub mod mix;
+
 use crate::error::{Error, Result};
-use crate::mix::{MixConfig, ScalarMix};
+use crate::layer::mix::{MixConfig, ScalarMix};
 use crate::model::{BiLmOutput, ElmoModel, LstmState};
 use crate::tensor::Tensor;
+use crate::train::autograd::{Param, Var};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::Path;
@@ -595,7 +597,7 @@ impl ElmoEmbedding {
             })).collect::<Vec<_>>(),
             "idx2word": idx.iter().map(|(k, w)| json!([k, w])).collect::<Vec<_>>(),
         });
-        crate::model_file::write_atomically(path, |w| w.write_all(v.to_string().as_bytes()))
+        crate::io::model_file::write_atomically(path, |w| w.write_all(v.to_string().as_bytes()))
     }
 
     /// Loads a layer saved with [`save`](Self::save) onto `model`, which must
@@ -670,7 +672,7 @@ impl ElmoEmbedding {
     }
 }
 
-impl crate::nn::Layer for ElmoEmbedding {
+impl crate::train::nn::Layer for ElmoEmbedding {
     fn kind(&self) -> &'static str {
         "ELMoEmbedding"
     }
@@ -681,12 +683,12 @@ impl crate::nn::Layer for ElmoEmbedding {
         let &[t] = input else {
             return Err(Error::Shape(format!(
                 "expects (batch, max_len) token ids, got (batch, {})",
-                crate::nn::dims(input)
+                crate::train::nn::dims(input)
             )));
         };
         Ok(self.output_shape(&[1, t])?[1..].to_vec())
     }
-    fn forward(&self, x: &Var, _ctx: &mut crate::nn::Ctx) -> Result<Var> {
+    fn forward(&self, x: &Var, _ctx: &mut crate::train::nn::Ctx) -> Result<Var> {
         self.call(&TokenIds::from_tensor(x.value())?)
     }
     fn params(&self) -> Vec<Param> {

@@ -1,6 +1,6 @@
 //! Optimizers: Adam with Keras' defaults and plain SGD.
 
-use crate::autograd::{Grads, Param};
+use crate::train::autograd::{Grads, Param};
 use std::collections::HashMap;
 
 /// Updates parameters from their gradients.
@@ -101,8 +101,8 @@ impl Optimizer for Adam {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::autograd::Var;
     use crate::tensor::Tensor;
+    use crate::train::autograd::Var;
 
     fn quadratic_steps(opt: &mut dyn Optimizer, steps: usize) -> f32 {
         // loss = sum((p - 3)^2), minimum at p = 3.

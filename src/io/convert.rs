@@ -5,7 +5,7 @@
 //! the right shape; anything else is an error naming the dataset.
 
 use crate::error::{Error, Result};
-use crate::model_file::{NamedTensor, expected_tensors};
+use crate::io::model_file::{NamedTensor, expected_tensors};
 use crate::options::Options;
 use hdf5_reader::{Datatype, Hdf5File};
 use std::path::Path;
@@ -111,8 +111,8 @@ impl std::str::FromStr for WeightDtype {
 /// Writes a model, with the LSTM matrices in `dtype`.
 pub fn write_converted(out: &Path, options: &Options, tensors: &[NamedTensor], dtype: WeightDtype) -> Result<()> {
     let half = dtype == WeightDtype::Bf16;
-    crate::model_file::write_model_with(out, options, tensors, &|name| {
-        half && crate::model_file::bf16_eligible(name)
+    crate::io::model_file::write_model_with(out, options, tensors, &|name| {
+        half && crate::io::model_file::bf16_eligible(name)
     })
 }
 

@@ -24,7 +24,7 @@
 //! layout, and [`convert_tf_checkpoint`] writes them as a model file.
 
 use crate::error::{Error, Result};
-use crate::model_file::{NamedTensor, expected_tensors};
+use crate::io::model_file::{NamedTensor, expected_tensors};
 use crate::options::{Activation, N_CHARACTERS, Options};
 use serde_json::json;
 use std::borrow::Cow;
@@ -1389,7 +1389,7 @@ pub fn elmo_from_checkpoint(
 /// from the `options.json` file `options` if given, else inferred with
 /// `preset`) and writes the model file `out`.
 pub fn convert_tf_checkpoint(path: &Path, options: Option<&Path>, preset: Option<&str>, out: &Path) -> Result<()> {
-    convert_tf_checkpoint_with(path, options, preset, out, crate::convert::WeightDtype::F32)
+    convert_tf_checkpoint_with(path, options, preset, out, crate::io::convert::WeightDtype::F32)
 }
 
 /// [`convert_tf_checkpoint`] with a choice of weight dtype for the LSTM matrices.
@@ -1398,12 +1398,12 @@ pub fn convert_tf_checkpoint_with(
     options: Option<&Path>,
     preset: Option<&str>,
     out: &Path,
-    dtype: crate::convert::WeightDtype,
+    dtype: crate::io::convert::WeightDtype,
 ) -> Result<()> {
     let options = options.map(Options::from_file).transpose()?;
     let ckpt = open_checkpoint(path)?;
     let (options, tensors) = elmo_from_checkpoint(&ckpt, options, preset)?;
-    crate::convert::write_converted(out, &options, &tensors, dtype)
+    crate::io::convert::write_converted(out, &options, &tensors, dtype)
 }
 
 #[cfg(test)]
@@ -1594,11 +1594,11 @@ mod tests {
         assert_eq!(checkpoint_name("char_embed"), "bilm/char_embed");
         assert_eq!(checkpoint_name("CNN_high_1/W_carry"), "bilm/CNN_high_1/W_carry");
         assert_eq!(
-            checkpoint_name(&crate::model_file::lstm_name(1, 0, "W_P_0")),
+            checkpoint_name(&crate::io::model_file::lstm_name(1, 0, "W_P_0")),
             "bilm/RNN_1/RNN/MultiRNNCell/Cell0/rnn/lstm_cell/projection/kernel"
         );
         assert_eq!(
-            checkpoint_name(&crate::model_file::lstm_name(0, 1, "B")),
+            checkpoint_name(&crate::io::model_file::lstm_name(0, 1, "B")),
             "bilm/RNN_0/RNN/MultiRNNCell/Cell1/rnn/lstm_cell/bias"
         );
         assert!(is_elmo_weight("bilm/CNN/W_cnn_12"));

@@ -10,7 +10,7 @@
 //!
 //! Every weight matrix (the convolution kernels as `(w E, n)`, the highway and
 //! projection matrices, the LSTM's `W_0` and `W_P_0`; logically `k x n`) is
-//! stored *strip-packed* ([`crate::cpu::pack_strips`]), shape
+//! stored *strip-packed* ([`crate::layout::pack_strips`]), shape
 //! `(ceil(n / 16), k, 16)`: products stream them from the mapping as they lie,
 //! with no packing per call. Version 1 files (row-major matrices) are still
 //! read; they are packed when loaded.
@@ -87,7 +87,7 @@ pub fn packed_matrix(name: &str, shape: &[usize]) -> Option<(usize, usize)> {
 /// `k x n` as strips `(ceil(n / 16), k, 16)`, the rest as they are.
 pub fn stored_shape(name: &str, shape: &[usize]) -> Vec<usize> {
     match packed_matrix(name, shape) {
-        Some((k, n)) => vec![n.div_ceil(crate::cpu::STRIP), k, crate::cpu::STRIP],
+        Some((k, n)) => vec![n.div_ceil(crate::layout::STRIP), k, crate::layout::STRIP],
         None => shape.to_vec(),
     }
 }
@@ -139,7 +139,7 @@ pub fn write_model_with(
                 Some((k, n)) => (
                     name.as_str(),
                     stored_shape(name, shape),
-                    std::borrow::Cow::Owned(crate::cpu::pack_strips(data, k, n)),
+                    std::borrow::Cow::Owned(crate::layout::pack_strips(data, k, n)),
                 ),
                 None => (
                     name.as_str(),
@@ -371,9 +371,9 @@ impl ModelFile {
                 let to = stored_shape(&name, &shape);
                 let terr = |e: Error| Error::tensor(path, &name, e.to_string());
                 if let Some(t) = tensors.get_mut(&name) {
-                    *t = Tensor::from_vec(&to, crate::cpu::pack_strips(t.data(), k, n)).map_err(terr)?;
+                    *t = Tensor::from_vec(&to, crate::layout::pack_strips(t.data(), k, n)).map_err(terr)?;
                 } else if let Some(t) = bf16.get_mut(&name) {
-                    *t = Bf16Tensor::from_bits(&to, crate::cpu::pack_strips(t.data(), k, n)).map_err(terr)?;
+                    *t = Bf16Tensor::from_bits(&to, crate::layout::pack_strips(t.data(), k, n)).map_err(terr)?;
                 }
             }
         }
@@ -426,7 +426,7 @@ impl ModelFile {
             (None, None) => return Err(Error::tensor(&self.path, name, "missing from the model file")),
         };
         Ok(match logical.and_then(|s| packed_matrix(name, &s)) {
-            Some((k, n)) => crate::cpu::unpack_strips(&raw, k, n),
+            Some((k, n)) => crate::layout::unpack_strips(&raw, k, n),
             None => raw,
         })
     }

@@ -189,44 +189,7 @@ fn load8(s: &[f32]) -> wide::f32x8 {
     wide::f32x8::from(<[f32; 8]>::try_from(&s[..8]).expect("8 lanes"))
 }
 
-/// Columns per strip of the strip-packed layout ([`pack_strips`]).
-pub const STRIP: usize = 16;
-
-/// Packs a row-major `k x n` matrix into `ceil(n / 16)` strips of `k` rows x
-/// 16 columns, each contiguous; columns past `n` in the last strip are zero.
-/// Element `(p, j)` lands at `((j / 16) * k + p) * 16 + j % 16`.
-///
-/// This is how the model file stores the LSTM matrices: a product then
-/// streams each strip from memory in order, with no packing per call.
-///
-/// # Panics
-/// When `w` holds fewer than `k * n` values (a caller bug).
-pub fn pack_strips<T: Copy + Default>(w: &[T], k: usize, n: usize) -> Vec<T> {
-    assert!(w.len() >= k * n, "pack_strips: W too small");
-    let ns = n.div_ceil(STRIP);
-    let mut out = vec![T::default(); ns * k * STRIP];
-    for p in 0..k {
-        for (j, &v) in w[p * n..(p + 1) * n].iter().enumerate() {
-            out[((j / STRIP) * k + p) * STRIP + j % STRIP] = v;
-        }
-    }
-    out
-}
-
-/// The inverse of [`pack_strips`]: the row-major `k x n` matrix.
-///
-/// # Panics
-/// When `s` is not `ceil(n / 16) * k * 16` values long (a caller bug).
-pub fn unpack_strips<T: Copy + Default>(s: &[T], k: usize, n: usize) -> Vec<T> {
-    assert_eq!(s.len(), n.div_ceil(STRIP) * k * STRIP, "unpack_strips: wrong length");
-    let mut w = vec![T::default(); k * n];
-    for p in 0..k {
-        for (j, v) in w[p * n..(p + 1) * n].iter_mut().enumerate() {
-            *v = s[((j / STRIP) * k + p) * STRIP + j % STRIP];
-        }
-    }
-    w
-}
+pub use crate::layout::{STRIP, pack_strips, unpack_strips};
 
 /// A view of rows `r0 .. r0 + k` of a strip-packed matrix (see
 /// [`pack_strips`]) with `depth` rows per strip and `n` columns: the LSTM
@@ -999,5 +962,49 @@ mod tests {
         }
         assert_eq!(clip(5.0, Some(3.0)), 3.0);
         assert_eq!(clip(-5.0, None), -5.0);
+    }
+}
+
+/// Rows `index[i]` of `x` (rows of `w` values), one after the other; empty
+/// for an empty `x`.
+pub(crate) fn gather_rows(x: &[f32], index: &[usize], w: usize) -> Vec<f32> {
+    if x.is_empty() {
+        return Vec::new();
+    }
+    let mut y = Vec::with_capacity(index.len() * w);
+    for &i in index {
+        y.extend_from_slice(&x[i * w..(i + 1) * w]);
+    }
+    y
+}
+
+// The product of two tensors lives with the kernels it calls, so that the
+// tensor type depends on no backend.
+mod tensor_product {
+    use super::gemm;
+    use crate::error::{Error, Result};
+    use crate::tensor::Tensor;
+
+    impl Tensor {
+        /// Row-major matrix product of two 2-D tensors, `(m, k) x (k, n)`.
+        pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+            let (&[m, k], &[k2, n]) = (self.shape(), rhs.shape()) else {
+                return Err(Error::Shape(format!(
+                    "matmul needs 2-D tensors, got {:?} and {:?}",
+                    self.shape(),
+                    rhs.shape()
+                )));
+            };
+            if k != k2 {
+                return Err(Error::Shape(format!(
+                    "matmul {:?} x {:?}: inner sizes differ",
+                    self.shape(),
+                    rhs.shape()
+                )));
+            }
+            let mut out = vec![0.0; m * n];
+            gemm(m, k, n, self.data(), k, rhs.data(), n, &mut out, n, false);
+            Tensor::from_vec(&[m, n], out)
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! (`kernels/emu/`), and whose products follow cuBLAS's column-major
 //! contract with the arguments the CUDA backend passes ([`Sgemm`]).
 //!
-//! The host backend ([`crate::cuda::HostBackend`]) checks the forward pass's
+//! The host backend ([`crate::backend::cuda::HostBackend`]) checks the forward pass's
 //! orchestration with each kernel re-written in Rust; this checks the
 //! kernels themselves where there is no GPU: their index arithmetic, the
 //! launch shapes ([`Launch`]) within CUDA's limits, and what
@@ -20,7 +20,7 @@
 //! vectorised sigmoid and tanh) they agree to float32 rounding, as a GPU's
 //! kernels do.
 
-use crate::cuda::{Backend, CnnDims, ConvTable, Launch, Sgemm};
+use crate::backend::cuda::{Backend, CnnDims, ConvTable, Launch, Sgemm};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, OnceLock};
@@ -322,10 +322,10 @@ fn sgemm_col_major(g: Sgemm, a: &[f32], b: &[f32], c: &mut [f32]) -> Result<()> 
     Ok(())
 }
 
-crate::cuda::host_upload!(EmuBackend);
+crate::backend::cuda::host_upload!(EmuBackend);
 
 impl Backend for EmuBackend {
-    crate::cuda::host_buffers!();
+    crate::backend::cuda::host_buffers!();
     fn gemm(
         &self,
         (m, n, k): (usize, usize, usize),
@@ -498,8 +498,8 @@ impl Backend for EmuBackend {
 #[cfg(test)]
 mod tests {
     use super::{EmuBackend, Unavailable};
-    use crate::cuda::tests::{both, models, on_batches};
-    use crate::cuda::{CnnDims, ConvTable, HostBackend, Launch, ZX_BYTES, kernel_outputs};
+    use crate::backend::cuda::tests::{both, models, on_batches};
+    use crate::backend::cuda::{CnnDims, ConvTable, HostBackend, Launch, ZX_BYTES, kernel_outputs};
     use crate::{ElmoModel, LstmState};
     use std::ffi::c_char;
 
@@ -626,7 +626,7 @@ mod tests {
             v
         };
         let ids = |path: &std::path::Path| {
-            let a = crate::npz::read_npz(path).unwrap().remove("char_ids").unwrap();
+            let a = crate::io::npz::read_npz(path).unwrap().remove("char_ids").unwrap();
             let v: Vec<u16> = a.to_i64().unwrap().iter().map(|&x| x as u16).collect();
             crate::CharIds::from_ids(a.shape[0], a.shape[1], a.shape[2], v).unwrap()
         };
@@ -643,7 +643,7 @@ mod tests {
                 }
             }
             let files = golden(set, "stateful_batch_");
-            let cap = crate::npz::read_npz(&files[0]).unwrap()["state_c_after"].shape[2];
+            let cap = crate::io::npz::read_npz(&files[0]).unwrap()["state_c_after"].shape[2];
             let (mut sg, mut sc) = (LstmState::new(&gpu, cap).unwrap(), LstmState::new(&cpu, cap).unwrap());
             for f in files {
                 let states = Some((&mut sg, &mut sc));
@@ -760,7 +760,7 @@ mod tests {
             let child = std::process::Command::new(&exe)
                 .args([
                     "--exact",
-                    "cuda_emu::tests::emulator_bug_child",
+                    "backend::cuda::emu::tests::emulator_bug_child",
                     "--ignored",
                     "--nocapture",
                     "--test-threads=1",
@@ -779,7 +779,7 @@ mod tests {
     #[test]
     #[ignore = "run by the_emulator_catches_kernel_bugs in child processes"]
     fn emulator_bug_child() {
-        use crate::cuda::Backend;
+        use crate::backend::cuda::Backend;
         let Some(case) = std::env::var("ELMO_EMU_CHILD").ok().and_then(|c| c.parse::<i32>().ok()) else {
             return;
         };

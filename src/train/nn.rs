@@ -3,10 +3,10 @@
 //! [`crate::layer`]). Swapping `Embedding` for `ElmoEmbedding` is a one-line
 //! change in a [`crate::train::Sequential`] model.
 
-use crate::autograd::{Param, Var};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
+use crate::train::autograd::{Param, Var};
 
 /// What a forward pass needs besides its input.
 pub struct Ctx<'a> {

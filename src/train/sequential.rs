@@ -1,12 +1,12 @@
 //! A Keras-style `Sequential` model: `add`, `build`, `compile`, `fit` with a
 //! progress bar and per-epoch metrics, `evaluate`, `predict`, `summary`.
 
-use crate::autograd::{Param, Var};
 use crate::error::{Error, Result};
-use crate::nn::{Ctx, Layer, dims};
-use crate::optim::Optimizer;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
+use crate::train::autograd::{Param, Var};
+use crate::train::nn::{Ctx, Layer, dims};
+use crate::train::optim::Optimizer;
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 

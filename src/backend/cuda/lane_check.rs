@@ -24,7 +24,7 @@
 //!
 //! A violation panics, naming the operation and the lanes.
 
-use crate::cuda::{Backend, CnnDims, ConvTable, HostBackend, Upload};
+use crate::backend::cuda::{Backend, CnnDims, ConvTable, HostBackend, Upload};
 use crate::error::Result;
 use std::sync::{Arc, Mutex};
 
@@ -324,8 +324,8 @@ impl Backend for LaneCheck {
 mod tests {
     use super::*;
     use crate::ElmoModel;
-    use crate::cuda::ZX_BYTES;
-    use crate::cuda::tests::{models, on_batches};
+    use crate::backend::cuda::ZX_BYTES;
+    use crate::backend::cuda::tests::{models, on_batches};
 
     /// The GPU pass's two lanes, checked: every golden-set model, stateless
     /// and stateful, with and without word sharing, whole and in small

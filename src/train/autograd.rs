@@ -12,7 +12,7 @@
 //! size-1 or missing dimensions repeat); their gradients are summed back over
 //! the broadcast dimensions.
 
-use crate::cpu::{gemm_strided, sigmoid};
+use crate::backend::cpu::{gemm_strided, sigmoid};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use std::collections::HashMap;

@@ -1,0 +1,504 @@
+//! The biLM forward pass, as bilm-tf computes it.
+//!
+//! Positions are handled *packed*: only real positions (the `<S>`, tokens and
+//! `</S>` of each sentence) are computed, sentence after sentence, so padding
+//! costs nothing and no sentence's result depends on the rest of its batch.
+//! Shapes in comments use B = sentences, T2 = positions incl. boundaries,
+//! N = real positions of the batch, C = characters per token, E = char
+//! embedding, F = filters, P = projection, U = LSTM cell size, L = layers.
+
+mod lstm;
+mod output;
+mod pass;
+mod state;
+mod tokens;
+
+pub use output::{BiLmOutput, Intermediates};
+pub use state::LstmState;
+
+use crate::backend::cpu::gather_rows;
+use crate::backend::cpu::{STRIP, Strips, WeightElem, add_bias, clip, highway_blend, lstm_cell, strips_gemm_par};
+use crate::backend::cuda::Device;
+use crate::chars::distinct_words;
+use crate::chars::{CharIds, encode_batch};
+use crate::error::{Error, Result};
+use crate::io::model_file::{ModelFile, lstm_name};
+use crate::options::{Activation, Options};
+use crate::tensor::{Bf16Tensor, Tensor};
+use rayon::prelude::*;
+use std::path::Path;
+
+/// Default working-memory budget of a forward pass
+/// ([`ElmoModel::with_memory_budget`]).
+pub const DEFAULT_MEMORY_BUDGET: usize = 512 << 20;
+
+/// Most tokens per parallel work item of the token (char CNN) pipeline:
+/// small enough that a batch spreads over the threads (and within the
+/// memory budget, see [`Limits`]).
+const TOKEN_CHUNK: usize = 128;
+
+/// How a forward pass splits its work to stay within the memory budget.
+/// Every split gives the same bits: rows of a product do not depend on each
+/// other, and sentences do not depend on each other.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Rows of input-side gate products held at once per layer and
+    /// direction (longer inputs: blocks of steps).
+    zx_rows: usize,
+    /// Sentences run through an LSTM layer at once (more: one group after
+    /// the other).
+    group: usize,
+    /// Tokens per work item of the token pipeline.
+    token_chunk: usize,
+}
+
+impl Limits {
+    /// Splits `budget` bytes: half to the two directions' LSTM work (for
+    /// each, half to gate products of the input, half to per-sentence step
+    /// buffers), half to the token pipeline's work items (one per thread).
+    fn new(o: &Options, budget: usize) -> Self {
+        let (u, p) = (o.lstm.dim, o.lstm.projection_dim);
+        let per_dir = budget / 4;
+        let zx_rows = (per_dir / 2 / (16 * u).max(1)).max(1);
+        // Per sentence and step: zh (4U), m twice, c (U each), h, out, x (P each).
+        let group = (per_dir / 2 / (4 * (7 * u + 3 * p)).max(1)).max(1);
+        let c = o.char_cnn.max_characters_per_token;
+        let widest = o.char_cnn.filters.iter().map(|f| f.1).max().unwrap_or(1);
+        // Per token: the convolution's output rows (C x widest filter; one
+        // token's at a time now, so an upper bound), the character
+        // embeddings, the highway buffers (3 F).
+        let per_token = 4 * (c * widest + c * o.char_cnn.embedding_dim + 3 * o.n_filters());
+        let threads = rayon::current_num_threads().max(1);
+        let token_chunk = (budget / 2 / threads / per_token.max(1)).clamp(1, TOKEN_CHUNK);
+        Limits {
+            zx_rows,
+            group,
+            token_chunk,
+        }
+    }
+}
+
+// Matrices are strip-packed ([`crate::layout::pack_strips`]) as the file stores them.
+struct Conv {
+    width: usize,
+    count: usize,
+    kernel: Tensor, // (1, w, E, n) as (w*E, n), packed
+    bias: Tensor,   // (n,)
+}
+
+struct Highway {
+    w_carry: Tensor,
+    b_carry: Tensor,
+    w_transform: Tensor,
+    b_transform: Tensor,
+}
+
+/// A weight matrix in f32 or bfloat16 (`elmo convert --dtype bf16`).
+enum Mat {
+    F32(Tensor),
+    Bf16(Bf16Tensor),
+}
+
+/// One LSTM layer's weights; the matrices are strip-packed
+/// ([`crate::layout::pack_strips`]), as the model file stores them.
+struct LstmLayer {
+    kernel: Mat,     // (P + P, 4U) packed: rows for the input, then for m_{t-1}
+    bias: Tensor,    // (4U,), gates i, j, f, o
+    projection: Mat, // (U, P) packed
+}
+
+/// Largest batch for which an LSTM layer's steps are shared between the
+/// threads (each thread a share of every gate's units and of the
+/// projection's columns, one direction after the other) rather than the two
+/// directions running side by side. Small batches are bound by reading the
+/// weights: sharing one direction's weights between the cores keeps more of
+/// them in the shared cache from step to step.
+const SHARED_STEPS_MAX_BATCH: usize = 8;
+
+/// Fewest recurrent + projection weights (`5 U P`) for which sharing steps
+/// pays: below (4 MiB of f32), a step is too short for the hand-off.
+const SHARED_STEPS_MIN_WEIGHTS: usize = 1 << 20;
+
+/// One thread's share of an LSTM layer (see [`ElmoModel::lstm_layer`]):
+/// units `u0..u1` of every gate and some strips of the projection, with the
+/// buffers for them.
+struct Part {
+    gates: Vec<(usize, usize, usize)>, // (first strip, end strip, column in zx/zh rows)
+    units: (usize, usize),             // u0..u1
+    proj: (usize, usize),              // projection strips
+    bias: Vec<f32>,                    // (4w,) this part's gate biases
+    zx: Vec<f32>,                      // (rows of the block, 4w)
+    zh: Vec<f32>,                      // (active, 4w)
+    c: Vec<f32>,                       // (B, w) cell states of these units
+    m: Vec<f32>,                       // (active, w)
+    h: Vec<f32>,                       // (active, projection columns)
+}
+
+impl Part {
+    /// `n` shares of a layer with `u` units and `p` outputs; one share
+    /// unless the units split into whole strips.
+    fn split(n: usize, u: usize, p: usize, bias: &[f32]) -> Vec<Part> {
+        let (us, ps) = (u / STRIP, p.div_ceil(STRIP));
+        let n = if u.is_multiple_of(STRIP) {
+            n.min(us).min(ps).max(1)
+        } else {
+            1
+        };
+        (0..n)
+            .map(|t| {
+                let (a, b) = if n == 1 {
+                    (0, u)
+                } else {
+                    (us * t / n * STRIP, us * (t + 1) / n * STRIP)
+                };
+                let w = b - a;
+                // One share: the packed gate columns are the rows' own layout.
+                let gates = if n == 1 {
+                    vec![(0, (4 * u).div_ceil(STRIP), 0)]
+                } else {
+                    (0..4)
+                        .map(|g| ((g * u + a) / STRIP, (g * u + b) / STRIP, g * w))
+                        .collect()
+                };
+                let bias = (0..4)
+                    .flat_map(|g| bias[g * u + a..g * u + b].iter().copied())
+                    .collect();
+                Part {
+                    gates,
+                    units: (a, b),
+                    proj: (ps * t / n, ps * (t + 1) / n),
+                    bias,
+                    zx: Vec::new(),
+                    zh: Vec::new(),
+                    c: Vec::new(),
+                    m: Vec::new(),
+                    h: Vec::new(),
+                }
+            })
+            .collect()
+    }
+
+    /// Columns of the projection this part computes: `j0..j1`.
+    fn proj_cols(&self, p: usize) -> (usize, usize) {
+        (self.proj.0 * STRIP, (self.proj.1 * STRIP).min(p))
+    }
+}
+
+/// A layer input's distinct rows `(W, P)` and the row of every position,
+/// when rows repeat (layer 0: the same word at several positions).
+type Words<'a> = (&'a [f32], &'a [usize]);
+
+/// Runs `f` on every part, in parallel when there are several.
+fn each_part(parts: &mut [Part], f: impl Fn(&mut Part) + Send + Sync) {
+    if parts.len() > 1 {
+        parts.par_iter_mut().for_each(f);
+    } else {
+        parts.iter_mut().for_each(f);
+    }
+}
+
+/// A loaded ELMo biLM. Immutable and `Send + Sync`: share it with `Arc` and
+/// run forward passes from any number of threads.
+pub struct ElmoModel {
+    file: ModelFile,
+    char_embed: Tensor, // (262, E), row 0 = zeros
+    convs: Vec<Conv>,
+    highways: Vec<Highway>,
+    projection: Option<(Tensor, Tensor)>, // (F, P), (P,)
+    lstm: [Vec<LstmLayer>; 2],            // [direction][layer]
+    cache: Option<TokenCache>,
+    budget: usize,
+    accel: Option<Accel>,
+    share_words: bool,
+}
+
+/// A backend other than the CPU path running the forward pass.
+enum Accel {
+    /// A CUDA device.
+    Cuda(std::sync::Arc<crate::backend::cuda::GpuModel>),
+    /// The GPU pass's orchestration on another backend (tests only): the
+    /// host backend or the kernel emulator.
+    #[cfg(test)]
+    Test(std::sync::Arc<TestRun>),
+}
+
+/// [`crate::backend::cuda::forward`] on a test backend, its weights uploaded.
+#[cfg(test)]
+type TestRun = dyn Fn(
+        &[u16],
+        &[(usize, usize)],
+        [crate::backend::cuda::Init<'_>; 2],
+        (bool, bool),
+    ) -> Result<crate::backend::cuda::GpuOut>
+    + Send
+    + Sync;
+
+/// Token embeddings (char CNN + highway + projection) by character ids: a
+/// word's embedding does not depend on its context, so a vocabulary word is
+/// computed once. Bounded: once `capacity` words are held, new words are
+/// computed but not kept. Results are bitwise those of computing afresh
+/// (every product has the same fma order whatever its row count).
+struct TokenCache {
+    capacity: usize,
+    map: std::sync::RwLock<std::collections::HashMap<Vec<u16>, Vec<f32>>>,
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
+}
+
+/// Token-pipeline results for a run of tokens.
+#[derive(Default)]
+struct TokenOut {
+    tok: Vec<f32>,          // (n, P)
+    cnn: Vec<f32>,          // (n, F), only when kept
+    highway: Vec<Vec<f32>>, // (n, F) per layer, only when kept
+    /// (W, P): the distinct words' embeddings when some words repeat, with
+    /// `index` (n,) the word of every token; both empty when all differ.
+    words: Vec<f32>,
+    index: Vec<usize>,
+}
+
+/// One direction's results: per layer, the outputs (N, P) in processing
+/// order and the final (c, h) of each sentence (B*U, B*P).
+struct DirectionOut {
+    outputs: Vec<Vec<f32>>,
+    finals: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl std::fmt::Debug for ElmoModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ElmoModel")
+            .field("path", &self.file.path)
+            .field("options", &self.file.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ElmoModel {
+    /// Loads a converted model file (memory-mapped), checking that every
+    /// weight is finite (an error names the tensor).
+    pub fn load(path: &Path) -> Result<Self> {
+        let file = ModelFile::open(path)?;
+        file.check_finite()?;
+        Self::from_file(file)
+    }
+
+    /// [`load`](Self::load) without the finiteness scan: loading costs only
+    /// the mapping and the header checks (about a millisecond).
+    pub fn load_unchecked(path: &Path) -> Result<Self> {
+        Self::from_file(ModelFile::open(path)?)
+    }
+
+    /// Builds the model from a validated [`ModelFile`].
+    pub fn from_file(file: ModelFile) -> Result<Self> {
+        let t = |n: &str| file.tensor(n).cloned();
+        let mat = |n: &str| match file.bf16.get(n) {
+            Some(b) => Ok(Mat::Bf16(b.clone())),
+            None => t(n).map(Mat::F32),
+        };
+        let o = file.options.clone();
+        let convs = o
+            .char_cnn
+            .filters
+            .iter()
+            .enumerate()
+            .map(|(i, &(width, count))| {
+                Ok(Conv {
+                    width,
+                    count,
+                    kernel: t(&format!("CNN/W_cnn_{i}"))?,
+                    bias: t(&format!("CNN/b_cnn_{i}"))?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let highways = (0..o.char_cnn.n_highway)
+            .map(|h| {
+                Ok(Highway {
+                    w_carry: t(&format!("CNN_high_{h}/W_carry"))?,
+                    b_carry: t(&format!("CNN_high_{h}/b_carry"))?,
+                    w_transform: t(&format!("CNN_high_{h}/W_transform"))?,
+                    b_transform: t(&format!("CNN_high_{h}/b_transform"))?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let projection = if o.has_projection() {
+            Some((t("CNN_proj/W_proj")?, t("CNN_proj/b_proj")?))
+        } else {
+            None
+        };
+        let layers = |d: usize| -> Result<Vec<LstmLayer>> {
+            (0..o.lstm.n_layers)
+                .map(|l| {
+                    Ok(LstmLayer {
+                        kernel: mat(&lstm_name(d, l, "W_0"))?,
+                        bias: t(&lstm_name(d, l, "B"))?,
+                        projection: mat(&lstm_name(d, l, "W_P_0"))?,
+                    })
+                })
+                .collect()
+        };
+        Ok(ElmoModel {
+            char_embed: t("char_embed")?,
+            convs,
+            highways,
+            projection,
+            lstm: [layers(0)?, layers(1)?],
+            cache: None,
+            budget: DEFAULT_MEMORY_BUDGET,
+            accel: None,
+            share_words: true,
+            file,
+        })
+    }
+
+    /// Keeps the token embeddings of up to `capacity` distinct words (0: no
+    /// cache). Outputs are bitwise the same; repeated words skip the char CNN,
+    /// highway and projection. Memory: `capacity * (P + C/2) * 4` bytes.
+    pub fn with_token_cache(mut self, capacity: usize) -> Self {
+        self.cache = (capacity > 0).then(|| TokenCache {
+            capacity,
+            map: Default::default(),
+            hits: Default::default(),
+            misses: Default::default(),
+        });
+        self
+    }
+
+    /// Whether a call computes each distinct word once (default `true`):
+    /// the char CNN, highway layers, projection and the first LSTM layer's
+    /// input-side products depend on the word alone, so a word that occurs
+    /// several times in a call (and every sentence's `<S>` and `</S>`) is
+    /// computed once and copied. On the CPU the outputs are bitwise the same
+    /// either way (each row is its own fma chain); on a GPU, where cuBLAS may
+    /// pick another algorithm for another row count, within float32
+    /// rounding. `false` computes every position, as TensorFlow does (for
+    /// like-for-like timing).
+    pub fn with_word_sharing(mut self, on: bool) -> Self {
+        self.share_words = on;
+        self
+    }
+
+    /// Bounds the working memory of a forward pass to about `bytes`
+    /// (default [`DEFAULT_MEMORY_BUDGET`], 512 MiB): long sentences are run
+    /// in blocks of steps, many sentences in groups, the token pipeline in
+    /// smaller pieces. Results are bitwise the same for any budget. Not
+    /// counted: the weights (mapped), the activations that grow with the
+    /// input (each layer's outputs, `N x P` floats per layer and direction)
+    /// and the returned output itself; memory for those grows with the input.
+    pub fn with_memory_budget(mut self, bytes: usize) -> Self {
+        self.budget = bytes;
+        self
+    }
+
+    /// Runs the model on `device`: [`Device::Cuda`] uploads the weights to
+    /// that GPU and loads its kernels now (see [`crate::backend::cuda`]); outputs
+    /// agree with the CPU's to float32 rounding. [`Device::Cpu`] drops a GPU
+    /// copy. The token cache and memory budget apply to the CPU path only.
+    ///
+    /// Errors: [`Error::CudaNotCompiled`] in a build without the `cuda`
+    /// feature; [`Error::CudaUnavailable`] when the device cannot be used
+    /// (no driver, no such device, too old, too small), naming the device.
+    pub fn with_device(mut self, device: Device) -> Result<Self> {
+        self.accel = match device {
+            Device::Cpu => None,
+            Device::Cuda(n) => Some(Accel::Cuda(std::sync::Arc::new(crate::backend::cuda::GpuModel::new(
+                &self.file, n,
+            )?))),
+        };
+        Ok(self)
+    }
+
+    /// The GPU forward pass run by [`crate::backend::cuda::HostBackend`] (tests),
+    /// input-side LSTM products in blocks of about `zx_bytes`.
+    #[cfg(test)]
+    pub(crate) fn with_host_backend(self, zx_bytes: usize) -> Result<Self> {
+        self.with_test_backend(crate::backend::cuda::HostBackend::default(), zx_bytes)
+    }
+
+    /// The GPU forward pass run by backend `be` (tests): the host backend,
+    /// or the kernel emulator; input-side LSTM products in blocks of about
+    /// `zx_bytes`.
+    #[cfg(test)]
+    pub(crate) fn with_test_backend<B>(mut self, be: B, zx_bytes: usize) -> Result<Self>
+    where
+        B: crate::backend::cuda::Backend + Send + Sync + 'static,
+        B::F: Send + Sync + 'static,
+    {
+        let w = crate::backend::cuda::Weights::upload(&be, &self.file)?;
+        let o = self.options().clone();
+        let run: std::sync::Arc<TestRun> = std::sync::Arc::new(
+            move |chars: &[u16],
+                  segs: &[(usize, usize)],
+                  init: [crate::backend::cuda::Init<'_>; 2],
+                  flags: (bool, bool)| {
+                crate::backend::cuda::forward(&be, &w, &o, chars, segs, init, flags, zx_bytes)
+            },
+        );
+        self.accel = Some(Accel::Test(run));
+        Ok(self)
+    }
+
+    /// Where the forward pass runs.
+    pub fn device(&self) -> Device {
+        match &self.accel {
+            Some(Accel::Cuda(g)) => Device::Cuda(g.ordinal()),
+            _ => Device::Cpu,
+        }
+    }
+
+    /// The working-memory budget (see [`with_memory_budget`](Self::with_memory_budget)).
+    pub fn memory_budget(&self) -> usize {
+        self.budget
+    }
+
+    /// `(hits, misses)` of the token cache so far (zeros without one),
+    /// counted per distinct word of each call (per token with word sharing
+    /// off).
+    pub fn token_cache_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.cache
+            .as_ref()
+            .map_or((0, 0), |c| (c.hits.load(Relaxed), c.misses.load(Relaxed)))
+    }
+
+    /// The model's options.
+    pub fn options(&self) -> &Options {
+        &self.file.options
+    }
+
+    /// The underlying model file (tensors by name, path).
+    pub fn file(&self) -> &ModelFile {
+        &self.file
+    }
+
+    /// Embeds tokenized sentences, each independently (zero initial state).
+    pub fn embed<S: AsRef<[T]>, T: AsRef<str>>(&self, sentences: &[S]) -> Result<BiLmOutput> {
+        let ids = encode_batch(sentences, self.options().char_cnn.max_characters_per_token)?;
+        Ok(self.run(&ids, None, false)?.0)
+    }
+
+    /// Embeds tokenized sentences starting from, and updating, `state`
+    /// (bilm-tf's default stateful behaviour).
+    pub fn embed_stateful<S: AsRef<[T]>, T: AsRef<str>>(
+        &self,
+        sentences: &[S],
+        state: &mut LstmState,
+    ) -> Result<BiLmOutput> {
+        let ids = encode_batch(sentences, self.options().char_cnn.max_characters_per_token)?;
+        Ok(self.run(&ids, Some(state), false)?.0)
+    }
+
+    /// Runs the biLM on character ids; stateless when `state` is `None`.
+    pub fn forward(&self, ids: &CharIds, state: Option<&mut LstmState>) -> Result<BiLmOutput> {
+        Ok(self.run(ids, state, false)?.0)
+    }
+
+    /// Like [`forward`](Self::forward), also returning bilm-tf's internal arrays.
+    pub fn forward_with_intermediates(
+        &self,
+        ids: &CharIds,
+        state: Option<&mut LstmState>,
+    ) -> Result<(BiLmOutput, Intermediates)> {
+        let (out, inter) = self.run(ids, state, true)?;
+        Ok((out, inter.expect("intermediates requested")))
+    }
+}

@@ -1,0 +1,194 @@
+//! The token pipeline: character CNN, highway layers and projection, each
+//! distinct word once per call (and through the token cache across calls).
+
+use super::*;
+
+impl ElmoModel {
+    /// Token embeddings of `ids` (n tokens of C ids). Each distinct word is
+    /// computed once per call (the `<S>` and `</S>` of every sentence, and
+    /// repeated words, are one row each), through the cache when there is
+    /// one and intermediates are not wanted, then copied to its positions.
+    /// Every row is the same fma chain whatever the rows around it, so the
+    /// results are bitwise those of computing every position.
+    pub(super) fn tokens(&self, ids: &[u16], keep: bool) -> TokenOut {
+        let (c, p) = (
+            self.options().char_cnn.max_characters_per_token,
+            self.options().lstm.projection_dim,
+        );
+        let (words, index) = if self.share_words {
+            distinct_words(ids, c)
+        } else {
+            (ids.to_vec(), (0..ids.len() / c.max(1)).collect())
+        };
+        let nw = words.len() / c;
+        let mut fresh = match self.cache.as_ref().filter(|_| !keep) {
+            None => self.token_pipeline(&words, keep),
+            Some(cache) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                let mut tok = vec![0f32; nw * p];
+                let mut missing: Vec<usize> = Vec::new();
+                {
+                    let map = cache.map.read().unwrap_or_else(|e| e.into_inner());
+                    for (t, word) in words.chunks_exact(c).enumerate() {
+                        match map.get(word) {
+                            Some(v) => tok[t * p..(t + 1) * p].copy_from_slice(v),
+                            None => missing.push(t),
+                        }
+                    }
+                }
+                cache.hits.fetch_add((nw - missing.len()) as u64, Relaxed);
+                cache.misses.fetch_add(missing.len() as u64, Relaxed);
+                if !missing.is_empty() {
+                    let todo: Vec<u16> = missing
+                        .iter()
+                        .flat_map(|&t| words[t * c..(t + 1) * c].iter().copied())
+                        .collect();
+                    let computed = self.token_pipeline(&todo, false);
+                    let mut map = cache.map.write().unwrap_or_else(|e| e.into_inner());
+                    for (j, &t) in missing.iter().enumerate() {
+                        let v = &computed.tok[j * p..(j + 1) * p];
+                        tok[t * p..(t + 1) * p].copy_from_slice(v);
+                        if map.len() < cache.capacity {
+                            map.insert(words[t * c..(t + 1) * c].to_vec(), v.to_vec());
+                        }
+                    }
+                }
+                TokenOut {
+                    tok,
+                    ..TokenOut::default()
+                }
+            }
+        };
+        let n = index.len();
+        if nw == n {
+            // Every word distinct: `words` is `ids` itself.
+            return fresh;
+        }
+        let f = self.options().n_filters();
+        TokenOut {
+            tok: gather_rows(&fresh.tok, &index, p),
+            cnn: gather_rows(&fresh.cnn, &index, f),
+            highway: fresh.highway.iter().map(|h| gather_rows(h, &index, f)).collect(),
+            words: std::mem::take(&mut fresh.tok),
+            index,
+        }
+    }
+
+    /// Char CNN, highway and projection for `ids.len() / C` tokens, in
+    /// parallel chunks. `keep`: also return the CNN and highway outputs.
+    pub(super) fn token_pipeline(&self, ids: &[u16], keep: bool) -> TokenOut {
+        let c = self.options().char_cnn.max_characters_per_token;
+        let chunk = Limits::new(self.options(), self.budget).token_chunk * c;
+        let chunks = ids.len().div_ceil(chunk).max(1);
+        // Fewer chunks than threads (a short request): the threads share
+        // each product's columns instead.
+        let parts = rayon::current_num_threads() / chunks;
+        let parts: Vec<TokenOut> = ids
+            .par_chunks(chunk)
+            .map(|ch| self.token_chunk(ch, keep, parts))
+            .collect();
+        let mut all = TokenOut {
+            highway: vec![Vec::new(); if keep { self.highways.len() } else { 0 }],
+            ..TokenOut::default()
+        };
+        for part in parts {
+            all.tok.extend_from_slice(&part.tok);
+            all.cnn.extend_from_slice(&part.cnn);
+            for (a, h) in all.highway.iter_mut().zip(&part.highway) {
+                a.extend_from_slice(h);
+            }
+        }
+        all
+    }
+
+    pub(super) fn token_chunk(&self, ids: &[u16], keep: bool, parts: usize) -> TokenOut {
+        let o = self.options();
+        let (c, e, f) = (
+            o.char_cnn.max_characters_per_token,
+            o.char_cnn.embedding_dim,
+            o.n_filters(),
+        );
+        let n = ids.len() / c;
+        // (n*C, E): character embeddings, token after token.
+        let table = self.char_embed.data();
+        let mut emb = Vec::with_capacity(ids.len() * e);
+        for &id in ids {
+            let r = id as usize * e;
+            emb.extend_from_slice(&table[r..r + e]);
+        }
+        // (n, F): one token at a time (spread over the threads when they
+        // share this chunk), each filter's windows in one product, then the
+        // max over them, the bias and the activation, while the product's
+        // (C - w + 1, count) rows are still in L2. (All of a chunk's windows
+        // in one product wrote a (n C, count) buffer to memory first: at 64
+        // tokens on one core the convolutions took 1.9x as long.)
+        let mut x = vec![0f32; n * f];
+        let conv_token = |buf: &mut Vec<f32>, (xt, et): (&mut [f32], &[f32])| {
+            let mut col = 0;
+            for conv in &self.convs {
+                let (w, nf) = (conv.width, conv.count);
+                let rows = c - w + 1;
+                buf.resize(rows * nf, 0.0);
+                let kernel = Strips::new(conv.kernel.data(), w * e, nf);
+                crate::backend::cpu::strips_gemm(rows, et, e, kernel, 0, kernel.n_strips(), buf, nf, false);
+                let dst = &mut xt[col..col + nf];
+                dst.copy_from_slice(&buf[..nf]);
+                for row in buf[nf..rows * nf].chunks_exact(nf) {
+                    for (d, &v) in dst.iter_mut().zip(row) {
+                        *d = d.max(v);
+                    }
+                }
+                // max(conv + b) == max(conv) + b exactly: adding a constant is monotone.
+                for (d, &bj) in dst.iter_mut().zip(conv.bias.data()) {
+                    let v = *d + bj;
+                    *d = match o.char_cnn.activation {
+                        Activation::Relu => v.max(0.0),
+                        Activation::Tanh => v.tanh(),
+                    };
+                }
+                col += nf;
+            }
+        };
+        if parts > 1 {
+            x.par_chunks_mut(f.max(1))
+                .zip(emb.par_chunks(c * e))
+                .for_each_init(Vec::new, conv_token);
+        } else {
+            let mut buf = Vec::new();
+            x.chunks_mut(f.max(1))
+                .zip(emb.chunks(c * e))
+                .for_each(|t| conv_token(&mut buf, t));
+        }
+        let cnn = if keep { x.clone() } else { Vec::new() };
+        let mut highway = Vec::new();
+        let mut carry = vec![0f32; n * f];
+        let mut trans = vec![0f32; n * f];
+        for hw in &self.highways {
+            // g = sigmoid(x Wc + bc), t = relu(x Wt + bt), x' = g t + (1 - g) x
+            strips_gemm_par(n, &x, f, Strips::new(hw.w_carry.data(), f, f), &mut carry, f, parts);
+            add_bias(&mut carry, hw.b_carry.data());
+            strips_gemm_par(n, &x, f, Strips::new(hw.w_transform.data(), f, f), &mut trans, f, parts);
+            add_bias(&mut trans, hw.b_transform.data());
+            highway_blend(&mut x, &carry, &trans);
+            if keep {
+                highway.push(x.clone());
+            }
+        }
+        let tok = match &self.projection {
+            Some((w, bias)) => {
+                let p = o.lstm.projection_dim;
+                let mut out = vec![0f32; n * p];
+                strips_gemm_par(n, &x, f, Strips::new(w.data(), f, p), &mut out, p, parts);
+                add_bias(&mut out, bias.data());
+                out
+            }
+            None => x,
+        };
+        TokenOut {
+            tok,
+            cnn,
+            highway,
+            ..TokenOut::default()
+        }
+    }
+}
