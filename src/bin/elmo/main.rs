@@ -297,20 +297,26 @@ fn run(cmd: Command) -> Result<()> {
                     "convert needs --options and --hdf5, or --tf-checkpoint (see elmo convert --help)".into(),
                 ));
             };
-            // Progress only for large files; a missing file is reported by
-            // the converter, after the options have been checked.
+            // A progress bar (indicatif: drawn only on a terminal) for large
+            // files; a missing file is reported by the converter, after the
+            // options have been checked.
             let show = std::fs::metadata(&hdf5).map(|m| m.len() > 16 << 20).unwrap_or(false);
+            let bar = if show {
+                indicatif::ProgressBar::new(0).with_style(
+                    indicatif::ProgressStyle::with_template("converting {bar:40} {percent:>3}% {bytes}/{total_bytes} {msg}")
+                        .expect("a valid template"),
+                )
+            } else {
+                indicatif::ProgressBar::hidden()
+            };
             let mut progress = |done: u64, total: u64, name: &str| {
-                if show {
-                    eprint!("\rconverting: {:3}% {:<60}", done * 100 / total.max(1), name);
-                    let _ = std::io::stderr().flush();
-                }
+                bar.set_length(total);
+                bar.set_position(done);
+                bar.set_message(name.to_string());
             };
             let t0 = std::time::Instant::now();
             let r = elmo::convert::convert_hdf5_with(&options, &hdf5, &out, &mut progress, dtype);
-            if show {
-                eprintln!();
-            }
+            bar.finish_and_clear();
             r?;
             eprintln!("wrote {} in {:.2} s", out.display(), t0.elapsed().as_secs_f64());
             Ok(())
