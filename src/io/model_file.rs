@@ -14,11 +14,16 @@
 //! `(ceil(n / 16), k, 16)`: products stream them from the mapping as they lie,
 //! with no packing per call. Version 1 files (row-major matrices) are still
 //! read; they are packed when loaded.
+//!
+//! Read and written through the `safetensors` crate (header parsing, the
+//! check that the tensors tile the data, the tensor order and header
+//! padding); our checks and messages, naming the file and the tensor, sit on
+//! top. Written to a temporary file that is renamed when complete.
 
 use crate::error::{Error, Result};
 use crate::options::{N_CHARACTERS, Options};
 use crate::tensor::{Bf16Tensor, Bytes, Tensor, f32_to_bf16};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,8 +33,6 @@ use std::sync::Arc;
 pub const FORMAT_NAME: &str = "elmo-rs-bilm";
 /// Value of `__metadata__.format_version`; bumped on any incompatible change.
 pub const FORMAT_VERSION: u32 = 2;
-/// Largest JSON header accepted (real models need a few KiB).
-const MAX_HEADER: u64 = 64 << 20;
 
 /// Name of the LSTM dataset `leaf` (`W_0`, `B`, `W_P_0`) of `direction`
 /// (0 forward, 1 backward) and `layer`, as in bilm-tf's HDF5 files.
@@ -117,11 +120,6 @@ pub fn write_model_with(
     tensors: &[NamedTensor],
     bf16: &dyn Fn(&str) -> bool,
 ) -> Result<()> {
-    let mut header = Map::new();
-    header.insert(
-        "__metadata__".into(),
-        json!({"format": FORMAT_NAME, "format_version": FORMAT_VERSION.to_string(), "options": options.to_json()}),
-    );
     // The LSTM matrices are written strip-packed (see the module docs).
     type Stored<'a> = (&'a str, Vec<usize>, std::borrow::Cow<'a, [f32]>);
     let stored: Vec<Stored<'_>> = tensors
@@ -149,47 +147,87 @@ pub fn write_model_with(
             })
         })
         .collect::<Result<_>>()?;
-    let mut offset = 0usize;
-    for (name, shape, data) in &stored {
-        let n = data.len();
-        let (dtype, size) = if bf16(name) { ("BF16", 2) } else { ("F32", 4) };
-        header.insert(
-            name.to_string(),
-            json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size * n]}),
-        );
-        offset += size * n;
-    }
-    let mut hbytes = Value::Object(header).to_string().into_bytes();
-    // Pad so the data starts 8-aligned (safetensors allows trailing spaces):
-    // a page-aligned mapping then holds every f32 tensor aligned.
-    while !(8 + hbytes.len()).is_multiple_of(8) {
-        hbytes.push(b' ');
-    }
-    write_atomically(path, |w| {
-        w.write_all(&(hbytes.len() as u64).to_le_bytes())?;
-        w.write_all(&hbytes)?;
-        for (name, _, data) in &stored {
-            let half = bf16(name);
-            for chunk in data.chunks(1 << 16) {
-                let mut buf = Vec::with_capacity(chunk.len() * 4);
-                for v in chunk {
-                    if half {
-                        buf.extend_from_slice(&f32_to_bf16(*v).to_le_bytes());
-                    } else {
-                        buf.extend_from_slice(&v.to_le_bytes());
-                    }
-                }
-                w.write_all(&buf)?;
-            }
-        }
-        Ok(())
+    // Through the safetensors crate (it orders the tensors, pads the header to
+    // 8 bytes and writes them in turn), into a temporary file renamed when
+    // complete. F32 data is written from our buffers as they are.
+    let views: Vec<(String, StoredView<'_>)> = stored
+        .into_iter()
+        .map(|(name, shape, data)| {
+            let data = if bf16(name) {
+                StoredData::Bf16(data.iter().flat_map(|v| f32_to_bf16(*v).to_le_bytes()).collect())
+            } else {
+                StoredData::F32(data)
+            };
+            (name.to_string(), StoredView { shape, data })
+        })
+        .collect();
+    let metadata: std::collections::HashMap<String, String> = [
+        ("format".to_string(), FORMAT_NAME.to_string()),
+        ("format_version".to_string(), FORMAT_VERSION.to_string()),
+        ("options".to_string(), options.to_json()),
+    ]
+    .into();
+    replace_atomically(path, |tmp| {
+        safetensors::serialize_to_file(views.iter().map(|(n, v)| (n.as_str(), v)), Some(metadata), tmp)
+            .map_err(std::io::Error::other)
     })
+}
+
+/// One tensor as the model file stores it, for `safetensors::serialize_to_file`.
+struct StoredView<'a> {
+    shape: Vec<usize>,
+    data: StoredData<'a>,
+}
+
+/// A tensor's values: f32 as they are (written from their buffer), or
+/// already narrowed to little-endian bf16 bytes.
+enum StoredData<'a> {
+    F32(std::borrow::Cow<'a, [f32]>),
+    Bf16(Vec<u8>),
+}
+
+impl safetensors::View for &StoredView<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        match self.data {
+            StoredData::F32(_) => safetensors::Dtype::F32,
+            StoredData::Bf16(_) => safetensors::Dtype::BF16,
+        }
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        match &self.data {
+            // Little-endian machines write the f32 buffer itself.
+            StoredData::F32(d) if cfg!(target_endian = "little") => std::borrow::Cow::Borrowed(bytemuck::cast_slice(d)),
+            StoredData::F32(d) => std::borrow::Cow::Owned(d.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            StoredData::Bf16(b) => std::borrow::Cow::Borrowed(b),
+        }
+    }
+    fn data_len(&self) -> usize {
+        match &self.data {
+            StoredData::F32(d) => 4 * d.len(),
+            StoredData::Bf16(b) => b.len(),
+        }
+    }
 }
 
 /// Writes a file through `body` into a temporary file in `path`'s folder,
 /// syncs it and renames it to `path`: readers see the old file or the whole
 /// new one, never a half-written one.
 pub fn write_atomically(path: &Path, body: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+    replace_atomically(path, |tmp| {
+        let file = std::fs::File::create(tmp)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        body(&mut w)?;
+        w.into_inner().map_err(|e| e.into_error())?;
+        Ok(())
+    })
+}
+
+/// Runs `write` on a temporary path in `path`'s folder, syncs what it wrote
+/// and renames it to `path`; on failure the temporary file is removed.
+fn replace_atomically(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -202,12 +240,12 @@ pub fn write_atomically(path: &Path, body: impl FnOnce(&mut dyn Write) -> std::i
         std::process::id()
     ));
     let result = (|| -> std::io::Result<()> {
-        let file = std::fs::File::create(&tmp)?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-        body(&mut w)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
+        // The permissions a new file gets here (umask applied), kept whatever
+        // `write` does (the safetensors crate persists a private temp file).
+        let perms = std::fs::File::create(&tmp)?.metadata()?.permissions();
+        write(&tmp)?;
+        std::fs::set_permissions(&tmp, perms)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
     if let Err(e) = result {
@@ -247,32 +285,20 @@ impl ModelFile {
     }
 
     /// Validates a model held in `bytes`; `path` is only used in messages.
+    ///
+    /// The `safetensors` crate parses the header and checks that the tensors
+    /// tile the data exactly; when it refuses a file, a diagnosis names the
+    /// tensor at fault. Our checks follow: the metadata, the dtypes, every
+    /// tensor the options need with its shape, alignment in the mapping.
     pub fn from_bytes(path: &Path, bytes: Arc<Bytes>) -> Result<Self> {
         let err = |m: String| Error::weights(path, m);
-        if bytes.len() < 8 {
-            return Err(err(format!(
-                "{} bytes: too short to be a model file (safetensors)",
-                bytes.len()
-            )));
-        }
-        let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-        if n > MAX_HEADER || 8 + n > bytes.len() as u64 {
-            return Err(err(format!(
-                "not a safetensors model file or truncated: header length {n} does not fit in {} bytes",
-                bytes.len()
-            )));
-        }
-        let data_start = 8 + n as usize;
-        let header: Value = serde_json::from_slice(&bytes[8..data_start])
-            .map_err(|e| err(format!("safetensors header is not valid JSON: {e}")))?;
-        let header = header
-            .as_object()
-            .ok_or_else(|| err("safetensors header is not a JSON object".into()))?;
-        let meta = header
-            .get("__metadata__")
-            .and_then(Value::as_object)
+        let (n, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| explain(path, &bytes, e))?;
+        let data_start = 8 + n;
+        let meta_map = meta
+            .metadata()
+            .as_ref()
             .ok_or_else(|| err("no __metadata__: not a model converted by `elmo convert`".into()))?;
-        let meta_str = |k: &str| meta.get(k).and_then(Value::as_str);
+        let meta_str = |k: &str| meta_map.get(k).map(String::as_str);
         if meta_str("format") != Some(FORMAT_NAME) {
             return Err(err(format!(
                 "metadata format is {:?}, expected \"{FORMAT_NAME}\": not a model converted by `elmo convert`",
@@ -292,56 +318,28 @@ impl ModelFile {
         };
         let options = Options::from_json(meta_str("options").ok_or_else(|| err("metadata has no options".into()))?)
             .map_err(|e| err(format!("options in metadata: {e}")))?;
-        let data_len = bytes.len() - data_start;
         let mut tensors = BTreeMap::new();
         let mut bf16 = BTreeMap::new();
-        for (name, info) in header {
-            if name == "__metadata__" {
-                continue;
-            }
+        let infos: BTreeMap<String, &safetensors::tensor::TensorInfo> = meta.tensors().into_iter().collect();
+        for (name, info) in &infos {
             let terr = |m: &str| Error::tensor(path, name, m);
-            let dtype = info.get("dtype").and_then(Value::as_str);
-            let size = match dtype {
-                Some("F32") => 4,
-                Some("BF16") if bf16_eligible(name) => 2,
-                Some("BF16") => return Err(terr("only the LSTM matrices may be stored as BF16")),
-                _ => return Err(terr(&format!("dtype {dtype:?} is not supported, only F32 (and BF16)"))),
-            };
-            let shape: Vec<usize> = info
-                .get("shape")
-                .and_then(Value::as_array)
-                .and_then(|a| {
-                    a.iter()
-                        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-                        .collect()
-                })
-                .ok_or_else(|| terr("shape is not a list of sizes"))?;
-            let offs: Vec<usize> = info
-                .get("data_offsets")
-                .and_then(Value::as_array)
-                .and_then(|a| {
-                    a.iter()
-                        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-                        .collect()
-                })
-                .filter(|v: &Vec<usize>| v.len() == 2)
-                .ok_or_else(|| terr("data_offsets is not [begin, end]"))?;
-            let numel = shape
-                .iter()
-                .try_fold(1usize, |a, &d| a.checked_mul(d))
-                .and_then(|n| n.checked_mul(size));
-            if offs[0] > offs[1] || offs[1] > data_len || numel != Some(offs[1] - offs[0]) {
-                return Err(terr(&format!(
-                    "data_offsets {offs:?} do not match shape {shape:?} inside {data_len} data bytes (file truncated or corrupt)"
-                )));
-            }
-            if size == 2 {
-                let t =
-                    Bf16Tensor::from_bytes(&shape, &bytes, data_start + offs[0]).map_err(|e| terr(&e.to_string()))?;
-                bf16.insert(name.clone(), t);
-            } else {
-                let t = Tensor::from_bytes(&shape, &bytes, data_start + offs[0]).map_err(|e| terr(&e.to_string()))?;
-                tensors.insert(name.clone(), t);
+            let at = data_start + info.data_offsets.0;
+            match info.dtype {
+                safetensors::Dtype::F32 => {
+                    let t = Tensor::from_bytes(&info.shape, &bytes, at).map_err(|e| terr(&e.to_string()))?;
+                    tensors.insert(name.clone(), t);
+                }
+                safetensors::Dtype::BF16 if bf16_eligible(name) => {
+                    let t = Bf16Tensor::from_bytes(&info.shape, &bytes, at).map_err(|e| terr(&e.to_string()))?;
+                    bf16.insert(name.clone(), t);
+                }
+                safetensors::Dtype::BF16 => return Err(terr("only the LSTM matrices may be stored as BF16")),
+                other => {
+                    return Err(terr(&format!(
+                        "dtype {:?} is not supported, only F32 (and BF16)",
+                        format!("{other:?}")
+                    )));
+                }
             }
         }
         for (name, shape) in expected_tensors(&options) {
@@ -453,6 +451,83 @@ fn first_bad<T: Copy + Sync>(v: &[T], bad: impl Fn(T) -> bool + Sync) -> Option<
             None
         }
     })
+}
+
+/// Says why the `safetensors` crate refused `bytes`, naming the tensor at
+/// fault where there is one: the header is read again as plain JSON and each
+/// entry checked (dtype, then offsets against its shape and the data held).
+fn explain(path: &Path, bytes: &[u8], e: safetensors::SafeTensorError) -> Error {
+    use safetensors::SafeTensorError as E;
+    let err = |m: String| Error::weights(path, m);
+    let n = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    match (&e, n) {
+        (_, None) => {
+            return err(format!(
+                "{} bytes: too short to be a model file (safetensors)",
+                bytes.len()
+            ));
+        }
+        (E::HeaderTooLarge | E::InvalidHeaderLength | E::HeaderTooSmall, Some(n)) => {
+            return err(format!(
+                "not a safetensors model file or truncated: header length {n} does not fit in {} bytes",
+                bytes.len()
+            ));
+        }
+        (E::InvalidHeader(_) | E::InvalidHeaderDeserialization(_), _) => {
+            return err(format!("not a safetensors model file: the header is not valid: {e}"));
+        }
+        _ => {}
+    }
+    let n = n.unwrap_or(0) as usize;
+    let data_len = bytes.len().saturating_sub(8 + n);
+    let header: Option<Map<String, Value>> = bytes
+        .get(8..8 + n)
+        .and_then(|h| serde_json::from_slice::<Value>(h).ok())
+        .and_then(|v| v.as_object().cloned());
+    let mut entries: Vec<(&String, &Value)> = header.iter().flatten().filter(|(k, _)| *k != "__metadata__").collect();
+    entries.sort_by_key(|(k, _)| k.as_str());
+    for (name, info) in entries {
+        let terr = |m: String| Error::tensor(path, name, m);
+        let dtype = info.get("dtype").and_then(Value::as_str);
+        let size = match dtype {
+            Some("F32") => 4,
+            Some("BF16") if bf16_eligible(name) => 2,
+            Some("BF16") => return terr("only the LSTM matrices may be stored as BF16".into()),
+            _ => return terr(format!("dtype {dtype:?} is not supported, only F32 (and BF16)")),
+        };
+        let sizes = |k: &str| -> Option<Vec<usize>> {
+            info.get(k)?
+                .as_array()?
+                .iter()
+                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                .collect()
+        };
+        let (Some(shape), Some(offs)) = (sizes("shape"), sizes("data_offsets").filter(|o| o.len() == 2)) else {
+            return terr("shape or data_offsets is not a list of sizes".into());
+        };
+        let numel = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(size));
+        if offs[0] > offs[1] || offs[1] > data_len || numel != Some(offs[1] - offs[0]) {
+            return terr(format!(
+                "data_offsets {offs:?} do not match shape {shape:?} inside {data_len} data bytes (file truncated or corrupt)"
+            ));
+        }
+    }
+    // Every entry is sound on its own: a tensor the options need may have
+    // been dropped from the header, leaving its bytes uncovered.
+    let options = header
+        .as_ref()
+        .and_then(|h| h.get("__metadata__")?.get("options")?.as_str().map(Options::from_json));
+    if let (Some(Ok(o)), Some(h)) = (options, &header)
+        && let Some((name, _)) = expected_tensors(&o).into_iter().find(|(name, _)| !h.contains_key(name))
+    {
+        return Error::tensor(path, &name, "missing from the model file");
+    }
+    err(format!("not a valid safetensors model file (corrupt): {e}"))
 }
 
 #[cfg(test)]

@@ -303,8 +303,10 @@ fn run(cmd: Command) -> Result<()> {
             let show = std::fs::metadata(&hdf5).map(|m| m.len() > 16 << 20).unwrap_or(false);
             let bar = if show {
                 indicatif::ProgressBar::new(0).with_style(
-                    indicatif::ProgressStyle::with_template("converting {bar:40} {percent:>3}% {bytes}/{total_bytes} {msg}")
-                        .expect("a valid template"),
+                    indicatif::ProgressStyle::with_template(
+                        "converting {bar:40} {percent:>3}% {bytes}/{total_bytes} {msg}",
+                    )
+                    .expect("a valid template"),
                 )
             } else {
                 indicatif::ProgressBar::hidden()
