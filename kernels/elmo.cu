@@ -1,4 +1,4 @@
-// CUDA kernels of the GPU backend (src/cuda.rs). Compiled to kernels/elmo.ptx
+// CUDA kernels of the GPU backend (src/backend/cuda/). Compiled to kernels/elmo.ptx
 // by kernels/build_ptx.py with NVRTC; the PTX is committed and embedded with
 // include_str!, so users need no CUDA compiler.
 //
@@ -6,7 +6,7 @@
 // projections, LSTM input/recurrent/projection products) are cuBLAS SGEMMs
 // issued from Rust; these kernels are the parts between them, each fused so
 // that its inputs are read once and its outputs written once. Every kernel
-// has a CPU reference in src/cpu.rs or src/model.rs computing the same
+// has a CPU reference in src/backend/cpu/ or src/model/ computing the same
 // formula (named beside it), and the GPU tests compare the two.
 //
 // Numerics: expf/tanhf are NVRTC's accurate versions (no --use_fast_math),
@@ -19,7 +19,7 @@ __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf
 // The filter widths of the char CNN, passed by value (a kernel parameter,
 // no upload): convolution i has width[i] and filters first[i] ..
 // first[i + 1] (first[n] = F), its kernel at woff[i] in the concatenated
-// weights. Mirrors struct ConvTable in src/cuda.rs.
+// weights. Mirrors struct ConvTable in src/backend/cuda/ops.rs.
 #define MAX_CONVS 16
 struct ConvTable {
     int n;
@@ -104,7 +104,7 @@ __global__ void highway(float* __restrict__ x, const float* __restrict__ carry,
 
 // y[r] = x[idx[r]] for rows of width w: reversal within sentence lengths,
 // the gather of a step's input rows, the scatter back to natural order.
-// (CPU: reverse_segments in src/model.rs.)
+// (CPU: reverse_segments in src/model/pass.rs.)
 __global__ void gather_rows(const float* __restrict__ x, float* __restrict__ y,
                             const int* __restrict__ idx, int rows, int w) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;

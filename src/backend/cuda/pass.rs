@@ -186,7 +186,7 @@ pub(crate) fn forward<B: Backend>(
     // pipeline's results, their work queued step by step in turn: the
     // per-step kernels, small at small batches, run side by side. A lane
     // writes only buffers it made; what lane 0 made before the fork, and
-    // every layer's output, lives to the end (`src/lane_check.rs` checks
+    // every layer's output, lives to the end (`lane_check.rs` checks
     // the ordering).
     be.fork()?;
     // Per direction: layer 0's products of the distinct words (W, 4U) =
