@@ -1,0 +1,125 @@
+//! The element-wise kernels: sigmoid and tanh (scalar and 8 lanes), the
+//! LSTM cell, the highway blend, bias and clipping, each with its reference.
+
+use super::*;
+
+/// The logistic function `1 / (1 + exp(-x))`.
+#[inline]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Vectorised sigmoid of 8 lanes (the input is clamped to [-80, 80], where
+/// f32 sigmoid is already 0 or 1 to the last bit, so `exp` stays finite).
+#[inline(always)]
+pub fn sigmoid8(x: wide::f32x8) -> wide::f32x8 {
+    use wide::f32x8;
+    let x = x.fast_max(f32x8::splat(-80.0)).fast_min(f32x8::splat(80.0));
+    f32x8::ONE / (f32x8::ONE + (-x).exp())
+}
+
+/// Vectorised tanh of 8 lanes: `1 - 2 / (exp(2x) + 1)`, input clamped to
+/// [-40, 40] (tanh is +-1 in f32 well before).
+#[inline(always)]
+pub fn tanh8(x: wide::f32x8) -> wide::f32x8 {
+    use wide::f32x8;
+    let x = x.fast_max(f32x8::splat(-40.0)).fast_min(f32x8::splat(40.0));
+    f32x8::ONE - f32x8::splat(2.0) / ((x + x).exp() + f32x8::ONE)
+}
+
+/// One LSTM cell update for one sentence, in place: gates `z = zx + zh +
+/// bias` (each `4U`, order i, j, f, o), `c = clip(sigmoid(f + 1) c +
+/// sigmoid(i) tanh(j))`, `m = sigmoid(o) tanh(c)` (before the projection).
+/// 8 lanes at a time with `wide`; [`lstm_cell_ref`] is the scalar reference.
+pub fn lstm_cell(zx: &[f32], zh: &[f32], bias: &[f32], c: &mut [f32], m: &mut [f32], cell_clip: Option<f32>) {
+    use wide::f32x8;
+    let u = c.len();
+    let load = |s: &[f32], o: usize| load8(&s[o..]);
+    let (lo, hi) = match cell_clip {
+        Some(cc) => (f32x8::splat(-cc), f32x8::splat(cc)),
+        None => (f32x8::splat(f32::NEG_INFINITY), f32x8::splat(f32::INFINITY)),
+    };
+    let mut k = 0;
+    while k + 8 <= u {
+        // Not a closure: LLVM left one out of line (a call per gate).
+        let (gi, gj, gf, go) = (
+            gate8(zx, zh, bias, k),
+            gate8(zx, zh, bias, u + k),
+            gate8(zx, zh, bias, 2 * u + k),
+            gate8(zx, zh, bias, 3 * u + k),
+        );
+        let cn = sigmoid8(gf + f32x8::ONE) * load(c, k) + sigmoid8(gi) * tanh8(gj);
+        let cn = cn.fast_max(lo).fast_min(hi);
+        c[k..k + 8].copy_from_slice(&cn.to_array());
+        m[k..k + 8].copy_from_slice(&(sigmoid8(go) * tanh8(cn)).to_array());
+        k += 8;
+    }
+    lstm_cell_ref_range(zx, zh, bias, c, m, cell_clip, k);
+}
+
+/// `zx + zh + bias` at 8 lanes from `o`.
+#[inline(always)]
+fn gate8(zx: &[f32], zh: &[f32], bias: &[f32], o: usize) -> wide::f32x8 {
+    load8(&zx[o..]) + load8(&zh[o..]) + load8(&bias[o..])
+}
+
+/// Scalar reference of [`lstm_cell`].
+pub fn lstm_cell_ref(zx: &[f32], zh: &[f32], bias: &[f32], c: &mut [f32], m: &mut [f32], cell_clip: Option<f32>) {
+    lstm_cell_ref_range(zx, zh, bias, c, m, cell_clip, 0);
+}
+
+fn lstm_cell_ref_range(
+    zx: &[f32],
+    zh: &[f32],
+    bias: &[f32],
+    c: &mut [f32],
+    m: &mut [f32],
+    cc: Option<f32>,
+    from: usize,
+) {
+    let u = c.len();
+    for k in from..u {
+        let g = |q: usize| zx[q * u + k] + zh[q * u + k] + bias[q * u + k];
+        let cn = clip(sigmoid(g(2) + 1.0) * c[k] + sigmoid(g(0)) * g(1).tanh(), cc);
+        c[k] = cn;
+        m[k] = sigmoid(g(3)) * cn.tanh();
+    }
+}
+
+/// Highway blend in place: `x = g t + (1 - g) x` with `g = sigmoid(carry)`,
+/// `t = relu(transform)`; vectorised, scalar tail.
+pub fn highway_blend(x: &mut [f32], carry: &[f32], transform: &[f32]) {
+    use wide::f32x8;
+    let load = |s: &[f32], o: usize| load8(&s[o..]);
+    let n = x.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        let g = sigmoid8(load(carry, i));
+        let t = load(transform, i).fast_max(f32x8::ZERO);
+        let v = g * t + (f32x8::ONE - g) * load(x, i);
+        x[i..i + 8].copy_from_slice(&v.to_array());
+        i += 8;
+    }
+    for i in i..n {
+        let g = sigmoid(carry[i]);
+        x[i] = g * transform[i].max(0.0) + (1.0 - g) * x[i];
+    }
+}
+
+/// Adds `bias` to every row of the `rows x bias.len()` matrix `x`.
+pub fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+/// Clamps to `[-c, c]` when a clip is set (bilm-tf's `clip_by_value`).
+#[inline]
+pub fn clip(x: f32, c: Option<f32>) -> f32 {
+    match c {
+        Some(c) => x.clamp(-c, c),
+        None => x,
+    }
+}

@@ -1,0 +1,171 @@
+//! The kernels against their scalar references.
+
+use super::*;
+
+fn fill(n: usize, seed: u32) -> Vec<f32> {
+    // A small LCG: deterministic values in [-1, 1).
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+#[test]
+fn gemm_matches_reference_including_strides_and_overlap() {
+    for &(m, k, n, lda, ldb, ldc) in &[
+        (1, 1, 1, 1, 1, 1),
+        (7, 13, 5, 13, 5, 5),
+        (33, 64, 70, 80, 71, 75),
+        (20, 12, 9, 4, 9, 9),
+    ] {
+        let a = fill((m - 1) * lda + k, 1);
+        let b = fill((k - 1) * ldb + n, 2);
+        for acc in [false, true] {
+            let mut c1 = fill((m - 1) * ldc + n, 3);
+            let mut c2 = c1.clone();
+            gemm(m, k, n, &a, lda, &b, ldb, &mut c1, ldc, acc);
+            gemm_ref(m, k, n, &a, lda, &b, ldb, &mut c2, ldc, acc);
+            let maxdiff = c1.iter().zip(&c2).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            assert!(maxdiff < 1e-4, "maxdiff {maxdiff} for {m}x{k}x{n}");
+        }
+    }
+}
+
+#[test]
+fn strips_gemm_matches_the_fma_reference_bitwise() {
+    // Under Miri (an interpreter, ~1000x slower) a few small shapes still
+    // take every tile kind and the padded last strip.
+    let miri_shapes = [(1, 7, 40), (2, 9, 20), (3, 16, 24), (5, 20, 70), (7, 3, 17)];
+    let shapes: &[(usize, usize, usize)] = &[
+        (1, 1, 1),
+        (1, 7, 40),
+        (3, 16, 24),
+        (4, 33, 17),
+        (9, 64, 129),
+        (32, 40, 64),
+        (2, 9, 300),
+        (6, 300, 530),
+        (5, 20, 100),
+        (14, 50, 48),
+        (200, 3, 20),
+        (17, 256, 1030),  // large enough for strips_gemm_par to share it
+        (100, 2000, 20),  // two balanced row blocks of 50
+        (13, 1100, 1030), // 4.3 MiB (bf16 2.2): strips fetched ahead
+        (5, 2100, 40),    // depth blocks: 3 in f32, 2 in bf16
+    ];
+    for &(m, k, n) in if cfg!(miri) { &miri_shapes[..] } else { shapes } {
+        let a = fill(m * k, 5);
+        let w = fill(k * n, 6);
+        let mut want = vec![0f32; m * n];
+        gemm_fma_ref(m, k, n, &a, k, &w, &mut want, n);
+        let mut textbook = vec![0f32; m * n];
+        gemm_ref(m, k, n, &a, k, &w, n, &mut textbook, n, false);
+        let maxdiff = want
+            .iter()
+            .zip(&textbook)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(maxdiff < 1e-4, "maxdiff {maxdiff} for {m}x{k}x{n}");
+        // Any strip order, any strip range, rows of a deeper matrix, and
+        // the column-shared variant: the same bits.
+        let ns = n.div_ceil(STRIP);
+        let mut deep_w = fill((k + 3) * n, 7);
+        deep_w[3 * n..].copy_from_slice(&w);
+        let packed = pack_strips(&deep_w, k + 3, n);
+        assert_eq!(unpack_strips(&packed, k + 3, n), deep_w);
+        let view = Strips::new(&packed, k + 3, n).rows(3, k);
+        for reverse in [false, true] {
+            let mut c = vec![0f32; m * n];
+            strips_gemm(m, &a, k, view, 0, ns, &mut c, n, reverse);
+            assert_eq!(c, want, "strips {m}x{k}x{n} reverse {reverse}");
+        }
+        let mut c = vec![0f32; m * n];
+        strips_gemm_par(m, &a, k, view, &mut c, n, 3);
+        assert_eq!(c, want, "shared {m}x{k}x{n}");
+        let (s0, s1) = (ns / 3, ns - ns / 4);
+        let (j0, j1) = (s0 * STRIP, (s1 * STRIP).min(n));
+        let mut part = vec![0f32; m * (j1 - j0)];
+        strips_gemm(m, &a, k, view, s0, s1, &mut part, j1 - j0, true);
+        for r in 0..m {
+            assert_eq!(part[r * (j1 - j0)..(r + 1) * (j1 - j0)], want[r * n + j0..r * n + j1]);
+        }
+        // Rows further apart than k, and overlapping rows (the char
+        // CNN's windows): the same chains as the reference over that A.
+        for lda in [k + 5, k.div_ceil(2)] {
+            let a2 = fill((m - 1) * lda + k, 8);
+            let mut want2 = vec![0f32; m * n];
+            gemm_fma_ref(m, k, n, &a2, lda, &w, &mut want2, n);
+            let mut c = vec![0f32; m * n];
+            strips_gemm(m, &a2, lda, view, 0, ns, &mut c, n, false);
+            assert_eq!(c, want2, "strips {m}x{k}x{n} lda {lda}");
+        }
+        // Each row alone gives the same bits as inside the batch.
+        for r in 0..m {
+            let mut one = vec![0f32; n];
+            strips_gemm(1, &a[r * k..], k, view, 0, ns, &mut one, n, false);
+            assert_eq!(one, want[r * n..(r + 1) * n], "row {r} of {m}x{k}x{n}");
+        }
+        // bf16 weights: widened exactly, the same fma chains.
+        let wb: Vec<u16> = w.iter().map(|&x| crate::tensor::f32_to_bf16(x)).collect();
+        let mut want_b = vec![0f32; m * n];
+        gemm_fma_ref(m, k, n, &a, k, &wb, &mut want_b, n);
+        let pb = pack_strips(&wb, k, n);
+        let mut cb = vec![0f32; m * n];
+        strips_gemm(m, &a, k, Strips::new(&pb, k, n), 0, ns, &mut cb, n, false);
+        assert_eq!(cb, want_b, "bf16 strips {m}x{k}x{n}");
+    }
+    // Overlapping rows of A (lda < k), as the char convolution reads them.
+    let (m, k, n, lda) = (20, 12, 9, 4);
+    let a = fill((m - 1) * lda + k, 8);
+    let w = fill(k * n, 9);
+    let (mut want, mut c) = (vec![0f32; m * n], vec![0f32; m * n]);
+    gemm_fma_ref(m, k, n, &a, lda, &w, &mut want, n);
+    let pw = pack_strips(&w, k, n);
+    strips_gemm(m, &a, lda, Strips::new(&pw, k, n), 0, 1, &mut c, n, false);
+    assert_eq!(c, want);
+}
+
+#[test]
+fn vector_kernels_match_scalar_references() {
+    let u = 21; // two vectors and a scalar tail
+    let (zx, zh, bias) = (fill(4 * u, 1), fill(4 * u, 2), fill(4 * u, 3));
+    let zx: Vec<f32> = zx.iter().map(|v| v * 6.0).collect();
+    for clip in [None, Some(0.5)] {
+        let (mut c1, mut m1) = (fill(u, 4), vec![0f32; u]);
+        let (mut c2, mut m2) = (c1.clone(), vec![0f32; u]);
+        lstm_cell(&zx, &zh, &bias, &mut c1, &mut m1, clip);
+        lstm_cell_ref(&zx, &zh, &bias, &mut c2, &mut m2, clip);
+        for (a, b) in c1.iter().zip(&c2).chain(m1.iter().zip(&m2)) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+    let xs: Vec<f32> = (-800..800).map(|i| i as f32 * 0.125).collect();
+    for ch in xs.chunks_exact(8) {
+        let v = wide::f32x8::from(<[f32; 8]>::try_from(ch).unwrap());
+        for ((s, t), &x) in sigmoid8(v).to_array().iter().zip(tanh8(v).to_array()).zip(ch) {
+            assert!((s - sigmoid(x)).abs() < 2e-7, "sigmoid({x})");
+            assert!((t - x.tanh()).abs() < 5e-7, "tanh({x})");
+        }
+    }
+    let (mut x1, carry, tr) = (fill(19, 7), fill(19, 8), fill(19, 9));
+    let mut x2 = x1.clone();
+    highway_blend(&mut x1, &carry, &tr);
+    for i in 0..19 {
+        let g = sigmoid(carry[i]);
+        x2[i] = g * tr[i].max(0.0) + (1.0 - g) * x2[i];
+    }
+    assert!(x1.iter().zip(&x2).all(|(a, b)| (a - b).abs() < 1e-6));
+}
+
+#[test]
+fn sigmoid_is_accurate_and_saturates() {
+    for x in [-100.0f32, -10.0, -1.0, 0.0, 0.5, 3.0, 100.0] {
+        let exact = 1.0 / (1.0 + (-(x as f64)).exp());
+        assert!((sigmoid(x) as f64 - exact).abs() < 1e-7);
+    }
+    assert_eq!(clip(5.0, Some(3.0)), 3.0);
+    assert_eq!(clip(-5.0, None), -5.0);
+}
