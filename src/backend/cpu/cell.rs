@@ -87,20 +87,38 @@ fn lstm_cell_ref_range(
 }
 
 /// Highway blend in place: `x = g t + (1 - g) x` with `g = sigmoid(carry)`,
-/// `t = relu(transform)`; vectorised, scalar tail.
+/// `t = relu(transform)`, 8 lanes at a time. The tail goes through the same
+/// 8-lane formula (padded), not a scalar one: `x` is a whole `(n, F)`
+/// matrix, so which elements fall in the tail depends on `n`, and an element
+/// must get the same bits whichever batch its token is in (the vectorised
+/// sigmoid and `exp` differ from the scalar ones in the last bits).
 pub fn highway_blend(x: &mut [f32], carry: &[f32], transform: &[f32]) {
     use wide::f32x8;
-    let load = |s: &[f32], o: usize| load8(&s[o..]);
+    let blend = |x: f32x8, carry: f32x8, transform: f32x8| {
+        let g = sigmoid8(carry);
+        g * transform.fast_max(f32x8::ZERO) + (f32x8::ONE - g) * x
+    };
     let n = x.len();
     let mut i = 0;
     while i + 8 <= n {
-        let g = sigmoid8(load(carry, i));
-        let t = load(transform, i).fast_max(f32x8::ZERO);
-        let v = g * t + (f32x8::ONE - g) * load(x, i);
+        let v = blend(load8(&x[i..]), load8(&carry[i..]), load8(&transform[i..]));
         x[i..i + 8].copy_from_slice(&v.to_array());
         i += 8;
     }
-    for i in i..n {
+    if i < n {
+        let pad = |s: &[f32]| {
+            let mut a = [0f32; 8];
+            a[..n - i].copy_from_slice(&s[i..n]);
+            f32x8::from(a)
+        };
+        let v = blend(pad(x), pad(carry), pad(transform)).to_array();
+        x[i..n].copy_from_slice(&v[..n - i]);
+    }
+}
+
+/// Scalar reference of [`highway_blend`].
+pub fn highway_blend_ref(x: &mut [f32], carry: &[f32], transform: &[f32]) {
+    for i in 0..x.len() {
         let g = sigmoid(carry[i]);
         x[i] = g * transform[i].max(0.0) + (1.0 - g) * x[i];
     }

@@ -153,11 +153,34 @@ fn vector_kernels_match_scalar_references() {
     let (mut x1, carry, tr) = (fill(19, 7), fill(19, 8), fill(19, 9));
     let mut x2 = x1.clone();
     highway_blend(&mut x1, &carry, &tr);
-    for i in 0..19 {
-        let g = sigmoid(carry[i]);
-        x2[i] = g * tr[i].max(0.0) + (1.0 - g) * x2[i];
-    }
+    highway_blend_ref(&mut x2, &carry, &tr);
     assert!(x1.iter().zip(&x2).all(|(a, b)| (a - b).abs() < 1e-6));
+}
+
+/// An element's blend does not depend on where it falls in the matrix (in
+/// the 8-lane body or the tail): a token's vectors are the same bits in any
+/// batch.
+#[test]
+fn highway_blend_is_position_independent() {
+    // Gates over [-8, 8): enough values for the 8-lane and scalar sigmoid
+    // to differ in the last bit somewhere.
+    let n = 4099;
+    let (x, tr) = (fill(n, 1), fill(n, 3));
+    let carry: Vec<f32> = fill(n, 2).iter().map(|v| v * 8.0).collect();
+    let mut whole = x.clone();
+    highway_blend(&mut whole, &carry, &tr);
+    // Every element once in a tail (pieces of 1..7 elements) and once in a
+    // body (pieces shifted by 3).
+    for (step, shift) in [(5, 0), (7, 0), (16, 3)] {
+        let mut start = shift;
+        while start < n {
+            let r = start..(start + step).min(n);
+            let mut part = x[r.clone()].to_vec();
+            highway_blend(&mut part, &carry[r.clone()], &tr[r.clone()]);
+            assert!(part == whole[r.clone()], "{r:?}");
+            start += step;
+        }
+    }
 }
 
 #[test]
