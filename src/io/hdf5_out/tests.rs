@@ -3,10 +3,11 @@
 //! fail even without h5py), and by h5py through scripts/check_hdf5_out.py
 //! when python3 has h5py (required when `ELMO_REQUIRE_H5PY=1`).
 
+use super::names::NameOrder;
 use super::*;
 use hdf5_reader::{ByteOrder, Datatype, Hdf5File, StringEncoding, VarLenKind};
 use std::fs::File;
-use std::io::{BufWriter, Cursor};
+use std::io::{BufWriter, Cursor, SeekFrom};
 use std::path::PathBuf;
 
 /// Symbol table nodes of 2 entries and B-tree nodes of 2 children: deep
@@ -333,12 +334,7 @@ fn name_order_is_byte_order() {
         let mut want: Vec<(String, Name)> = (0..count).map(|k| (k.to_string(), Name::Key(k))).collect();
         want.push((SENTENCE_TO_INDEX.into(), Name::SentenceToIndex));
         want.sort_by(|a, b| a.0.cmp(&b.0));
-        let order: Vec<Name> = NameOrder {
-            count,
-            emitted: 0,
-            last: 0,
-        }
-        .collect();
+        let order: Vec<Name> = NameOrder::new(count).collect();
         assert!(order.iter().eq(want.iter().map(|(_, n)| n)), "count {count}");
         let plan = Plan::new(
             Path::new("t"),
