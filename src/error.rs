@@ -44,6 +44,13 @@ pub enum Error {
     /// A `.npy` / `.npz` file is malformed or holds an unsupported dtype.
     #[error("npz: {0}")]
     Npz(String),
+    /// An HDF5 output file (`elmo`'s allennlp-compatible embeddings file)
+    /// cannot be completed: the datasets described to the writer are
+    /// inconsistent (keys out of order or missing, data outside the file),
+    /// or the JSON it must hold is too long, short or not UTF-8. The message
+    /// names the file. I/O failures on the file itself are [`Error::Io`].
+    #[error("hdf5 output: {0}")]
+    Hdf5Write(String),
     /// A CUDA device was asked for, but this build has no CUDA backend
     /// (build with `--features cuda`).
     #[error("cuda: this build of elmo has no CUDA backend (rebuild with `--features cuda`)")]
