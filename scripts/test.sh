@@ -3,7 +3,8 @@
 # test command; .ci/run calls it after fmt, clippy and docs):
 #   1. cargo test --release                    the core crate
 #   2. pip install ./python                    the Python package, built by maturin
-#   3. pytest: the numpy API and the PyTorch module
+#   3. pytest: the numpy API, the PyTorch module, `elmo embed`'s HDF5 files
+#      read with h5py; then the Ray Data recipe on a local two-worker cluster
 #   4. pytest: the Keras layer and the examples under tensorflow, jax and torch
 # Python test dependencies come from python/requirements-test.txt (installed
 # if missing; PyPI's torch is the large CUDA build). ELMO_SKIP_RUST=1 skips 1.
@@ -15,6 +16,9 @@ pip_q() { "$PY" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 | g
 if [ "${ELMO_SKIP_RUST:-0}" != 1 ]; then
   echo "== cargo test --release"
   cargo test --release
+else
+  # The corpus tests run the CLI.
+  cargo build --release --quiet --bin elmo
 fi
 
 echo "== Python test dependencies (python/requirements-test.txt)"
@@ -25,8 +29,10 @@ pip_q --force-reinstall --no-deps ./python
 
 # One pytest process per framework: TensorFlow and torch.optim in one
 # process abort (two LLVMs register the same options), a clash of theirs.
-echo "== pytest the numpy API and the PyTorch module"
-"$PY" -m pytest -q python/tests/test_numpy.py python/tests/test_torch.py
+echo "== pytest the numpy API, the PyTorch module and the corpus files (h5py; the CLI from step 1)"
+"$PY" -m pytest -q python/tests/test_numpy.py python/tests/test_torch.py python/tests/test_corpus.py
+echo "== pytest the Ray Data recipe (a local cluster, two worker actors)"
+"$PY" -m pytest -q python/tests/test_ray.py
 for backend in tensorflow jax torch; do
   echo "== pytest the Keras layer and the examples (KERAS_BACKEND=$backend)"
   KERAS_BACKEND=$backend "$PY" -m pytest -q python/tests/test_keras.py python/tests/test_examples.py

@@ -51,6 +51,11 @@ pub enum Error {
     /// names the file. I/O failures on the file itself are [`Error::Io`].
     #[error("hdf5 output: {0}")]
     Hdf5Write(String),
+    /// An interrupted corpus run cannot be continued: its partial output was
+    /// made with another model, input or settings, or is damaged. The
+    /// message names the difference.
+    #[error("resume: {0}")]
+    Resume(String),
     /// A CUDA device was asked for, but this build has no CUDA backend
     /// (build with `--features cuda`).
     #[error("cuda: this build of elmo has no CUDA backend (rebuild with `--features cuda`)")]

@@ -12,6 +12,7 @@
 // One folder per concept; leaves (error, options, tensor, rng) at the top.
 pub mod backend;
 pub mod chars;
+pub mod corpus;
 pub mod error;
 pub mod io;
 pub mod layer;

@@ -272,6 +272,29 @@ pub struct ModelFile {
 }
 
 impl ModelFile {
+    /// CRC-32 of the options and of every tensor (name, shape, values) in
+    /// name order: what a corpus journal records to know a resumed run uses
+    /// the same model (the file's path or layout may differ).
+    pub fn fingerprint(&self) -> u32 {
+        let mut h = crc32fast::Hasher::new();
+        h.update(self.options.to_json().as_bytes());
+        for (name, t) in &self.tensors {
+            h.update(name.as_bytes());
+            for d in t.shape() {
+                h.update(&(*d as u64).to_le_bytes());
+            }
+            h.update(bytemuck::cast_slice(t.data()));
+        }
+        for (name, t) in &self.bf16 {
+            h.update(name.as_bytes());
+            for d in t.shape() {
+                h.update(&(*d as u64).to_le_bytes());
+            }
+            h.update(bytemuck::cast_slice(t.data()));
+        }
+        h.finalize()
+    }
+
     /// Memory-maps and validates a model file.
     pub fn open(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;

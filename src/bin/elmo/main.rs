@@ -7,6 +7,7 @@ use elmo::{ElmoModel, Error, LstmState, Result, Tensor};
 use std::io::Write;
 
 mod bench;
+mod corpus;
 mod inspect;
 use std::path::{Path, PathBuf};
 
@@ -57,23 +58,28 @@ enum Command {
         /// The file or checkpoint to describe.
         path: PathBuf,
     },
-    /// Embed sentences and write every biLM layer to an .npz file.
+    /// Embed sentences: into an .npz file (small outputs, padded arrays), or
+    /// stream a corpus of any size into an .hdf5/.h5 file in allennlp's
+    /// `elmo` layout (one dataset per sentence; resumable).
     Embed {
         /// Converted model; default: weights/bilm-tf-test.safetensors.
         #[arg(long)]
         model: Option<PathBuf>,
-        /// Plain text (one sentence a line) or .jsonl (one batch a line).
+        /// Plain text (one sentence a line) or .jsonl; `-` reads standard
+        /// input (text).
         #[arg(long)]
         input: PathBuf,
-        /// Output .npz with `lengths` (N,) and `lm_embeddings` (N, L+1, T, 2P).
+        /// Output: .npz with `lengths` (N,) and the --outputs arrays, or
+        /// .hdf5/.h5 with one dataset per sentence ("0" .. "N-1") and
+        /// `sentence_to_index`.
         #[arg(long)]
         out: PathBuf,
-        /// Carry the LSTM state from batch to batch, as bilm-tf does.
+        /// Carry the LSTM state from batch to batch, as bilm-tf does (.npz only).
         #[arg(long)]
         stateful: bool,
-        /// Sentences per batch for plain-text input.
-        #[arg(long, default_value_t = 32)]
-        batch_size: usize,
+        /// Sentences per batch (default 32 for .npz, 64 for .hdf5).
+        #[arg(long)]
+        batch_size: Option<usize>,
         /// Working memory of a forward pass, in MiB (results are the same
         /// for any value; see `ElmoModel::with_memory_budget`).
         #[arg(long, default_value_t = elmo::model::DEFAULT_MEMORY_BUDGET >> 20)]
@@ -82,23 +88,52 @@ enum Command {
         /// with `--features cuda`).
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// Arrays to write, comma-separated: word_emb, lstm_outputs1,
+        /// .npz arrays to write, comma-separated: word_emb, lstm_outputs1,
         /// lstm_outputs2, elmo, default, all, lm_embeddings.
-        #[arg(long, default_value = "lm_embeddings,elmo", value_delimiter = ',')]
-        outputs: Vec<String>,
+        #[arg(long, value_delimiter = ',')]
+        outputs: Option<Vec<String>>,
         /// Mix weights (one per layer, before the softmax); default: the
-        /// model's aggregation weights, else zeros.
+        /// model's aggregation weights, else zeros (.npz only).
         #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
         mix_weights: Option<Vec<f32>>,
-        /// Mix scale gamma; default: the model's aggregation scaling, else 1.
+        /// Mix scale gamma; default: the model's aggregation scaling, else 1 (.npz only).
         #[arg(long, allow_negative_numbers = true)]
         gamma: Option<f32>,
-        /// Layer-normalise each layer before mixing (statistics per batch).
+        /// Layer-normalise each layer before mixing (statistics per batch; .npz only).
         #[arg(long)]
         layer_norm: bool,
-        /// Mix only the top layer: gamma * top.
+        /// Mix only the top layer: gamma * top (.npz only).
         #[arg(long)]
         top_only: bool,
+        /// .hdf5: every layer per sentence, (L + 1, n, 2P) (the default).
+        #[arg(long, conflicts_with_all = ["top", "average"])]
+        all: bool,
+        /// .hdf5: the top layer per sentence, (n, 2P).
+        #[arg(long, conflicts_with = "average")]
+        top: bool,
+        /// .hdf5: the mean of the layers per sentence, (n, 2P).
+        #[arg(long)]
+        average: bool,
+        /// .hdf5: continue the run an interruption left beside the output
+        /// (refused if the model, input or settings differ).
+        #[arg(long)]
+        resume: bool,
+        /// .hdf5: sentences read ahead and grouped by length.
+        #[arg(long, default_value_t = 4096)]
+        window: usize,
+        /// .hdf5: padded positions (sentences x longest) per batch, at most.
+        #[arg(long, default_value_t = 4096)]
+        batch_tokens: usize,
+        /// .hdf5: batch in input order (the baseline of the benchmarks).
+        #[arg(long)]
+        no_length_grouping: bool,
+        /// Keep the token embeddings of up to N distinct words (default: 0
+        /// for .npz; for .hdf5 as many as fit in 64 MiB).
+        #[arg(long)]
+        token_cache: Option<usize>,
+        /// No progress and no summary (errors still go to standard error).
+        #[arg(long)]
+        quiet: bool,
     },
     /// List where models can run: the CPU (the SIMD the kernels were built
     /// for) and each CUDA device, or why there is none.
@@ -336,15 +371,80 @@ fn run(cmd: Command) -> Result<()> {
             gamma,
             layer_norm,
             top_only,
+            all: _,
+            top,
+            average,
+            resume,
+            window,
+            batch_tokens,
+            no_length_grouping,
+            token_cache,
+            quiet,
         } => {
             let model_path = model.unwrap_or_else(default_model);
             let device: elmo::Device = device.parse()?;
+            let hdf5 = matches!(out.extension().and_then(|e| e.to_str()), Some("hdf5" | "h5"));
             let model = ElmoModel::load(&model_path)?
                 .with_memory_budget(memory_budget_mib.max(1) << 20)
                 .with_device(device)?;
-            let outputs = parse_outputs(&outputs)?;
+            if hdf5 {
+                let npz_only = [
+                    (stateful, "--stateful"),
+                    (outputs.is_some(), "--outputs"),
+                    (mix_weights.is_some(), "--mix-weights"),
+                    (gamma.is_some(), "--gamma"),
+                    (layer_norm, "--layer-norm"),
+                    (top_only, "--top-only"),
+                ];
+                if let Some((_, flag)) = npz_only.iter().find(|(on, _)| *on) {
+                    return Err(Error::Input(format!(
+                        "{flag} applies to .npz output; an .hdf5 file holds the layers (--all, --top or --average)"
+                    )));
+                }
+                let entries = token_cache.unwrap_or_else(|| corpus::cache_entries(&model, 64 << 20));
+                let model = model.with_token_cache(entries);
+                let cfg = elmo::corpus::CorpusConfig {
+                    layers: if top {
+                        elmo::corpus::Layers::Top
+                    } else if average {
+                        elmo::corpus::Layers::Average
+                    } else {
+                        elmo::corpus::Layers::All
+                    },
+                    batch_size: batch_size.unwrap_or(64),
+                    batch_tokens,
+                    window,
+                    group_by_length: !no_length_grouping,
+                    resume,
+                    // A hidden test hook: the crash-and-resume tests abort the
+                    // run in the middle of a window.
+                    crash_after_windows: std::env::var("ELMO_TEST_CRASH_AFTER_WINDOWS")
+                        .ok()
+                        .and_then(|v| v.parse().ok()),
+                };
+                return corpus::run(&model, &input, &out, &cfg, quiet);
+            }
+            let hdf5_only = [
+                (top, "--top"),
+                (average, "--average"),
+                (resume, "--resume"),
+                (no_length_grouping, "--no-length-grouping"),
+            ];
+            if let Some((_, flag)) = hdf5_only.iter().find(|(on, _)| *on) {
+                return Err(Error::Input(format!(
+                    "{flag} applies to .hdf5/.h5 output (the corpus layout), not {}",
+                    out.display()
+                )));
+            }
+            let model = model.with_token_cache(token_cache.unwrap_or(0));
+            let outputs = parse_outputs(&outputs.unwrap_or_else(|| vec!["lm_embeddings".into(), "elmo".into()]))?;
             let mix = default_mix(&model, mix_weights, gamma, layer_norm, top_only)?;
-            let batches = elmo::input::read_batches(&input, batch_size)?;
+            if input.as_os_str() == "-" {
+                return Err(Error::Input(
+                    "--input - (standard input) streams into .hdf5 output; .npz output reads a file".into(),
+                ));
+            }
+            let batches = elmo::input::read_batches(&input, batch_size.unwrap_or(32))?;
             if batches.iter().all(|b| b.is_empty()) {
                 eprintln!("warning: {} holds no sentences; writing empty arrays", input.display());
             }
@@ -362,6 +462,9 @@ fn run(cmd: Command) -> Result<()> {
                 });
             }
             write_embeddings(&out, &model, &outs, &outputs, &mix)?;
+            if quiet {
+                return Ok(());
+            }
             let n: usize = outs.iter().map(|o| o.lengths.len()).sum();
             let t = outs.iter().map(|o| o.max_len).max().unwrap_or(0);
             let o = model.options();
