@@ -588,8 +588,9 @@ fn deterministic_and_data_untouched() {
     assert!(cursor.into_inner() == bytes);
 }
 
-/// Runs `finish` on a copy of the data of `b` with changed inputs; returns
-/// the error's message after checking that no superblock was written.
+/// Runs `finish` with changed inputs on a copy of `b` (its superblock and
+/// data); returns the error, the bytes before and after, after checking
+/// that the data is untouched and the superblock invalid or untouched.
 #[track_caller]
 fn finish_err(
     b: &Built,
@@ -599,12 +600,19 @@ fn finish_err(
 ) -> (Error, Vec<u8>, Vec<u8>) {
     let mut data = std::fs::read(&b.path).unwrap();
     data.truncate(b.end_of_data as usize);
-    data[..DATA_START as usize].fill(0);
     let before = data.clone();
     let mut cursor = Cursor::new(data);
     let e = finish(&mut cursor, &b.path, &manifest, entries, &mut &json[..]).unwrap_err();
     let after = cursor.into_inner();
-    assert!(after[..8] != SIGNATURE[..], "superblock written despite {e}");
+    let data = DATA_START as usize..b.end_of_data as usize;
+    assert!(
+        after[data.clone()] == before[data],
+        "data changed by a failed finish: {e}"
+    );
+    assert!(
+        after[..8] != SIGNATURE[..] || after == before,
+        "superblock valid after {e}"
+    );
     (e, before, after)
 }
 
@@ -632,9 +640,9 @@ fn inconsistent_inputs_are_errors() {
 
     let mut swapped = good();
     swapped.swap(1, 2);
-    let (e, before, after) = finish_err(&b, m, swapped, b"{}");
+    let (e, _, after) = finish_err(&b, m, swapped, b"{}");
     assert_msg(&e, &[name, "dataset key 1 is missing", "next key given is 2"]);
-    assert!(after[DATA_START as usize..b.end_of_data as usize] == before[DATA_START as usize..]);
+    assert_eq!(after[..8], [0; 8], "the old superblock's signature is cleared");
 
     let mut dup = good();
     let first = *dup[1].as_ref().unwrap();
@@ -730,9 +738,9 @@ fn inconsistent_inputs_are_errors() {
     ] {
         let e = file_len(&bad).unwrap_err();
         assert!(matches!(e, Error::Hdf5Write(_)), "{e:?}");
-        let e = finish_err(&b, bad, good(), b"{}").0;
+        let (e, before, after) = finish_err(&b, bad, good(), b"{}");
         assert!(matches!(e, Error::Hdf5Write(_)), "{e:?}");
-        eprintln!("{e}");
+        assert!(after == before, "a refused manifest writes nothing: {e}");
     }
 }
 
@@ -779,23 +787,32 @@ fn io_errors_are_errors() {
         &json_for(50),
         TINY,
     );
-    let meta = (b.len - b.end_of_data) as usize;
-    // Every budget short of the whole metadata and superblock fails cleanly.
-    for budget in [0, 1, 100, meta / 2, meta - 1, meta, meta + DATA_START as usize - 1] {
+    // The writes: the old signature cleared (8 bytes), the metadata, the
+    // superblock region. Every budget short of all of them fails cleanly.
+    let meta = 8 + (b.len - b.end_of_data) as usize;
+    let all = meta + DATA_START as usize;
+    for budget in [0, 7, 8, 100, meta / 2, meta - 1, meta, all - 1, all] {
         let mut file = FailingFile {
             inner: Cursor::new(vec![0; b.end_of_data as usize]),
             budget,
         };
         let json = b.json.clone();
-        let e = finish_with(
+        let done = finish_with(
             &mut file,
             &b.path,
             &manifest_of(&b),
             entries_of(&b),
             &mut &json[..],
             TINY,
-        )
-        .unwrap_err();
+        );
+        if budget == all {
+            // Metadata and superblock as in the file (the data here is zeros).
+            let (got, want) = (file.inner.into_inner(), std::fs::read(&b.path).unwrap());
+            let (start, data) = (DATA_START as usize, b.end_of_data as usize);
+            assert!(got[..start] == want[..start] && got[data..] == want[data..]);
+            continue;
+        }
+        let e = done.unwrap_err();
         assert!(matches!(&e, Error::Io { path, .. } if path == &b.path), "{e:?}");
         assert!(e.to_string().contains("disk full"), "{e}");
     }

@@ -474,6 +474,12 @@ fn superblock(plan: &Plan, root_btree: u64) -> Vec<u8> {
     b
 }
 
+/// Clears the signature of a superblock an earlier `finish` wrote, so that
+/// a file whose metadata is being rewritten is not taken for a valid one.
+pub(super) fn clear_signature<F: Write + Seek>(file: &mut F, path: &Path) -> Result<()> {
+    write_superblock(file, path, &[0; SIGNATURE.len()])
+}
+
 pub(super) fn write_superblock<F: Write + Seek>(file: &mut F, path: &Path, superblock: &[u8]) -> Result<()> {
     file.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
     file.write_all(superblock).map_err(|e| Error::io(path, e))?;
