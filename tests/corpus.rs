@@ -327,7 +327,7 @@ fn blank_lines_huge_tokens_and_long_lines() {
     assert_eq!(dataset(&file, "3").0, vec![100_000, d]);
     // Each sentence alone gives the same vectors.
     for (key, sentence) in [(2usize, vec![megabyte_token.as_str(), "c"]), (4, vec!["last"])] {
-        let alone = model.embed(&[sentence.clone()]).unwrap();
+        let alone = model.embed(std::slice::from_ref(&sentence)).unwrap();
         let top: Vec<f32> = (0..sentence.len())
             .flat_map(|j| alone.vector(0, alone.n_layers - 1, j).to_vec())
             .collect();
@@ -360,4 +360,65 @@ fn memory_does_not_grow_with_the_corpus() {
     println!("peak memory: 4k sentences {:.0} MiB, 40k {:.0} MiB", peaks[0], peaks[1]);
     assert!(peaks[1] < 512.0);
     assert!(peaks[1] <= peaks[0] * 1.25 + 8.0, "{peaks:?}");
+}
+
+/// Mounts a tmpfs of `size` (with `opts`) at `dir`; false where this user
+/// may not mount (the test then says so and checks nothing more).
+fn mount_tmpfs(dir: &Path, opts: &str) -> bool {
+    std::fs::create_dir_all(dir).unwrap();
+    Command::new("mount")
+        .args(["-t", "tmpfs", "-o", opts, "tmpfs", p(dir)])
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn umount(dir: &Path) {
+    let _ = Command::new("umount").arg(p(dir)).status();
+}
+
+#[test]
+fn a_full_disk_or_a_read_only_folder_is_one_line_and_keeps_the_partial_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c.txt");
+    write_corpus(&corpus, 3000, 13);
+    let full = dir.path().join("full");
+    if !mount_tmpfs(&full, "size=1m") {
+        println!("skipped: mounting a tmpfs is not permitted here");
+        return;
+    }
+    let out = full.join("o.hdf5");
+    let o = embed(&corpus, &out, &[], &[]);
+    let kept = full.join("o.hdf5.partial.journal").exists();
+    umount(&full);
+    assert_one_line_error(&o, "No space left on device");
+    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+    assert!(kept, "the partial output is kept");
+
+    let ro = dir.path().join("ro");
+    assert!(mount_tmpfs(&ro, "size=1m,ro"));
+    let o = embed(&corpus, &ro.join("o.hdf5"), &[], &[]);
+    umount(&ro);
+    assert_one_line_error(&o, "Read-only file system");
+}
+
+#[test]
+fn progress_lines_when_not_a_terminal_and_none_when_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c.txt");
+    write_corpus(&corpus, 1000, 17);
+    let every = [("ELMO_PROGRESS_SECONDS", "0")];
+    let o = embed(&corpus, &dir.path().join("a.hdf5"), &[], &every);
+    assert!(o.status.success());
+    let e = stderr(&o);
+    let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("embedding: ")).collect();
+    assert!(lines.len() >= 4, "{e}");
+    assert!(
+        lines[0].contains("sentences") && lines[0].contains("tok/s") && lines[0].contains("% of the input"),
+        "{e}"
+    );
+    assert!(e.lines().last().unwrap().starts_with("wrote "), "{e}");
+    let o = embed(&corpus, &dir.path().join("b.hdf5"), &["--quiet"], &every);
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", stderr(&o));
 }

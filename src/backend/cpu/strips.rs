@@ -122,7 +122,7 @@ fn row_block(k: usize) -> usize {
 /// to first (the results are the same: it only changes which weights are
 /// still in cache for the next call).
 ///
-/// Every element of `C` is the fma chain of [`gemm_fma_ref`] (`p = 0..k` in
+/// Every element of `C` is the fma chain of [`gemm_fma_ref`](super::gemm_fma_ref) (`p = 0..k` in
 /// order from zero), so all tiles, row counts and strip ranges agree
 /// bitwise. Register tiles: 1 row x 4 strips (8 accumulators) for a single
 /// row, 2 or 3 rows x 2 strips; from 4 rows on, blocks of rows are copied

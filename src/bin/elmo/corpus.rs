@@ -7,7 +7,8 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Seconds between plain progress lines when standard error is not a terminal.
+/// Seconds between plain progress lines when standard error is not a
+/// terminal (`ELMO_PROGRESS_SECONDS` overrides it).
 const PLAIN_EVERY: Duration = Duration::from_secs(15);
 
 /// Token cache entries that fit in `bytes` for this model (the cache is on
@@ -33,6 +34,10 @@ pub fn run(model: &ElmoModel, input: &Path, out: &Path, cfg: &CorpusConfig, quie
         indicatif::ProgressBar::new_spinner()
             .with_style(indicatif::ProgressStyle::with_template("embedding {spinner} {msg}").expect("a valid template"))
     };
+    let every = std::env::var("ELMO_PROGRESS_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(PLAIN_EVERY, Duration::from_secs_f64);
     let t0 = Instant::now();
     let mut last_line = Instant::now();
     let mut report = |p: &Progress| {
@@ -41,7 +46,7 @@ pub fn run(model: &ElmoModel, input: &Path, out: &Path, cfg: &CorpusConfig, quie
         if terminal && !quiet {
             bar.set_position(p.input_bytes);
             bar.set_message(msg);
-        } else if !quiet && last_line.elapsed() >= PLAIN_EVERY {
+        } else if !quiet && last_line.elapsed() >= every {
             let pct = p
                 .input_total
                 .filter(|&t| t > 0)
