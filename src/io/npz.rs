@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use zip::result::ZipError;
 use zip::write::SimpleFileOptions;
-use zip::{CompressionMethod, ZipArchive, ZipWriter};
+use zip::{CompressionMethod, ZipArchive, ZipReadOptions, ZipWriter};
 
 use crate::error::{Error, Result};
 
@@ -586,9 +586,14 @@ fn for_each_entry<R: Read + Seek>(
     mut f: impl FnMut(&str, u64, &mut dyn Read) -> Result<()>,
 ) -> Result<()> {
     let mut archive = ZipArchive::new(reader).map_err(|e| npz_err(format!("not a readable zip archive ({e})")))?;
+    // Without it the zip crate keeps one of two entries of the same name
+    // and does not compare an entry's local header (name, method, sizes,
+    // CRC-32) with its central-directory record: neither is covered by the
+    // CRC-32 of the data.
+    let options = || ZipReadOptions::new().enforce_header_consistency(true);
     for index in 0..archive.len() {
         let mut entry = archive
-            .by_index(index)
+            .by_index_with_options(index, options())
             .map_err(|e| npz_err(format!("entry #{index}: {e}")))?;
         let name = entry
             .name()
@@ -1246,7 +1251,30 @@ mod tests {
         let mut w = writer();
         w.add_entry("k.npy", &[&one]).unwrap();
         w.add_entry("k", &[&one]).unwrap();
-        assert!(read_npz_bytes(&finish(w)).is_err());
+        let bytes = finish(w);
+        assert!(read_npz_bytes(&bytes).is_err());
+        // Two entries of the same name: "j.npy" renamed "k.npy" in both of
+        // its headers (names are not covered by the CRC-32).
+        let mut w = writer();
+        w.add_entry("k.npy", &[&one]).unwrap();
+        w.add_entry("j.npy", &[&one]).unwrap();
+        let mut same = finish(w);
+        let at: Vec<usize> = (0..same.len() - 4)
+            .filter(|&i| same[i..].starts_with(b"j.npy"))
+            .collect();
+        assert_eq!(at.len(), 2);
+        for i in at {
+            same[i] = b'k';
+        }
+        let msg = read_npz_bytes(&same).unwrap_err().to_string();
+        assert!(msg.contains("duplicate"), "{msg}");
+        // The local header names another file than the central directory.
+        let mut w = writer();
+        w.add_entry("k.npy", &[&one]).unwrap();
+        let mut other = finish(w);
+        let first = (0..other.len()).find(|&i| other[i..].starts_with(b"k.npy")).unwrap();
+        other[first] = b'j';
+        assert!(read_npz_bytes(&other).is_err());
     }
 
     /// `np.savez('/tmp/np_small.npz', a=np.arange(3, dtype=np.int32),
@@ -1287,6 +1315,41 @@ mod tests {
         let b = npy_bytes_f32(&[], &[1.5]).unwrap();
         assert!(contains(&bytes, &a));
         assert!(contains(&bytes, &b));
+    }
+
+    /// `np.savez_compressed(f, a=np.arange(3, dtype=np.int32),
+    /// m=np.array([[True, False]]))` with NumPy 2.4.6: deflated entries.
+    const NUMPY_SAVEZ_COMPRESSED: &[&str] = &[
+        "504b03042d00000008000000210002ecbda9ffffffffffffffff05001400612e6e7079010010008c000000000000004c",
+        "000000000000009bec17ea1b10c9c850c650ad9e925a9c5ca46ea5a06e9369a2aea3a09e965f54529498179f5f94920a",
+        "12774bcc294e058a17672416a402f91ac63a9a3a0ab50a14002e062060046226200600504b03042d0000000800000021",
+        "0010193a19ffffffffffffffff050014006d2e6e707901001000820000000000000048000000000000009bec17ea1b10",
+        "c9c850c650ad9e925a9c5ca46ea5a05e9364a8aea3a09e965f54529498179f5f94920a12774bcc294e058a17672416a4",
+        "02f91a863a0a469a3a0ab50a64032e460600504b01022d032d00000008000000210002ecbda94c0000008c0000000500",
+        "00000000000000000000800100000000612e6e7079504b01022d032d00000008000000210010193a1948000000820000",
+        "000500000000000000000000008001830000006d2e6e7079504b0506000000000200020066000000020100000000",
+    ];
+
+    #[test]
+    fn reads_numpy_savez_compressed() {
+        let bytes = unhex(NUMPY_SAVEZ_COMPRESSED);
+        let arrays = read_npz_bytes(&bytes).unwrap();
+        assert_eq!(arrays["a"].shape, vec![3]);
+        assert_eq!(arrays["a"].data, NpyData::I32(vec![0, 1, 2]));
+        assert_eq!(arrays["m"].shape, vec![1, 2]);
+        assert_eq!(arrays["m"].data, NpyData::Bool(vec![true, false]));
+        let raw = read_npz_raw(&bytes).unwrap();
+        assert_eq!(raw[0].1, npy_bytes_i32(&[3], &[0, 1, 2]).unwrap());
+        // A flipped bit anywhere (deflate streams included) is refused or
+        // changes nothing read (a timestamp, the padding after a stream's
+        // last block): never other data, never a panic.
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x10;
+            if let Ok(got) = read_npz_bytes(&bad) {
+                assert_eq!(got, arrays, "byte {i:#x} flipped");
+            }
+        }
     }
 
     #[test]
