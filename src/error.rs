@@ -56,6 +56,10 @@ pub enum Error {
     /// message names the difference.
     #[error("resume: {0}")]
     Resume(String),
+    /// `ELMO_SIMD` names a SIMD level that is unknown or that this CPU
+    /// cannot run (the message lists the levels it can).
+    #[error("simd: {0}")]
+    Simd(String),
     /// A CUDA device was asked for, but this build has no CUDA backend
     /// (build with `--features cuda`).
     #[error("cuda: this build of elmo has no CUDA backend (rebuild with `--features cuda`)")]

@@ -302,6 +302,9 @@ impl ElmoModel {
 
     /// Builds the model from a validated [`ModelFile`].
     pub fn from_file(file: ModelFile) -> Result<Self> {
+        // An `ELMO_SIMD` this CPU cannot honour is refused here, once, with
+        // the levels it has, rather than ignored.
+        crate::backend::cpu::simd_level_checked()?;
         let t = |n: &str| file.tensor(n).cloned();
         let mat = |n: &str| match file.bf16.get(n) {
             Some(b) => Ok(Mat::Bf16(b.clone())),

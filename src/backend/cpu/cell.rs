@@ -33,6 +33,9 @@ pub fn tanh8(x: wide::f32x8) -> wide::f32x8 {
 /// 8 lanes at a time with `wide`; [`lstm_cell_ref`] is the scalar reference.
 pub fn lstm_cell(zx: &[f32], zh: &[f32], bias: &[f32], c: &mut [f32], m: &mut [f32], cell_clip: Option<f32>) {
     use wide::f32x8;
+    if simd_level() == SimdLevel::Scalar {
+        return lstm_cell_ref(zx, zh, bias, c, m, cell_clip);
+    }
     let u = c.len();
     let load = |s: &[f32], o: usize| load8(&s[o..]);
     let (lo, hi) = match cell_clip {
@@ -94,6 +97,9 @@ fn lstm_cell_ref_range(
 /// sigmoid and `exp` differ from the scalar ones in the last bits).
 pub fn highway_blend(x: &mut [f32], carry: &[f32], transform: &[f32]) {
     use wide::f32x8;
+    if simd_level() == SimdLevel::Scalar {
+        return highway_blend_ref(x, carry, transform);
+    }
     let blend = |x: f32x8, carry: f32x8, transform: f32x8| {
         let g = sigmoid8(carry);
         g * transform.fast_max(f32x8::ZERO) + (f32x8::ONE - g) * x

@@ -3,16 +3,22 @@
 //! with a plain reference that tests compare against.
 //!
 //! Files: `gemm.rs` the plain product; `strips.rs` the strip-packed product
-//! (f32 and bf16 weights); `cell.rs` the element-wise kernels.
+//! (f32 and bf16 weights) on AVX2, `strips_avx512.rs` on AVX-512F and its
+//! scalar reference; `cell.rs` the element-wise kernels; `simd.rs` which
+//! level runs (picked at run time, `ELMO_SIMD` forces one).
 
 mod cell;
 mod gemm;
+pub mod simd;
 mod strips;
+#[cfg(target_arch = "x86_64")]
+mod strips_avx512;
 #[cfg(test)]
 mod tests;
 
 pub use cell::*;
 pub use gemm::*;
+pub use simd::{SimdLevel, available_levels, kernel_calls, simd_level, simd_level_checked};
 pub use strips::*;
 
 /// Rows `index[i]` of `x` (rows of `w` values), one after the other; empty

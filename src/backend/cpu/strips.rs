@@ -49,6 +49,8 @@ pub(super) fn load8(s: &[f32]) -> wide::f32x8 {
 
 pub use crate::layout::{STRIP, pack_strips, unpack_strips};
 
+use super::simd::{SimdLevel, simd_level};
+
 /// A view of rows `r0 .. r0 + k` of a strip-packed matrix (see
 /// [`pack_strips`]) with `depth` rows per strip and `n` columns: the LSTM
 /// kernel `W_0` is packed over its `2P` rows, and the input and recurrent
@@ -58,8 +60,8 @@ pub struct Strips<'a, T> {
     data: &'a [T],
     depth: usize,
     r0: usize,
-    k: usize,
-    n: usize,
+    pub(super) k: usize,
+    pub(super) n: usize,
 }
 
 impl<'a, T: WeightElem> Strips<'a, T> {
@@ -102,7 +104,7 @@ impl<'a, T: WeightElem> Strips<'a, T> {
     }
 
     /// Strip `s`: `k * 16` values.
-    fn strip(&self, s: usize) -> &'a [T] {
+    pub(super) fn strip(&self, s: usize) -> &'a [T] {
         let at = (s * self.depth + self.r0) * STRIP;
         &self.data[at..at + self.k * STRIP]
     }
@@ -112,7 +114,7 @@ impl<'a, T: WeightElem> Strips<'a, T> {
 /// memory once per block, and a block of `A` (up to 512 KiB) stays in L2
 /// while the strips pass over it. (The LSTM projection at batch 32 is one
 /// block: its 8 MiB matrix is read once per step.)
-fn row_block(k: usize) -> usize {
+pub(super) fn row_block(k: usize) -> usize {
     ((128 * 1024) / k.max(1)).max(6) / 6 * 6
 }
 
@@ -135,6 +137,110 @@ fn row_block(k: usize) -> usize {
 /// When a slice is too short for the sizes given (a caller bug).
 #[allow(clippy::too_many_arguments)]
 pub fn strips_gemm<T: WeightElem>(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    w: Strips<'_, T>,
+    s0: usize,
+    s1: usize,
+    c: &mut [f32],
+    ldc: usize,
+    reverse: bool,
+) {
+    run_strips_gemm(simd_level(), m, a, lda, w, s0, s1, c, ldc, reverse);
+}
+
+/// [`strips_gemm`] with the kernels of `level` (for benchmarks and tests
+/// that compare levels in one process); an error when this CPU cannot run
+/// `level`.
+#[allow(clippy::too_many_arguments)]
+pub fn strips_gemm_at<T: WeightElem>(
+    level: SimdLevel,
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    w: Strips<'_, T>,
+    s0: usize,
+    s1: usize,
+    c: &mut [f32],
+    ldc: usize,
+    reverse: bool,
+) -> crate::error::Result<()> {
+    if !level.available() {
+        return Err(crate::error::Error::Simd(format!("this CPU cannot run {level}")));
+    }
+    run_strips_gemm(level, m, a, lda, w, s0, s1, c, ldc, reverse);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn run_strips_gemm<T: WeightElem>(
+    level: SimdLevel,
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    w: Strips<'_, T>,
+    s0: usize,
+    s1: usize,
+    c: &mut [f32],
+    ldc: usize,
+    reverse: bool,
+) {
+    super::simd::count(level);
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the level is only chosen (or accepted by
+        // `strips_gemm_at`) where the CPU has AVX-512F.
+        SimdLevel::Avx512 => unsafe { super::strips_avx512::strips_gemm_avx512(m, a, lda, w, s0, s1, c, ldc, reverse) },
+        SimdLevel::Scalar => strips_gemm_scalar(m, a, lda, w, s0, s1, c, ldc),
+        _ => strips_gemm_avx2(m, a, lda, w, s0, s1, c, ldc, reverse),
+    }
+}
+
+/// The scalar reference of [`strips_gemm`]: each element the fma chain
+/// `p = 0..k` (`f32::mul_add`), so its bits are the vector kernels'.
+#[allow(clippy::too_many_arguments)]
+pub fn strips_gemm_scalar<T: WeightElem>(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    w: Strips<'_, T>,
+    s0: usize,
+    s1: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let (k, n) = (w.k, w.n);
+    if m == 0 || s0 >= s1 {
+        return;
+    }
+    assert!(s1 <= w.n_strips(), "strips_gemm: strip range");
+    assert!(a.len() >= (m - 1) * lda + k, "strips_gemm: A too small");
+    let width = (s1 * STRIP).min(n) - s0 * STRIP;
+    assert!(
+        ldc >= width && c.len() >= (m - 1) * ldc + width,
+        "strips_gemm: C too small"
+    );
+    for s in s0..s1 {
+        let st = w.strip(s);
+        let cols = ((s + 1) * STRIP).min(n) - s * STRIP;
+        for i in 0..m {
+            let row = &a[i * lda..i * lda + k];
+            for q in 0..cols {
+                let mut acc = 0f32;
+                for (p, &x) in row.iter().enumerate() {
+                    acc = x.mul_add(st[p * STRIP + q].to_f32(), acc);
+                }
+                c[i * ldc + (s - s0) * STRIP + q] = acc;
+            }
+        }
+    }
+}
+
+/// [`strips_gemm`] on AVX2 + FMA (`wide`).
+#[allow(clippy::too_many_arguments)]
+fn strips_gemm_avx2<T: WeightElem>(
     m: usize,
     a: &[f32],
     lda: usize,
@@ -240,7 +346,7 @@ pub fn strips_gemm<T: WeightElem>(
 
 thread_local! {
     /// Per-thread buffer for [`pack_panels`], reused across calls.
-    static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    pub(super) static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Row tiles `(first row, height)` covering `rows` rows: height 6 (12
@@ -248,7 +354,7 @@ thread_local! {
 /// weight vectors and a broadcast), with the remainder spread so no tile is
 /// shorter than 3 rows when there are more than 6 (a 1- or 2-row tile has
 /// too few independent fma chains to hide the fma latency).
-fn tile_heights(rows: usize) -> Vec<(usize, usize)> {
+pub(super) fn tile_heights(rows: usize) -> Vec<(usize, usize)> {
     let (q, rem) = (rows / 6, rows % 6);
     let mut hs = vec![6; q];
     match rem {
@@ -272,7 +378,7 @@ fn tile_heights(rows: usize) -> Vec<(usize, usize)> {
 /// tile: the tile at row `off` of height `h` becomes `k x h` values at
 /// `off * k`, the `h` values of each `p` together, so the tile's broadcasts
 /// read one contiguous stream instead of `h` rows far apart.
-fn pack_panels(a: &[f32], lda: usize, k: usize, tiles: &[(usize, usize)], panel: &mut Vec<f32>) {
+pub(super) fn pack_panels(a: &[f32], lda: usize, k: usize, tiles: &[(usize, usize)], panel: &mut Vec<f32>) {
     let rows = tiles.last().map_or(0, |&(o, h)| o + h);
     panel.clear();
     panel.resize(rows * k, 0.0);
@@ -424,7 +530,7 @@ fn load_tile<const R: usize, const S: usize>(acc: &mut [[[wide::f32x8; 2]; S]; R
 /// 10-17% faster in 4 blocks than in one; 512-deep matrices are one block,
 /// and smaller blocks were slower (the next block, fetched ahead, arrives
 /// late).
-fn k_block<T>(k: usize) -> usize {
+pub(super) fn k_block<T>(k: usize) -> usize {
     let most = ((64 << 10) / (STRIP * std::mem::size_of::<T>())).max(1);
     k.div_ceil(k.div_ceil(most).max(1)).max(1)
 }
@@ -482,7 +588,7 @@ fn panel_tile<const R: usize, T: WeightElem>(
 
 /// Smallest matrix whose strips [`strips_gemm`] fetches ahead (see
 /// [`Ahead`]): twice the L2 of one core.
-const FETCH_AHEAD_BYTES: usize = 2 << 20;
+pub(super) const FETCH_AHEAD_BYTES: usize = 2 << 20;
 
 /// A share of the cache lines of the block visited next (the next depth
 /// block of this strip, or the first of the next strip), fetched evenly
@@ -491,14 +597,14 @@ const FETCH_AHEAD_BYTES: usize = 2 << 20;
 /// the batch-32 recurrent product at ~52 GFLOP/s on one core, this ~67 in
 /// the same process, and W3 ~15% faster end to end). Tile `i` of `n` takes
 /// lines `i L / n ..` of the `L`.
-struct Ahead<T> {
-    at: *const T,
-    lines: usize,
+pub(super) struct Ahead<T> {
+    pub(super) at: *const T,
+    pub(super) lines: usize,
 }
 
 impl<T: WeightElem> Ahead<T> {
     /// Tile `i` of `n`'s share of rows `q0 .. q0 + kl` of strip `strip`.
-    fn new(w: &Strips<'_, T>, strip: usize, q0: usize, kl: usize, i: usize, n: usize) -> Self {
+    pub(super) fn new(w: &Strips<'_, T>, strip: usize, q0: usize, kl: usize, i: usize, n: usize) -> Self {
         let lines = (kl * STRIP).div_ceil(T::LINE);
         let share = lines.div_ceil(n).max(1);
         Ahead {
@@ -517,7 +623,7 @@ impl<T: WeightElem> Ahead<T> {
 /// ran at ~40% of its speed).
 #[inline(always)]
 #[allow(clippy::pointers_in_nomem_asm_block)] // a prefetch reads nothing observable
-fn prefetch<T>(p: *const T) {
+pub(super) fn prefetch<T>(p: *const T) {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     // SAFETY: prefetch is a hint: it never faults and reads nothing the
     // program can observe, whatever the address; so `nomem` holds, and it

@@ -56,7 +56,15 @@ fn strips_gemm_matches_the_fma_reference_bitwise() {
         (13, 1100, 1030), // 4.3 MiB (bf16 2.2): strips fetched ahead
         (5, 2100, 40),    // depth blocks: 3 in f32, 2 in bf16
     ];
-    for &(m, k, n) in if cfg!(miri) { &miri_shapes[..] } else { shapes } {
+    // Every level this CPU has: the same bits as the reference (and so
+    // as each other).
+    let levels = available_levels();
+    eprintln!("levels: {levels:?}");
+    for (level, &(m, k, n)) in levels.iter().flat_map(|&l| {
+        if cfg!(miri) { &miri_shapes[..] } else { shapes }
+            .iter()
+            .map(move |s| (l, s))
+    }) {
         let a = fill(m * k, 5);
         let w = fill(k * n, 6);
         let mut want = vec![0f32; m * n];
@@ -79,8 +87,8 @@ fn strips_gemm_matches_the_fma_reference_bitwise() {
         let view = Strips::new(&packed, k + 3, n).rows(3, k);
         for reverse in [false, true] {
             let mut c = vec![0f32; m * n];
-            strips_gemm(m, &a, k, view, 0, ns, &mut c, n, reverse);
-            assert_eq!(c, want, "strips {m}x{k}x{n} reverse {reverse}");
+            strips_gemm_at(level, m, &a, k, view, 0, ns, &mut c, n, reverse).unwrap();
+            assert_eq!(c, want, "{level} strips {m}x{k}x{n} reverse {reverse}");
         }
         let mut c = vec![0f32; m * n];
         strips_gemm_par(m, &a, k, view, &mut c, n, 3);
@@ -88,7 +96,7 @@ fn strips_gemm_matches_the_fma_reference_bitwise() {
         let (s0, s1) = (ns / 3, ns - ns / 4);
         let (j0, j1) = (s0 * STRIP, (s1 * STRIP).min(n));
         let mut part = vec![0f32; m * (j1 - j0)];
-        strips_gemm(m, &a, k, view, s0, s1, &mut part, j1 - j0, true);
+        strips_gemm_at(level, m, &a, k, view, s0, s1, &mut part, j1 - j0, true).unwrap();
         for r in 0..m {
             assert_eq!(part[r * (j1 - j0)..(r + 1) * (j1 - j0)], want[r * n + j0..r * n + j1]);
         }
@@ -99,13 +107,13 @@ fn strips_gemm_matches_the_fma_reference_bitwise() {
             let mut want2 = vec![0f32; m * n];
             gemm_fma_ref(m, k, n, &a2, lda, &w, &mut want2, n);
             let mut c = vec![0f32; m * n];
-            strips_gemm(m, &a2, lda, view, 0, ns, &mut c, n, false);
+            strips_gemm_at(level, m, &a2, lda, view, 0, ns, &mut c, n, false).unwrap();
             assert_eq!(c, want2, "strips {m}x{k}x{n} lda {lda}");
         }
         // Each row alone gives the same bits as inside the batch.
         for r in 0..m {
             let mut one = vec![0f32; n];
-            strips_gemm(1, &a[r * k..], k, view, 0, ns, &mut one, n, false);
+            strips_gemm_at(level, 1, &a[r * k..], k, view, 0, ns, &mut one, n, false).unwrap();
             assert_eq!(one, want[r * n..(r + 1) * n], "row {r} of {m}x{k}x{n}");
         }
         // bf16 weights: widened exactly, the same fma chains.
@@ -114,8 +122,8 @@ fn strips_gemm_matches_the_fma_reference_bitwise() {
         gemm_fma_ref(m, k, n, &a, k, &wb, &mut want_b, n);
         let pb = pack_strips(&wb, k, n);
         let mut cb = vec![0f32; m * n];
-        strips_gemm(m, &a, k, Strips::new(&pb, k, n), 0, ns, &mut cb, n, false);
-        assert_eq!(cb, want_b, "bf16 strips {m}x{k}x{n}");
+        strips_gemm_at(level, m, &a, k, Strips::new(&pb, k, n), 0, ns, &mut cb, n, false).unwrap();
+        assert_eq!(cb, want_b, "{level} bf16 strips {m}x{k}x{n}");
     }
     // Overlapping rows of A (lda < k), as the char convolution reads them.
     let (m, k, n, lda) = (20, 12, 9, 4);
@@ -124,8 +132,12 @@ fn strips_gemm_matches_the_fma_reference_bitwise() {
     let (mut want, mut c) = (vec![0f32; m * n], vec![0f32; m * n]);
     gemm_fma_ref(m, k, n, &a, lda, &w, &mut want, n);
     let pw = pack_strips(&w, k, n);
-    strips_gemm(m, &a, lda, Strips::new(&pw, k, n), 0, 1, &mut c, n, false);
-    assert_eq!(c, want);
+    for &level in &levels {
+        let before = kernel_calls(level);
+        strips_gemm_at(level, m, &a, lda, Strips::new(&pw, k, n), 0, 1, &mut c, n, false).unwrap();
+        assert_eq!(c, want, "{level}");
+        assert!(kernel_calls(level) > before, "{level}'s kernels did not run");
+    }
 }
 
 #[test]

@@ -221,13 +221,14 @@ fn main() {
 /// `elmo devices`: the CPU, the CUDA devices (or why none), and with
 /// `check` every kernel's maxdiff on each device.
 fn devices(check: bool, model: Option<PathBuf>) -> Result<()> {
-    let simd = if cfg!(all(target_feature = "avx2", target_feature = "fma")) {
-        "AVX2+FMA"
-    } else {
-        "the baseline SIMD (a build without AVX2/FMA)"
-    };
+    let levels = elmo::cpu::available_levels()
+        .iter()
+        .map(|l| l.name())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let level = elmo::cpu::simd_level_checked()?;
     println!(
-        "cpu      {} threads, kernels built for {simd}",
+        "cpu      {} threads, SIMD {level} (this CPU: {levels}; ELMO_SIMD picks one)",
         rayon::current_num_threads()
     );
     let found = elmo::cuda::devices();

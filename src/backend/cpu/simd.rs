@@ -1,0 +1,182 @@
+//! Which kernels run: the SIMD level, picked once per process at run time.
+//!
+//! * `avx512`: the strip-packed products on 512-bit registers (AVX-512F),
+//!   one register per 16-column strip; the element-wise kernels as at
+//!   `avx2`.
+//! * `avx2`: AVX2 + FMA through `wide` (the build's baseline,
+//!   x86-64-v3).
+//! * `scalar`: the plain references everywhere (the strip products as
+//!   `f32::mul_add` loops, the LSTM cell and highway blend by
+//!   [`lstm_cell_ref`](super::lstm_cell_ref) and
+//!   [`highway_blend_ref`](super::highway_blend_ref)).
+//!
+//! The best level the CPU has is used unless `ELMO_SIMD` names one
+//! (`scalar`, `avx2`, `avx512`); a level the CPU lacks, or an unknown name,
+//! is refused by [`simd_level_checked`] (which `ElmoModel::load` calls) with
+//! a message naming what the CPU has.
+//!
+//! Results: every level computes each product element as the same fma
+//! chain (`p = 0..k` in order), so `avx512` and `avx2` agree bitwise; the
+//! `scalar` level's element-wise functions differ from the vectorised ones
+//! in the last bits. Within a level results never depend on the batch,
+//! thread count or memory budget.
+
+use crate::error::{Error, Result};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A set of kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SimdLevel {
+    /// The plain references.
+    Scalar,
+    /// AVX2 + FMA.
+    Avx2,
+    /// AVX-512F for the products.
+    Avx512,
+}
+
+impl SimdLevel {
+    /// Every level, slowest first.
+    pub const ALL: [SimdLevel; 3] = [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512];
+
+    /// `scalar`, `avx2` or `avx512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Scalar => "scalar",
+            SimdLevel::Avx2 => "avx2",
+            SimdLevel::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU (and this build) can run the level.
+    pub fn available(self) -> bool {
+        match self {
+            SimdLevel::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => {
+                // The build's baseline: without it compiled in, the `wide`
+                // kernels are SSE and `avx2` would be a lie.
+                cfg!(all(target_feature = "avx2", target_feature = "fma"))
+                    && std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => SimdLevel::Avx2.available() && std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for SimdLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for SimdLevel {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s.trim().eq_ignore_ascii_case("amx") {
+            return Err(Error::Simd(format!(
+                "amx: this build has no AMX kernels (this CPU has {})",
+                names(&available_levels())
+            )));
+        }
+        SimdLevel::ALL
+            .into_iter()
+            .find(|l| l.name() == s.trim().to_ascii_lowercase())
+            .ok_or_else(|| {
+                Error::Simd(format!(
+                    "unknown SIMD level '{s}': expected one of scalar, avx2, avx512 (this CPU has {})",
+                    names(&available_levels())
+                ))
+            })
+    }
+}
+
+fn names(levels: &[SimdLevel]) -> String {
+    levels.iter().map(|l| l.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// The levels this CPU can run, slowest first.
+pub fn available_levels() -> Vec<SimdLevel> {
+    SimdLevel::ALL.into_iter().filter(|l| l.available()).collect()
+}
+
+/// The fastest level this CPU can run.
+pub fn best_level() -> SimdLevel {
+    available_levels().into_iter().last().unwrap_or(SimdLevel::Scalar)
+}
+
+/// The level `ELMO_SIMD` asks for (checked), else the best.
+fn choose() -> Result<SimdLevel> {
+    match std::env::var("ELMO_SIMD") {
+        Ok(v) if !v.trim().is_empty() => {
+            let level: SimdLevel = v.parse()?;
+            if !level.available() {
+                return Err(Error::Simd(format!(
+                    "ELMO_SIMD={v}: this CPU cannot run {level} (it has {})",
+                    names(&available_levels())
+                )));
+            }
+            Ok(level)
+        }
+        _ => Ok(best_level()),
+    }
+}
+
+static CHOSEN: OnceLock<Result<SimdLevel>> = OnceLock::new();
+
+/// The level this process runs, or why `ELMO_SIMD` cannot be honoured.
+pub fn simd_level_checked() -> Result<SimdLevel> {
+    match CHOSEN.get_or_init(choose) {
+        Ok(l) => Ok(*l),
+        Err(e) => Err(Error::Simd(e.to_string().trim_start_matches("simd: ").to_string())),
+    }
+}
+
+/// The level this process runs; where `ELMO_SIMD` cannot be honoured (an
+/// error [`simd_level_checked`] reports), the best level.
+pub fn simd_level() -> SimdLevel {
+    simd_level_checked().unwrap_or_else(|_| best_level())
+}
+
+static CALLS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Counts a strip product run at `level` (so that a test can tell which
+/// kernels a run used).
+#[inline]
+pub(super) fn count(level: SimdLevel) {
+    CALLS[level.index()].fetch_add(1, Ordering::Relaxed);
+}
+
+/// Strip products run at `level` in this process so far.
+pub fn kernel_calls(level: SimdLevel) -> u64 {
+    CALLS[level.index()].load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_and_the_best_level_is_available() {
+        for l in SimdLevel::ALL {
+            assert_eq!(l.name().parse::<SimdLevel>().unwrap(), l);
+        }
+        assert!("AVX2".parse::<SimdLevel>().is_ok());
+        let e = "sse9".parse::<SimdLevel>().unwrap_err().to_string();
+        assert!(
+            e.contains("unknown SIMD level 'sse9'") && e.contains("this CPU has scalar"),
+            "{e}"
+        );
+        assert!(best_level().available());
+        assert!(available_levels().contains(&SimdLevel::Scalar));
+    }
+}
