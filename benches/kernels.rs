@@ -253,3 +253,26 @@ fn main() {
     rayon::ThreadPoolBuilder::new().num_threads(2).build_global().ok();
     divan::main();
 }
+
+/// The strip product at each SIMD level this CPU has, in this process (the
+/// baseline beside it): the projection and recurrent products of the LSTM
+/// at batch 1 and 32, and the highway product at 704 tokens. Levels a CPU
+/// lacks are skipped (listed by `elmo devices`).
+#[divan::bench(args = ["scalar", "avx2", "avx512"], consts = [1, 32, 704])]
+fn strips_gemm_level<const M: usize>(b: Bencher, level: &str) {
+    let level: elmo::cpu::SimdLevel = level.parse().unwrap();
+    if !level.available() || (level == elmo::cpu::SimdLevel::Scalar && M > 1) {
+        return;
+    }
+    // (k, n): batch 1 and 32 run the LSTM's recurrent product (P x 4U);
+    // 704 tokens the highway carry product (F x F).
+    let (k, n) = if M == 704 { (F, F) } else { (P, 4 * U) };
+    let a = values(M * k, 11);
+    let w = pack_strips(&values(k * n, 12), k, n);
+    let w = Strips::new(&w, k, n);
+    let mut c = vec![0f32; M * n];
+    b.counter(ItemsCount::new(2 * M * k * n)).bench_local(|| {
+        elmo::cpu::strips_gemm_at(level, M, &a, k, w, 0, w.n_strips(), &mut c, n, false).unwrap();
+        black_box(&c);
+    });
+}

@@ -110,6 +110,67 @@ impl<'a, T: WeightElem> Strips<'a, T> {
     }
 }
 
+/// Strips `s0 .. s1` of a product, with the slices checked against them:
+/// what every level's kernel starts from.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Span {
+    s0: usize,
+    s1: usize,
+    n: usize,
+}
+
+impl Span {
+    /// `None` when there is nothing to compute.
+    ///
+    /// # Panics
+    /// When a slice is too short for the sizes given (a caller bug).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn check<T: WeightElem>(
+        m: usize,
+        a: &[f32],
+        lda: usize,
+        w: &Strips<'_, T>,
+        s0: usize,
+        s1: usize,
+        c: &[f32],
+        ldc: usize,
+    ) -> Option<Span> {
+        if m == 0 || s0 >= s1 {
+            return None;
+        }
+        assert!(s1 <= w.n_strips(), "strips_gemm: strip range");
+        assert!(a.len() >= (m - 1) * lda + w.k, "strips_gemm: A too small");
+        let width = (s1 * STRIP).min(w.n) - s0 * STRIP;
+        assert!(
+            ldc >= width && c.len() >= (m - 1) * ldc + width,
+            "strips_gemm: C too small"
+        );
+        Some(Span { s0, s1, n: w.n })
+    }
+
+    /// Groups `(first strip, strips)` of `g` consecutive strips (the last
+    /// may be shorter), in the order asked for.
+    pub(super) fn groups(self, g: usize, reverse: bool) -> impl Iterator<Item = (usize, usize)> {
+        let Span { s0, s1, .. } = self;
+        let ng = (s1 - s0).div_ceil(g);
+        (0..ng).map(move |i| {
+            let s = s0 + g * if reverse { ng - 1 - i } else { i };
+            (s, g.min(s1 - s))
+        })
+    }
+
+    /// Columns of the `g` strips from `s` that exist (the last strip may be
+    /// padding past n).
+    pub(super) fn cols(self, s: usize, g: usize) -> usize {
+        ((s + g) * STRIP).min(self.n) - s * STRIP
+    }
+
+    /// Where strip `s`'s columns go in C.
+    pub(super) fn at(self, s: usize) -> usize {
+        (s - self.s0) * STRIP
+    }
+}
+
 /// Rows of `A` per block of [`strips_gemm`]: each strip of `W` is read from
 /// memory once per block, and a block of `A` (up to 512 KiB) stays in L2
 /// while the strips pass over it. (The LSTM projection at batch 32 is one
@@ -211,20 +272,13 @@ pub fn strips_gemm_scalar<T: WeightElem>(
     c: &mut [f32],
     ldc: usize,
 ) {
-    let (k, n) = (w.k, w.n);
-    if m == 0 || s0 >= s1 {
+    let Some(span) = Span::check(m, a, lda, &w, s0, s1, c, ldc) else {
         return;
-    }
-    assert!(s1 <= w.n_strips(), "strips_gemm: strip range");
-    assert!(a.len() >= (m - 1) * lda + k, "strips_gemm: A too small");
-    let width = (s1 * STRIP).min(n) - s0 * STRIP;
-    assert!(
-        ldc >= width && c.len() >= (m - 1) * ldc + width,
-        "strips_gemm: C too small"
-    );
+    };
+    let k = w.k;
     for s in s0..s1 {
         let st = w.strip(s);
-        let cols = ((s + 1) * STRIP).min(n) - s * STRIP;
+        let cols = span.cols(s, 1);
         for i in 0..m {
             let row = &a[i * lda..i * lda + k];
             for q in 0..cols {
@@ -251,29 +305,12 @@ fn strips_gemm_avx2<T: WeightElem>(
     ldc: usize,
     reverse: bool,
 ) {
-    let (k, n) = (w.k, w.n);
-    if m == 0 || s0 >= s1 {
+    let Some(span) = Span::check(m, a, lda, &w, s0, s1, c, ldc) else {
         return;
-    }
-    assert!(s1 <= w.n_strips(), "strips_gemm: strip range");
-    assert!(a.len() >= (m - 1) * lda + k, "strips_gemm: A too small");
-    let width = (s1 * STRIP).min(n) - s0 * STRIP;
-    assert!(
-        ldc >= width && c.len() >= (m - 1) * ldc + width,
-        "strips_gemm: C too small"
-    );
-    // Groups of `g` consecutive strips, in the order asked for.
-    let groups = |g: usize| {
-        let ng = (s1 - s0).div_ceil(g);
-        (0..ng).map(move |i| {
-            let s = s0 + g * if reverse { ng - 1 - i } else { i };
-            (s, g.min(s1 - s))
-        })
     };
-    // Columns of the group starting at strip `s` that exist (the last strip
-    // may be padding past n) and where they go in C.
-    let cols = |s: usize, g: usize| ((s + g) * STRIP).min(n) - s * STRIP;
-    let at = |s: usize| (s - s0) * STRIP;
+    let (k, n) = (w.k, w.n);
+    let groups = |g: usize| span.groups(g, reverse);
+    let (cols, at) = (|s, g| span.cols(s, g), |s| span.at(s));
     match m {
         1..=3 => {
             let g = if m == 1 { 4 } else { 2 };

@@ -11,7 +11,7 @@
 //!
 //! [`strips_gemm`]: super::strips_gemm
 
-use super::strips::{Ahead, FETCH_AHEAD_BYTES, PANEL, k_block, pack_panels, prefetch, row_block, tile_heights};
+use super::strips::{Ahead, FETCH_AHEAD_BYTES, PANEL, Span, k_block, pack_panels, prefetch, row_block, tile_heights};
 use super::{STRIP, Strips, WeightElem};
 use std::arch::x86_64::*;
 
@@ -203,28 +203,12 @@ pub(super) unsafe fn strips_gemm_avx512<T: WeightElem>(
     ldc: usize,
     reverse: bool,
 ) {
-    let (k, n) = (w.k, w.n);
-    if m == 0 || s0 >= s1 {
+    let Some(span) = Span::check(m, a, lda, &w, s0, s1, c, ldc) else {
         return;
-    }
-    assert!(s1 <= w.n_strips(), "strips_gemm: strip range");
-    assert!(a.len() >= (m - 1) * lda + k, "strips_gemm: A too small");
-    let width = (s1 * STRIP).min(n) - s0 * STRIP;
-    assert!(
-        ldc >= width && c.len() >= (m - 1) * ldc + width,
-        "strips_gemm: C too small"
-    );
-    // Groups of `g` consecutive strips (the last may be shorter), in the
-    // order asked for.
-    let groups = |g: usize| {
-        let ng = (s1 - s0).div_ceil(g);
-        (0..ng).map(move |i| {
-            let s = s0 + g * if reverse { ng - 1 - i } else { i };
-            (s, g.min(s1 - s))
-        })
     };
-    let cols = |s: usize, g: usize| ((s + g) * STRIP).min(n) - s * STRIP;
-    let at = |s: usize| (s - s0) * STRIP;
+    let (k, n) = (w.k, w.n);
+    let groups = |g: usize| span.groups(g, reverse);
+    let (cols, at) = (|s, g| span.cols(s, g), |s| span.at(s));
     if m <= 3 {
         let g = if m == 1 { 8 } else { 4 };
         for (s, gs) in groups(g) {
