@@ -5,6 +5,7 @@ rounding of TensorFlow.
 * :class:`ELMoEmbedding`: the Keras 3 layer (TensorFlow, JAX and PyTorch
   backends), imported on first use so that numpy users need no Keras.
 * :mod:`elmo.torch`: ``Elmo``, a PyTorch module in allennlp's shape.
+* :mod:`elmo.ray`: ``Embedder``, a Ray Data callable class for corpora.
 * :func:`convert`: bilm-tf HDF5 weights or TensorFlow checkpoints to a model file.
 
 Every error of the engine raises :class:`ElmoError`, a ``ValueError``.
