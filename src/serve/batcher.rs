@@ -41,7 +41,9 @@ pub struct BatcherConfig {
     /// time, the baseline of the load benchmark).
     pub max_batch_sentences: usize,
     /// How long the oldest queued request waits for others before its batch
-    /// runs anyway. Zero: a batch is whatever is queued when a worker is free.
+    /// runs anyway. Zero (the default): a batch is whatever is queued when a
+    /// worker is free. Under load requests pile up while a batch computes,
+    /// so they batch anyway; an idle server adds no wait to a lone request.
     pub max_wait: Duration,
     /// Requests waiting, at most; beyond, `submit` says [`Error::Overloaded`].
     pub queue_capacity: usize,
@@ -55,7 +57,7 @@ impl Default for BatcherConfig {
         BatcherConfig {
             max_batch_tokens: 4096,
             max_batch_sentences: 64,
-            max_wait: Duration::from_millis(5),
+            max_wait: Duration::ZERO,
             queue_capacity: 256,
             workers: 1,
         }

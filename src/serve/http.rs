@@ -782,6 +782,11 @@ pub async fn serve(
         tracing::info!("shutting down: no new connections; finishing the requests accepted");
         let _ = tx.send(true);
     };
+    // No Nagle delay: a response's last small segment must not wait for
+    // the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(signal);
     let deadline = async move {
         let _ = rx.wait_for(|&v| v).await;
