@@ -41,6 +41,11 @@ measure() { # mode (the server on $port is up)
     p99=$(awk '$1=="99%"{print $2}' "$out/wrk-$mode-$c.txt")
     errs=$(grep -E "Non-2xx|Socket errors" "$out/wrk-$mode-$c.txt" | tr '\n' ' ' || true)
     echo "| $mode | $c | $rps | $p50 | $p99 | ${errs:-none} |"
+    if [ "$c" = 1 ] && [ -f "$w1" ]; then
+      # The batch-1 pass right after (the server idle): the machine is
+      # shared, so the reference is taken in the same minute.
+      echo "# elmo bench W1 after $mode c=1: median $("$elmo" bench --model "$model" --input "$w1" --runs 7 --warmup 2 | sed -n 's/.*"median_s":\([0-9.]*\).*/\1/p') s"
+    fi
   done
 }
 wait_up() {

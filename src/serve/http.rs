@@ -721,8 +721,8 @@ async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
                     StatusCode::TOO_MANY_REQUESTS,
                     "Overloaded",
                     format!(
-                        "{} requests in progress, at most {}",
-                        state.config.limits.max_concurrent, state.config.limits.max_concurrent
+                        "the server is handling its limit of {} requests at once",
+                        state.config.limits.max_concurrent
                     ),
                 )
                 .into_response();
