@@ -556,6 +556,22 @@ fn endpoints_match_the_golden_values_and_the_library_bitwise() {
         assert_eq!(item["embedding"], a[i]);
     }
 
+    // The mix per request through OpenAI's endpoint too.
+    let (_, want) = g.f32("elmo_custom_mean");
+    let o = server
+        .post(
+            "/v1/embeddings",
+            json!({"input": tokens, "mix_weights": [0.3, -0.7, 1.1], "gamma": 0.8}),
+        )
+        .json();
+    let got: Vec<f32> = o["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| f32s(&i["embedding"]))
+        .collect();
+    assert_close("openai custom", &got, &want, 2e-5, 1e-4);
+
     // health, info, metrics.
     let h = server.call("GET", "/health", "");
     assert_eq!((h.status, h.json()["status"].as_str()), (200, Some("ok")));

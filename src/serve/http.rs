@@ -11,7 +11,8 @@
 //!   (default `all`) -> per input `(L + 1, n, 2P)` for `all`, `(2P,)` for
 //!   `default`, else `(n, dim)`.
 //! * `POST /v1/embeddings` in OpenAI's shape (`input`, `model`;
-//!   `data[i].embedding`, `index`, `usage`), pooled vectors.
+//!   `data[i].embedding`, `index`, `usage`), pooled vectors (`mix_weights`
+//!   and `gamma` accepted too).
 //! * `GET /health`, `GET /info` (model, options, limits), `GET /metrics`
 //!   (Prometheus text).
 //!
@@ -230,6 +231,11 @@ struct OpenAiRequest {
     encoding_format: Option<String>,
     #[serde(default)]
     dimensions: Option<u64>,
+    /// Not OpenAI's: the mix, as in `/embed`.
+    #[serde(default)]
+    mix_weights: Option<Vec<f32>>,
+    #[serde(default)]
+    gamma: Option<f32>,
 }
 
 /// Reads the body (at most `max_body_bytes`) and parses it: 413 when too
@@ -486,7 +492,7 @@ async fn openai(State(state): State<Arc<AppState>>, req: Request) -> Response {
         }
         let sentences = r.input.sentences();
         let tokens = check_limits(&state.config.limits, &sentences)?;
-        let mix = mix_for(model, None, None)?;
+        let mix = mix_for(model, r.mix_weights, r.gamma)?;
         let (e, log) = run(&state, sentences, tokens).await?;
         let vectors = pooled(e.output, &mix, false)?;
         // Typed, not `json!`: a `Value` would print each f32 as the longer f64.
