@@ -60,6 +60,23 @@ pub enum Error {
     /// cannot run (the message lists the levels it can).
     #[error("simd: {0}")]
     Simd(String),
+    /// The batcher's queue is full: the request was not queued. A server
+    /// answers 429 with `Retry-After`; a caller may retry later.
+    #[error("overloaded: {queued} requests queued, the queue holds {capacity}")]
+    Overloaded {
+        /// Requests waiting when this one arrived.
+        queued: usize,
+        /// The queue's capacity (`BatcherConfig::queue_capacity`).
+        capacity: usize,
+    },
+    /// The batcher is shutting down (or its worker is gone) and takes no
+    /// new requests; those already queued are still answered.
+    #[error("the batcher is shut down")]
+    ShutDown,
+    /// The HTTP server cannot start or run: the address cannot be bound,
+    /// the runtime cannot be built, the settings are invalid.
+    #[error("serve: {0}")]
+    Serve(String),
     /// A CUDA device was asked for, but this build has no CUDA backend
     /// (build with `--features cuda`).
     #[error("cuda: this build of elmo has no CUDA backend (rebuild with `--features cuda`)")]

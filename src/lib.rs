@@ -8,6 +8,11 @@
 //! assert_eq!(out.data.len(), 2 * 3 * 4 * out.dim); // (B, L + 1, T, 2P)
 //! # Ok::<(), elmo::Error>(())
 //! ```
+//!
+//! Cargo features: `server` (on by default) adds the HTTP embedding server
+//! (`elmo serve`, [`serve::http`]: tokio, axum, tracing); without it the
+//! crate has no async stack, and the cross-request [`serve::Batcher`] is
+//! there either way. `cuda` adds the CUDA backend.
 
 // One folder per concept; leaves (error, options, tensor, rng) at the top.
 pub mod backend;
@@ -20,6 +25,7 @@ pub mod layout;
 pub mod model;
 pub mod options;
 pub mod rng;
+pub mod serve;
 pub mod tensor;
 pub mod train;
 

@@ -9,6 +9,8 @@ use std::io::Write;
 mod bench;
 mod corpus;
 mod inspect;
+#[cfg(feature = "server")]
+mod serve;
 use std::path::{Path, PathBuf};
 
 /// The default model's file name inside `weights/`.
@@ -147,6 +149,11 @@ enum Command {
         #[arg(long, requires = "check")]
         model: Option<PathBuf>,
     },
+    /// Serve embeddings over HTTP (POST /embed, /embed_all, /v1/embeddings;
+    /// GET /health, /info, /metrics), batching concurrent requests; SIGTERM
+    /// or Ctrl-C stops accepting, finishes what was accepted, exits 0.
+    #[cfg(feature = "server")]
+    Serve(serve::ServeArgs),
     /// Time the forward pass on a workload (.jsonl); one JSON line per output,
     /// as the anchors' command contract asks.
     Bench {
@@ -309,6 +316,8 @@ fn run(cmd: Command) -> Result<()> {
             device.parse()?,
         ),
         Command::Devices { check, model } => devices(check, model),
+        #[cfg(feature = "server")]
+        Command::Serve(args) => serve::run(args, default_model),
         Command::Inspect { path } => {
             print!("{}", inspect::describe(&path)?);
             Ok(())
