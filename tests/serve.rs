@@ -190,15 +190,26 @@ struct Server {
 
 impl Server {
     fn start(model: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_elmo"))
-            .args(["serve", "--port", "0", "--model"])
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_elmo"));
+        cmd.args(["serve", "--port", "0", "--model"])
             .arg(model)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start elmo serve");
+            .stderr(Stdio::piped());
+        // A test run started in the background of a shell inherits SIGINT
+        // ignored, and so would the server: give it the default back, so
+        // the Ctrl-C test means the same wherever the tests run.
+        // SAFETY: between fork and exec only signal(2), async-signal-safe,
+        // is called; nothing is allocated.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("start elmo serve");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let mut addr = None;
         let mut early = Vec::new();
@@ -259,10 +270,14 @@ impl Server {
             .unwrap()
     }
 
-    fn sigterm(&self) {
+    fn signal(&self, sig: libc::c_int) {
         // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
-        let r = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let r = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
         assert_eq!(r, 0);
+    }
+
+    fn sigterm(&self) {
+        self.signal(libc::SIGTERM);
     }
 
     /// Waits (at most 30 s) for the process to exit.
@@ -889,6 +904,23 @@ fn sigterm_finishes_every_accepted_request_and_exits_0() {
         .filter(|l| l.contains("path=/embed_all") && l.contains("status=200"))
         .count();
     assert_eq!(answered, n as usize);
+}
+
+#[test]
+fn ctrl_c_also_finishes_the_accepted_requests_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, path) = tiny_file(dir.path());
+    let mut s = Server::start(&path, &["--max-wait-ms", "2000", "--max-batch-sentences", "1000"]);
+    let addr = s.addr.clone();
+    let queued =
+        std::thread::spawn(move || request(&addr, "POST", "/embed", br#"{"inputs": "queued at Ctrl-C"}"#, &[]));
+    s.wait_metric("elmo_queue_length", 1.0);
+    s.signal(libc::SIGINT);
+    let status = s.wait_exit();
+    assert!(status.success(), "exit status {status:?}");
+    let r = queued.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()[0].as_array().unwrap().len(), 32);
 }
 
 #[test]

@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// repeats words; the outputs are the same bits).
     #[arg(long, default_value_t = 0)]
     token_cache: usize,
+    /// Where to run: cpu, cuda (device 0) or cuda:N (needs a build with
+    /// `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Log level of the per-request lines on standard error: error, warn,
     /// info (one line per request) or debug.
     #[arg(long, default_value = "info")]
@@ -80,7 +84,9 @@ pub fn run(a: ServeArgs, default_model: fn() -> PathBuf) -> Result<()> {
         .with_max_level(level)
         .init();
     let path = a.model.unwrap_or_else(default_model);
-    let model = ElmoModel::load(&path)?.with_token_cache(a.token_cache);
+    let model = ElmoModel::load(&path)?
+        .with_token_cache(a.token_cache)
+        .with_device(a.device.parse()?)?;
     let batcher = BatcherConfig {
         max_batch_tokens: a.max_batch_tokens,
         max_batch_sentences: if a.no_batching { 1 } else { a.max_batch_sentences },
