@@ -194,13 +194,17 @@ struct DataFile {
 }
 
 impl DataFile {
+    /// Appends `values` as little-endian float32 (the file's byte order).
     fn append(&mut self, values: &[f32]) -> Result<()> {
-        let mut bytes = Vec::with_capacity(values.len() * 4);
-        for v in values {
-            bytes.extend_from_slice(&v.to_le_bytes());
+        let path = &self.path;
+        if cfg!(target_endian = "little") {
+            // The values' own bytes: no copy.
+            self.w.write_all(bytemuck::cast_slice(values))
+        } else {
+            values.iter().try_for_each(|v| self.w.write_all(&v.to_le_bytes()))
         }
-        self.w.write_all(&bytes).map_err(|e| Error::io(&self.path, e))?;
-        self.end += bytes.len() as u64;
+        .map_err(|e| Error::io(path, e))?;
+        self.end += 4 * values.len() as u64;
         Ok(())
     }
 
