@@ -14,19 +14,6 @@ fn elmo(args: &[&str], cwd: &Path) -> Output {
         .expect("run elmo")
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A failed run: non-zero exit and exactly one line on stderr.
-fn assert_one_line_error(o: &Output, needle: &str) {
-    assert!(!o.status.success(), "expected failure, stderr: {}", stderr(o));
-    let e = stderr(o);
-    assert_eq!(e.trim_end().lines().count(), 1, "one line expected: {e}");
-    assert!(e.contains(needle), "{needle:?} not in {e}");
-    assert!(!e.contains("panicked"), "{e}");
-}
-
 /// Converts a fixture model with the CLI into `dir/<name>.safetensors`.
 fn convert_fixture(dir: &Path, folder: &str, name: &str) -> String {
     let f = fixture(folder);

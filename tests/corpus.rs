@@ -20,18 +20,6 @@ fn elmo(args: &[&str], envs: &[(&str, &str)]) -> Output {
     c.output().expect("run elmo")
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_one_line_error(o: &Output, needle: &str) {
-    assert!(!o.status.success(), "expected failure, stderr: {}", stderr(o));
-    let e = stderr(o);
-    assert_eq!(e.trim_end().lines().count(), 1, "one line expected: {e}");
-    assert!(e.contains(needle), "{needle:?} not in {e}");
-    assert!(!e.contains("panicked"), "{e}");
-}
-
 /// A deterministic corpus with a realistic length mix: most sentences 5-40
 /// tokens, a tail to 200+, some repeated words and a few blank lines.
 fn write_corpus(path: &Path, sentences: usize, seed: u64) {

@@ -178,3 +178,18 @@ pub fn vocab_and_ids(batch: &[Vec<String>]) -> (std::collections::HashMap<i64, S
         .collect();
     (idx2word, elmo::layer::TokenIds::from_rows(&rows).unwrap())
 }
+
+/// A CLI run's standard error.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failed run: non-zero exit and exactly one line on stderr, holding
+/// `needle`, and no panic.
+pub fn assert_one_line_error(o: &std::process::Output, needle: &str) {
+    assert!(!o.status.success(), "expected failure, stderr: {}", stderr(o));
+    let e = stderr(o);
+    assert_eq!(e.trim_end().lines().count(), 1, "one line expected: {e}");
+    assert!(e.contains(needle), "{needle:?} not in {e}");
+    assert!(!e.contains("panicked"), "{e}");
+}

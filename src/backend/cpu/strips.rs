@@ -332,53 +332,65 @@ fn strips_gemm_avx2<T: WeightElem>(
                 }
             }
         }
-        _ => PANEL.with(|panel| {
-            let mut panel = panel.borrow_mut();
-            // Blocks of about `row_block(k)` rows, balanced so that no
-            // block is a small tail (32 rows at k = 4096 stay one block
-            // instead of 30 + 2, which would read W twice).
-            let nb = m.div_ceil(row_block(k) * 5 / 4);
-            // Small matrices stay in cache between calls, where fetching
-            // ahead only evicts the strip in use (a 1 MiB one ran ~20%
-            // slower with it).
-            let from_dram = k * n * std::mem::size_of::<T>() >= FETCH_AHEAD_BYTES;
-            let rb = m.div_ceil(nb);
-            for r0 in (0..m).step_by(rb) {
-                let r1 = (r0 + rb).min(m);
-                let tiles = tile_heights(r1 - r0);
-                pack_panels(&a[r0 * lda..], lda, k, &tiles, &mut panel);
-                // Depth blocks of `kc` rows: a strip's block stays in cache
-                // while every tile of the row block uses it; visited strip
-                // by strip, each strip's blocks in order.
-                let kc = k_block::<T>(k);
-                let mut order = groups(1)
-                    .flat_map(|(s, _)| (0..k).step_by(kc).map(move |q0| (s, q0)))
-                    .peekable();
-                while let Some((s, q0)) = order.next() {
-                    let (cs, j) = (cols(s, 1), at(s));
-                    let kl = kc.min(k - q0);
-                    // The block visited next, fetched while this one's
-                    // tiles run (each tile a share of its cache lines).
-                    let next = order.peek().copied().filter(|_| from_dram);
-                    for (ti, &(off, h)) in tiles.iter().enumerate() {
-                        let ahead = next.map(|(x, x0)| Ahead::new(&w, x, x0, kc.min(k - x0), ti, tiles.len()));
-                        let pa = &panel[off * k + q0 * h..];
-                        let cr = &mut c[(r0 + off) * ldc + j..];
-                        let wq = &w.strip(s)[q0 * STRIP..];
-                        let first = q0 == 0;
-                        match h {
-                            6 => panel_tile::<6, T>(pa, kl, wq, cr, ldc, cs, first, ahead),
-                            5 => panel_tile::<5, T>(pa, kl, wq, cr, ldc, cs, first, ahead),
-                            4 => panel_tile::<4, T>(pa, kl, wq, cr, ldc, cs, first, ahead),
-                            3 => panel_tile::<3, T>(pa, kl, wq, cr, ldc, cs, first, ahead),
-                            2 => panel_tile::<2, T>(pa, kl, wq, cr, ldc, cs, first, ahead),
-                            _ => panel_tile::<1, T>(pa, kl, wq, cr, ldc, cs, first, ahead),
-                        }
+        _ => row_blocks::<T>(m, a, lda, k, n, |r0, tiles, panel, from_dram| {
+            // Depth blocks of `kc` rows: a strip's block stays in cache
+            // while every tile of the row block uses it; visited strip
+            // by strip, each strip's blocks in order.
+            let kc = k_block::<T>(k);
+            let mut order = groups(1)
+                .flat_map(|(s, _)| (0..k).step_by(kc).map(move |q0| (s, q0)))
+                .peekable();
+            while let Some((s, q0)) = order.next() {
+                let (cs, j) = (cols(s, 1), at(s));
+                let kl = kc.min(k - q0);
+                // The block visited next, fetched while this one's
+                // tiles run (each tile a share of its cache lines).
+                let next = order.peek().copied().filter(|_| from_dram);
+                for (ti, &(off, h)) in tiles.iter().enumerate() {
+                    let ahead = next.map(|(x, x0)| Ahead::new(&w, x, x0, kc.min(k - x0), ti, tiles.len()));
+                    let pa = &panel[off * k + q0 * h..];
+                    let cr = &mut c[(r0 + off) * ldc + j..];
+                    let wq = &w.strip(s)[q0 * STRIP..];
+                    let first = q0 == 0;
+                    match h {
+                        6 => panel_tile::<6, T>(pa, kl, wq, cr, ldc, cs, first, ahead),
+                        5 => panel_tile::<5, T>(pa, kl, wq, cr, ldc, cs, first, ahead),
+                        4 => panel_tile::<4, T>(pa, kl, wq, cr, ldc, cs, first, ahead),
+                        3 => panel_tile::<3, T>(pa, kl, wq, cr, ldc, cs, first, ahead),
+                        2 => panel_tile::<2, T>(pa, kl, wq, cr, ldc, cs, first, ahead),
+                        _ => panel_tile::<1, T>(pa, kl, wq, cr, ldc, cs, first, ahead),
                     }
                 }
             }
         }),
     }
+}
+
+/// The panel path of every level: blocks of about `row_block(k)` rows,
+/// balanced so that no block is a small tail (32 rows at k = 4096 stay one
+/// block instead of 30 + 2, which would read W twice), each packed into
+/// this thread's panels; `f(first row, tiles, panel, from_dram)` runs the
+/// block. `from_dram`: the matrix is too large to stay in cache between
+/// calls, so fetching ahead pays (a 1 MiB one ran ~20% slower with it).
+pub(super) fn row_blocks<T>(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    k: usize,
+    n: usize,
+    mut f: impl FnMut(usize, &[(usize, usize)], &[f32], bool),
+) {
+    PANEL.with(|panel| {
+        let mut panel = panel.borrow_mut();
+        let nb = m.div_ceil(row_block(k) * 5 / 4);
+        let from_dram = k * n * std::mem::size_of::<T>() >= FETCH_AHEAD_BYTES;
+        let rb = m.div_ceil(nb);
+        for r0 in (0..m).step_by(rb) {
+            let tiles = tile_heights((r0 + rb).min(m) - r0);
+            pack_panels(&a[r0 * lda..], lda, k, &tiles, &mut panel);
+            f(r0, &tiles, &panel, from_dram);
+        }
+    });
 }
 
 thread_local! {

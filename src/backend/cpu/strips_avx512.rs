@@ -11,7 +11,7 @@
 //!
 //! [`strips_gemm`]: super::strips_gemm
 
-use super::strips::{Ahead, FETCH_AHEAD_BYTES, PANEL, Span, k_block, pack_panels, prefetch, row_block, tile_heights};
+use super::strips::{Ahead, Span, k_block, prefetch, row_blocks};
 use super::{STRIP, Strips, WeightElem};
 use std::arch::x86_64::*;
 
@@ -237,55 +237,46 @@ pub(super) unsafe fn strips_gemm_avx512<T: WeightElem>(
         }
         return;
     }
-    PANEL.with(|panel| {
-        let mut panel = panel.borrow_mut();
-        let nb = m.div_ceil(row_block(k) * 5 / 4);
-        let from_dram = k * n * std::mem::size_of::<T>() >= FETCH_AHEAD_BYTES;
-        let rb = m.div_ceil(nb);
-        for r0 in (0..m).step_by(rb) {
-            let r1 = (r0 + rb).min(m);
-            let tiles = tile_heights(r1 - r0);
-            pack_panels(&a[r0 * lda..], lda, k, &tiles, &mut panel);
-            let kc = k_block::<T>(k);
-            // Pairs of strips, each pair's depth blocks in order.
-            let mut order = groups(2)
-                .flat_map(|(s, gs)| (0..k).step_by(kc).map(move |q0| (s, gs, q0)))
-                .peekable();
-            while let Some((s, gs, q0)) = order.next() {
-                let (cs, j) = (cols(s, gs), at(s));
-                let kl = kc.min(k - q0);
-                let next = order.peek().copied().filter(|_| from_dram);
-                for (ti, &(off, h)) in tiles.iter().enumerate() {
-                    let fetch = |q: usize| {
-                        next.filter(|&(x, xg, _)| q < xg && x + q < w.n_strips())
-                            .map(|(x, _, x0)| Ahead::new(&w, x + q, x0, kc.min(k - x0), ti, tiles.len()))
-                    };
-                    let pa = &panel[off * k + q0 * h..];
-                    let cr = &mut c[(r0 + off) * ldc + j..];
-                    let first = q0 == 0;
-                    let st = |q: usize| &w.strip(s + q)[q0 * STRIP..];
-                    // SAFETY (all arms): AVX-512F; sizes checked by the tile.
-                    unsafe {
-                        if gs == 2 {
-                            let (st, ah) = ([st(0), st(1)], [fetch(0), fetch(1)]);
-                            match h {
-                                6 => panel_tile::<6, 2, T>(pa, kl, st, cr, ldc, cs, first, ah),
-                                5 => panel_tile::<5, 2, T>(pa, kl, st, cr, ldc, cs, first, ah),
-                                4 => panel_tile::<4, 2, T>(pa, kl, st, cr, ldc, cs, first, ah),
-                                3 => panel_tile::<3, 2, T>(pa, kl, st, cr, ldc, cs, first, ah),
-                                2 => panel_tile::<2, 2, T>(pa, kl, st, cr, ldc, cs, first, ah),
-                                _ => panel_tile::<1, 2, T>(pa, kl, st, cr, ldc, cs, first, ah),
-                            }
-                        } else {
-                            let (st, ah) = ([st(0)], [fetch(0)]);
-                            match h {
-                                6 => panel_tile::<6, 1, T>(pa, kl, st, cr, ldc, cs, first, ah),
-                                5 => panel_tile::<5, 1, T>(pa, kl, st, cr, ldc, cs, first, ah),
-                                4 => panel_tile::<4, 1, T>(pa, kl, st, cr, ldc, cs, first, ah),
-                                3 => panel_tile::<3, 1, T>(pa, kl, st, cr, ldc, cs, first, ah),
-                                2 => panel_tile::<2, 1, T>(pa, kl, st, cr, ldc, cs, first, ah),
-                                _ => panel_tile::<1, 1, T>(pa, kl, st, cr, ldc, cs, first, ah),
-                            }
+    row_blocks::<T>(m, a, lda, k, n, |r0, tiles, panel, from_dram| {
+        let kc = k_block::<T>(k);
+        // Pairs of strips, each pair's depth blocks in order.
+        let mut order = groups(2)
+            .flat_map(|(s, gs)| (0..k).step_by(kc).map(move |q0| (s, gs, q0)))
+            .peekable();
+        while let Some((s, gs, q0)) = order.next() {
+            let (cs, j) = (cols(s, gs), at(s));
+            let kl = kc.min(k - q0);
+            let next = order.peek().copied().filter(|_| from_dram);
+            for (ti, &(off, h)) in tiles.iter().enumerate() {
+                let fetch = |q: usize| {
+                    next.filter(|&(x, xg, _)| q < xg && x + q < w.n_strips())
+                        .map(|(x, _, x0)| Ahead::new(&w, x + q, x0, kc.min(k - x0), ti, tiles.len()))
+                };
+                let pa = &panel[off * k + q0 * h..];
+                let cr = &mut c[(r0 + off) * ldc + j..];
+                let first = q0 == 0;
+                let st = |q: usize| &w.strip(s + q)[q0 * STRIP..];
+                // SAFETY (all arms): AVX-512F; sizes checked by the tile.
+                unsafe {
+                    if gs == 2 {
+                        let (st, ah) = ([st(0), st(1)], [fetch(0), fetch(1)]);
+                        match h {
+                            6 => panel_tile::<6, 2, T>(pa, kl, st, cr, ldc, cs, first, ah),
+                            5 => panel_tile::<5, 2, T>(pa, kl, st, cr, ldc, cs, first, ah),
+                            4 => panel_tile::<4, 2, T>(pa, kl, st, cr, ldc, cs, first, ah),
+                            3 => panel_tile::<3, 2, T>(pa, kl, st, cr, ldc, cs, first, ah),
+                            2 => panel_tile::<2, 2, T>(pa, kl, st, cr, ldc, cs, first, ah),
+                            _ => panel_tile::<1, 2, T>(pa, kl, st, cr, ldc, cs, first, ah),
+                        }
+                    } else {
+                        let (st, ah) = ([st(0)], [fetch(0)]);
+                        match h {
+                            6 => panel_tile::<6, 1, T>(pa, kl, st, cr, ldc, cs, first, ah),
+                            5 => panel_tile::<5, 1, T>(pa, kl, st, cr, ldc, cs, first, ah),
+                            4 => panel_tile::<4, 1, T>(pa, kl, st, cr, ldc, cs, first, ah),
+                            3 => panel_tile::<3, 1, T>(pa, kl, st, cr, ldc, cs, first, ah),
+                            2 => panel_tile::<2, 1, T>(pa, kl, st, cr, ldc, cs, first, ah),
+                            _ => panel_tile::<1, 1, T>(pa, kl, st, cr, ldc, cs, first, ah),
                         }
                     }
                 }
