@@ -5,7 +5,8 @@
 #   2. pip install ./python                    the Python package, built by maturin
 #   3. pytest: the numpy API, the PyTorch module, `elmo embed`'s HDF5 files
 #      read with h5py; then the Ray Data recipe on a local two-worker cluster
-#   4. pytest: the Keras layer and the examples under tensorflow, jax and torch
+#   4. pytest: the Keras layer, ELMoForManyLangs models (numpy API and Keras)
+#      and the examples under tensorflow, jax and torch
 # Python test dependencies come from python/requirements-test.txt (installed
 # if missing; PyPI's torch is the large CUDA build). ELMO_SKIP_RUST=1 skips 1.
 set -euo pipefail
@@ -34,7 +35,7 @@ echo "== pytest the numpy API, the PyTorch module and the corpus files (h5py; th
 echo "== pytest the Ray Data recipe (a local cluster, two worker actors)"
 "$PY" -m pytest -q python/tests/test_ray.py
 for backend in tensorflow jax torch; do
-  echo "== pytest the Keras layer and the examples (KERAS_BACKEND=$backend)"
-  KERAS_BACKEND=$backend "$PY" -m pytest -q python/tests/test_keras.py python/tests/test_examples.py
+  echo "== pytest the Keras layer, ELMoForManyLangs models and the examples (KERAS_BACKEND=$backend)"
+  KERAS_BACKEND=$backend "$PY" -m pytest -q python/tests/test_keras.py python/tests/test_efml.py python/tests/test_examples.py
 done
 echo "all suites passed"

@@ -69,6 +69,20 @@ impl CharIds {
         Ok(c)
     }
 
+    /// Ids a tokenizer made (checked only for the sizes): ELMoForManyLangs'
+    /// lexicon ids have no fixed range.
+    pub(crate) fn from_raw(batch: usize, positions: usize, chars: usize, ids: Vec<u16>) -> Result<Self> {
+        if batch.checked_mul(positions).and_then(|x| x.checked_mul(chars)) != Some(ids.len()) {
+            return Err(Error::Input("char ids do not match their sizes".into()));
+        }
+        Ok(CharIds {
+            batch,
+            positions,
+            chars,
+            ids,
+        })
+    }
+
     /// Number of sentences.
     pub fn batch(&self) -> usize {
         self.batch
@@ -77,7 +91,8 @@ impl CharIds {
     pub fn positions(&self) -> usize {
         self.positions
     }
-    /// Characters per token (C).
+    /// Ids per token: C characters (then, for a model with a word
+    /// embedding, the word id in two; see [`crate::Options::ids_per_token`]).
     pub fn chars(&self) -> usize {
         self.chars
     }

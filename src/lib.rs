@@ -22,6 +22,7 @@ pub mod error;
 pub mod io;
 pub mod layer;
 pub mod layout;
+pub mod lexicon;
 pub mod model;
 pub mod options;
 pub mod rng;

@@ -70,6 +70,37 @@ pub struct LstmOptions {
     pub use_skip_connections: bool,
 }
 
+/// Which project a model comes from: it fixes how tokens become ids (see
+/// [`crate::lexicon`]) and whether the token embedding is always projected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// allennlp / bilm-tf: UTF-8 bytes as character ids.
+    BilmTf,
+    /// HIT-SCIR's ELMoForManyLangs: unicode characters (and optionally
+    /// words) looked up in the lexicons stored in the model file.
+    ElmoForManyLangs,
+}
+
+impl Family {
+    /// The name used in the model file's options (`family`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::BilmTf => "bilm-tf",
+            Family::ElmoForManyLangs => "elmoformanylangs",
+        }
+    }
+}
+
+/// A word embedding beside the character CNN (ELMoForManyLangs' `word_dim`),
+/// concatenated before the character features and projected with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WordEmbeddingOptions {
+    /// Embedding size.
+    pub dim: usize,
+    /// Rows of `word_embed`, the zero row for "no token" included.
+    pub n_words: usize,
+}
+
 /// The options of one ELMo biLM.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
@@ -77,6 +108,10 @@ pub struct Options {
     pub char_cnn: CharCnnOptions,
     /// LSTM part.
     pub lstm: LstmOptions,
+    /// Where the model comes from (`bilm-tf` unless the file says otherwise).
+    pub family: Family,
+    /// The word embedding, for ELMoForManyLangs models that have one.
+    pub word_embedding: Option<WordEmbeddingOptions>,
 }
 
 fn field<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
@@ -125,14 +160,43 @@ fn clip(v: &Value, path: &str) -> Result<Option<f32>> {
 impl Options {
     /// Parses `options.json` text.
     pub fn from_json(text: &str) -> Result<Self> {
-        let v: Value = serde_json::from_str(text).map_err(|e| Error::Options(format!("not valid JSON: {e}")))?;
-        Self::from_value(&v)
+        Ok(Self::from_json_noting(text)?.0)
+    }
+
+    /// [`from_json`](Self::from_json), with one-line notices about what was
+    /// read other than as written: bilm-tf's training writes
+    /// `n_characters: 261` (its README tells users to set 262 before
+    /// prediction); such a file is read as 262, with a notice.
+    pub fn from_json_noting(text: &str) -> Result<(Self, Vec<String>)> {
+        let mut v: Value =
+            serde_json::from_str(text).map_err(|e| Error::Options(format!("not valid JSON: {e}")))?;
+        let mut notices = Vec::new();
+        let training = field(&v, "char_cnn.n_characters").and_then(Value::as_u64) == Some(261)
+            && field(&v, "family").is_none();
+        if training {
+            v["char_cnn"]["n_characters"] = N_CHARACTERS.into();
+            notices.push(
+                "options: n_characters is 261 (as bilm-tf's training writes it); read as 262, the prediction \
+                 layout with the zero padding row"
+                    .to_string(),
+            );
+        }
+        Ok((Self::from_value(&v)?, notices))
     }
 
     /// Reads and parses an `options.json` file.
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_json(&text).map_err(|e| match e {
+            Error::Options(m) => Error::Options(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// [`from_file`](Self::from_file) with [`from_json_noting`](Self::from_json_noting)'s notices.
+    pub fn from_file_noting(path: &std::path::Path) -> Result<(Self, Vec<String>)> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json_noting(&text).map_err(|e| match e {
             Error::Options(m) => Error::Options(format!("{}: {m}", path.display())),
             other => other,
         })
@@ -178,8 +242,24 @@ impl Options {
                 .ok_or_else(|| Error::Options(format!("'char_cnn.n_highway' must be an integer 0..=64, got {x}")))?
                 as usize,
         };
+        let family = match field(v, "family").map(|x| x.as_str()) {
+            None | Some(Some("bilm-tf")) => Family::BilmTf,
+            Some(Some("elmoformanylangs")) => Family::ElmoForManyLangs,
+            Some(other) => {
+                return Err(Error::Options(format!(
+                    "'family' must be \"bilm-tf\" or \"elmoformanylangs\", got {}",
+                    other.map(|s| format!("\"{s}\"")).unwrap_or_else(|| "a non-string".into())
+                )));
+            }
+        };
         let n_characters = dim(v, "char_cnn.n_characters")?;
-        if n_characters != N_CHARACTERS {
+        // ELMoForManyLangs' character lexicons have any size; ids are u16.
+        if family == Family::ElmoForManyLangs && !(2..=1 << 16).contains(&n_characters) {
+            return Err(Error::Options(format!(
+                "'char_cnn.n_characters' is {n_characters}: an ELMoForManyLangs model needs 2..=65536 rows"
+            )));
+        }
+        if family == Family::BilmTf && n_characters != N_CHARACTERS {
             return Err(Error::Options(format!(
                 "'char_cnn.n_characters' is {n_characters}, but only {N_CHARACTERS} is supported: the weight file \
                  holds 261 character rows and prediction adds the zero padding row (bilm-tf sets 262 for inference)"
@@ -239,7 +319,24 @@ impl Options {
             proj_clip: clip(v, "lstm.proj_clip")?,
             use_skip_connections,
         };
-        let o = Options { char_cnn, lstm };
+        let word_embedding = match field(v, "word_embedding") {
+            None => None,
+            Some(_) if family == Family::BilmTf => {
+                return Err(Error::Options(
+                    "'word_embedding' is only read for ELMoForManyLangs models ('family': \"elmoformanylangs\")".into(),
+                ));
+            }
+            Some(_) => Some(WordEmbeddingOptions {
+                dim: dim(v, "word_embedding.dim")?,
+                n_words: dim(v, "word_embedding.n_words")?,
+            }),
+        };
+        let o = Options {
+            char_cnn,
+            lstm,
+            family,
+            word_embedding,
+        };
         if o.n_filters() > MAX_DIM {
             return Err(Error::Options(format!(
                 "the filters add up to {} channels, too many",
@@ -254,10 +351,27 @@ impl Options {
         self.char_cnn.filters.iter().map(|f| f.1).sum()
     }
 
-    /// Whether a projection `F -> P` follows the highway layers (bilm-tf
-    /// projects only when F != P).
+    /// Whether a projection `(D + F) -> P` follows the highway layers
+    /// (bilm-tf projects only when F != P; ELMoForManyLangs always does).
     pub fn has_projection(&self) -> bool {
-        self.n_filters() != self.lstm.projection_dim
+        self.family == Family::ElmoForManyLangs || self.projection_input() != self.lstm.projection_dim
+    }
+
+    /// D: the word embedding's size (0 without one).
+    pub fn word_dim(&self) -> usize {
+        self.word_embedding.map_or(0, |w| w.dim)
+    }
+
+    /// D + F: the width of what the projection reads (the word embedding,
+    /// then the highway output).
+    pub fn projection_input(&self) -> usize {
+        self.word_dim() + self.n_filters()
+    }
+
+    /// Ids per token in [`crate::CharIds`]: C character ids, then for a model
+    /// with a word embedding the word id + 1 in two u16 (low half first).
+    pub fn ids_per_token(&self) -> usize {
+        self.char_cnn.max_characters_per_token + if self.word_embedding.is_some() { 2 } else { 0 }
     }
 
     /// P: size of the token embedding and of each direction's LSTM output.
@@ -274,7 +388,7 @@ impl Options {
     pub fn to_json(&self) -> String {
         let c = &self.char_cnn;
         let l = &self.lstm;
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "lstm": {
                 "dim": l.dim,
                 "projection_dim": l.projection_dim,
@@ -292,6 +406,12 @@ impl Options {
                 "activation": c.activation.name(),
             }
         });
+        if self.family != Family::BilmTf {
+            v["family"] = self.family.name().into();
+        }
+        if let Some(w) = self.word_embedding {
+            v["word_embedding"] = serde_json::json!({"dim": w.dim, "n_words": w.n_words});
+        }
         v.to_string()
     }
 }
@@ -320,6 +440,37 @@ mod tests {
     }
 
     #[test]
+    fn training_options_read_as_prediction_options_with_a_notice() {
+        let text = TINY.replace("\"n_characters\": 262", "\"n_characters\": 261");
+        let (o, notices) = Options::from_json_noting(&text).unwrap();
+        assert_eq!(o.char_cnn.n_characters, N_CHARACTERS);
+        assert_eq!(notices.len(), 1);
+        assert!(notices[0].contains("261") && notices[0].contains("262"), "{notices:?}");
+        assert!(Options::from_json_noting(TINY).unwrap().1.is_empty());
+    }
+
+    #[test]
+    fn elmoformanylangs_options_round_trip() {
+        let o = edit(|v| {
+            v["family"] = "elmoformanylangs".into();
+            v["char_cnn"]["n_characters"] = 1000.into();
+            v["word_embedding"] = serde_json::json!({"dim": 12, "n_words": 77});
+        })
+        .unwrap();
+        assert_eq!(o.family, Family::ElmoForManyLangs);
+        assert_eq!(o.word_dim(), 12);
+        assert_eq!(o.projection_input(), 12 + 124);
+        assert_eq!(o.ids_per_token(), 52);
+        assert!(o.has_projection());
+        assert_eq!(Options::from_json(&o.to_json()).unwrap(), o);
+        let e = edit(|v| {
+            v["family"] = "elmoformanylangs".into();
+            v["char_cnn"]["n_characters"] = 70000.into();
+        });
+        assert!(e.unwrap_err().to_string().contains("65536"));
+    }
+
+    #[test]
     fn optional_keys() {
         let o = edit(|v| {
             v["lstm"]["cell_clip"] = Value::Null;
@@ -339,6 +490,9 @@ mod tests {
     fn bad_values_are_errors_that_say_why() {
         let msg = |r: Result<Options>| r.unwrap_err().to_string();
         assert!(msg(edit(|v| v["char_cnn"]["n_characters"] = 261.into())).contains("261 character rows"));
+        assert!(msg(edit(|v| v["char_cnn"]["n_characters"] = 300.into())).contains("only 262"));
+        assert!(msg(edit(|v| v["family"] = "gpt".into())).contains("'family'"));
+        assert!(msg(edit(|v| v["word_embedding"] = serde_json::json!({"dim": 4, "n_words": 9}))).contains("only read"));
         assert!(msg(edit(|v| v["char_cnn"]["filters"] = serde_json::json!([]))).contains("empty"));
         assert!(msg(edit(|v| v["char_cnn"]["activation"] = "gelu".into())).contains("relu"));
         assert!(msg(edit(|v| v["lstm"]["dim"] = 0.into())).contains("positive"));

@@ -82,6 +82,7 @@ def convert(
     hdf5: Optional[_Path] = None,
     tf_checkpoint: Optional[_Path] = None,
     preset: Optional[str] = None,
+    elmoformanylangs: Optional[_Path] = None,
     dtype: str = "f32",
 ) -> str: ...
 def devices() -> List[str]: ...

@@ -307,6 +307,12 @@ impl Model {
         char_ids: PyReadonlyArray3<'py, i64>,
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let s = char_ids.shape().to_vec();
+        if self.model.lexicon().is_some() {
+            return Err(input_err(
+                "character ids in batch_to_ids' layout are bilm-tf's tokenisation; this ELMoForManyLangs model \
+                 tokenizes itself: give it tokens",
+            ));
+        }
         let c = self.model.options().char_cnn.max_characters_per_token;
         if s[2] != c {
             return Err(input_err(format!(
@@ -446,12 +452,14 @@ impl Vocab {
     }
 }
 
-/// Converts bilm-tf's `options.json` + HDF5 weights, or a TensorFlow
+/// Converts bilm-tf's `options.json` + HDF5 weights, a TensorFlow
 /// checkpoint (a prefix, a folder with a `checkpoint` file, or a TF Hub
-/// `google/elmo/2` module), into a model file at `out`, as `elmo convert`
-/// does. `dtype` "f32" (default) or "bf16" for the LSTM matrices.
+/// `google/elmo/2` module), or an ELMoForManyLangs model folder, into a
+/// model file at `out`, as `elmo convert` does. `dtype` "f32" (default) or
+/// "bf16" for the LSTM matrices.
 #[pyfunction]
-#[pyo3(signature = (out, *, options=None, hdf5=None, tf_checkpoint=None, preset=None, dtype="f32"))]
+#[pyo3(signature = (out, *, options=None, hdf5=None, tf_checkpoint=None, preset=None, elmoformanylangs=None, dtype="f32"))]
+#[allow(clippy::too_many_arguments)]
 fn convert(
     py: Python<'_>,
     out: PathBuf,
@@ -459,9 +467,19 @@ fn convert(
     hdf5: Option<PathBuf>,
     tf_checkpoint: Option<PathBuf>,
     preset: Option<String>,
+    elmoformanylangs: Option<PathBuf>,
     dtype: &str,
 ) -> PyResult<PathBuf> {
     let dtype: elmo::convert::WeightDtype = dtype.parse().map_err(err)?;
+    if let Some(dir) = elmoformanylangs {
+        if options.is_some() || hdf5.is_some() || tf_checkpoint.is_some() || preset.is_some() {
+            return Err(input_err("elmoformanylangs takes no options, hdf5, tf_checkpoint or preset"));
+        }
+        let o = out.clone();
+        py.detach(move || elmo::io::efml::convert_elmoformanylangs(&dir, &o, dtype))
+            .map_err(err)?;
+        return Ok(out);
+    }
     match (tf_checkpoint, options, hdf5) {
         (Some(_), _, Some(_)) => Err(input_err("give hdf5 or tf_checkpoint, not both")),
         (Some(ckpt), options, None) => {

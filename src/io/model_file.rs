@@ -21,7 +21,8 @@
 //! top. Written to a temporary file that is renamed when complete.
 
 use crate::error::{Error, Result};
-use crate::options::{N_CHARACTERS, Options};
+use crate::lexicon::Lexicon;
+use crate::options::{Family, Options};
 use crate::tensor::{Bf16Tensor, Bytes, Tensor, f32_to_bf16};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -42,12 +43,16 @@ pub fn lstm_name(direction: usize, layer: usize, leaf: &str) -> String {
 
 /// Every tensor the options require, with its shape, in a fixed order.
 ///
-/// `char_embed` is listed with [`N_CHARACTERS`] rows (the converted layout);
-/// the HDF5 file holds one row fewer.
+/// `char_embed` is listed with `n_characters` rows ([`N_CHARACTERS`](crate::options::N_CHARACTERS) for
+/// bilm-tf: the converted layout; the HDF5 file holds one row fewer), and
+/// for an ELMoForManyLangs model with words `word_embed` after it.
 pub fn expected_tensors(o: &Options) -> Vec<(String, Vec<usize>)> {
     let c = &o.char_cnn;
     let (e, f, p, u) = (c.embedding_dim, o.n_filters(), o.lstm.projection_dim, o.lstm.dim);
-    let mut v = vec![("char_embed".to_string(), vec![N_CHARACTERS, e])];
+    let mut v = vec![("char_embed".to_string(), vec![c.n_characters, e])];
+    if let Some(w) = o.word_embedding {
+        v.push(("word_embed".to_string(), vec![w.n_words, w.dim]));
+    }
     for (i, &(w, n)) in c.filters.iter().enumerate() {
         v.push((format!("CNN/W_cnn_{i}"), vec![1, w, e, n]));
         v.push((format!("CNN/b_cnn_{i}"), vec![n]));
@@ -59,7 +64,7 @@ pub fn expected_tensors(o: &Options) -> Vec<(String, Vec<usize>)> {
         }
     }
     if o.has_projection() {
-        v.push(("CNN_proj/W_proj".into(), vec![f, p]));
+        v.push(("CNN_proj/W_proj".into(), vec![o.projection_input(), p]));
         v.push(("CNN_proj/b_proj".into(), vec![p]));
     }
     for d in 0..2 {
@@ -120,6 +125,24 @@ pub fn write_model_with(
     tensors: &[NamedTensor],
     bf16: &dyn Fn(&str) -> bool,
 ) -> Result<()> {
+    write_model_full(path, options, None, tensors, bf16)
+}
+
+/// [`write_model_with`], with the lexicon an ELMoForManyLangs model
+/// tokenizes with (stored in the metadata as `lexicon`).
+pub fn write_model_full(
+    path: &Path,
+    options: &Options,
+    lexicon: Option<&Lexicon>,
+    tensors: &[NamedTensor],
+    bf16: &dyn Fn(&str) -> bool,
+) -> Result<()> {
+    if (options.family == Family::ElmoForManyLangs) != lexicon.is_some() {
+        return Err(Error::weights(
+            path,
+            "an ELMoForManyLangs model needs its lexicon, and only such a model has one",
+        ));
+    }
     // The LSTM matrices are written strip-packed (see the module docs).
     type Stored<'a> = (&'a str, Vec<usize>, std::borrow::Cow<'a, [f32]>);
     let stored: Vec<Stored<'_>> = tensors
@@ -161,12 +184,15 @@ pub fn write_model_with(
             (name.to_string(), StoredView { shape, data })
         })
         .collect();
-    let metadata: std::collections::HashMap<String, String> = [
+    let mut metadata: std::collections::HashMap<String, String> = [
         ("format".to_string(), FORMAT_NAME.to_string()),
         ("format_version".to_string(), FORMAT_VERSION.to_string()),
         ("options".to_string(), options.to_json()),
     ]
     .into();
+    if let Some(l) = lexicon {
+        metadata.insert("lexicon".to_string(), l.to_json());
+    }
     replace_atomically(path, |tmp| {
         safetensors::serialize_to_file(views.iter().map(|(n, v)| (n.as_str(), v)), Some(metadata), tmp)
             .map_err(std::io::Error::other)
@@ -269,6 +295,8 @@ pub struct ModelFile {
     pub tensors: BTreeMap<String, Tensor>,
     /// Tensors stored in bfloat16 (only the LSTM matrices may be).
     pub bf16: BTreeMap<String, Bf16Tensor>,
+    /// The lexicon of an ELMoForManyLangs model (its tokenisation).
+    pub lexicon: Option<Lexicon>,
 }
 
 impl ModelFile {
@@ -278,6 +306,9 @@ impl ModelFile {
     pub fn fingerprint(&self) -> u32 {
         let mut h = crc32fast::Hasher::new();
         h.update(self.options.to_json().as_bytes());
+        if let Some(l) = &self.lexicon {
+            h.update(l.to_json().as_bytes());
+        }
         for (name, t) in &self.tensors {
             h.update(name.as_bytes());
             for d in t.shape() {
@@ -341,6 +372,28 @@ impl ModelFile {
         };
         let options = Options::from_json(meta_str("options").ok_or_else(|| err("metadata has no options".into()))?)
             .map_err(|e| err(format!("options in metadata: {e}")))?;
+        let lexicon = match (options.family, meta_str("lexicon")) {
+            (Family::BilmTf, None) => None,
+            (Family::BilmTf, Some(_)) => return Err(err("metadata has a lexicon, but the model is bilm-tf's".into())),
+            (Family::ElmoForManyLangs, None) => {
+                return Err(err("an ELMoForManyLangs model without its lexicon in the metadata".into()));
+            }
+            (Family::ElmoForManyLangs, Some(text)) => {
+                let l = Lexicon::from_json(text).map_err(|e| err(e.to_string()))?;
+                let w = options.word_embedding.map_or(0, |w| w.n_words);
+                let words_ok = if w > 0 { l.word_rows() + 1 == w } else { l.words().is_none() };
+                if l.char_rows() + 1 != options.char_cnn.n_characters || !words_ok {
+                    return Err(err(format!(
+                        "the lexicon ({} characters, {} words) does not match the options ({} and {} rows with the zero row)",
+                        l.char_rows(),
+                        l.word_rows(),
+                        options.char_cnn.n_characters,
+                        w
+                    )));
+                }
+                Some(l)
+            }
+        };
         let mut tensors = BTreeMap::new();
         let mut bf16 = BTreeMap::new();
         let infos: BTreeMap<String, &safetensors::tensor::TensorInfo> = meta.tensors().into_iter().collect();
@@ -404,6 +457,7 @@ impl ModelFile {
             options,
             tensors,
             bf16,
+            lexicon,
         })
     }
 

@@ -213,7 +213,9 @@ fn each_part(parts: &mut [Part], f: impl Fn(&mut Part) + Send + Sync) {
 /// run forward passes from any number of threads.
 pub struct ElmoModel {
     file: ModelFile,
-    char_embed: Tensor, // (262, E), row 0 = zeros
+    char_embed: Tensor, // (262, E), row 0 = zeros (ELMoForManyLangs: its lexicon's rows + 1)
+    word_embed: Option<Tensor>, // (words + 1, D), row 0 = zeros
+    lexicon: Option<crate::lexicon::Lexicon>,
     convs: Vec<Conv>,
     highways: Vec<Highway>,
     projection: Option<(Tensor, Tensor)>, // (F, P), (P,)
@@ -351,8 +353,14 @@ impl ElmoModel {
                 })
                 .collect()
         };
+        let word_embed = match o.word_embedding {
+            Some(_) => Some(t("word_embed")?),
+            None => None,
+        };
         Ok(ElmoModel {
             char_embed: t("char_embed")?,
+            word_embed,
+            lexicon: file.lexicon.clone(),
             convs,
             highways,
             projection,
@@ -413,6 +421,13 @@ impl ElmoModel {
     /// feature; [`Error::CudaUnavailable`] when the device cannot be used
     /// (no driver, no such device, too old, too small), naming the device.
     pub fn with_device(mut self, device: Device) -> Result<Self> {
+        if device != Device::Cpu && self.word_embed.is_some() {
+            // The GPU pass has no word embedding (yet): refused, not ignored.
+            return Err(Error::Input(
+                "this ELMoForManyLangs model has a word embedding, which only the CPU pass computes; use the CPU"
+                    .into(),
+            ));
+        }
         self.accel = match device {
             Device::Cpu => None,
             Device::Cuda(n) => Some(Accel::Cuda(std::sync::Arc::new(crate::backend::cuda::GpuModel::new(
@@ -485,9 +500,50 @@ impl ElmoModel {
         &self.file
     }
 
+    /// The ids the model computes tokenized sentences from: bilm-tf's
+    /// character bytes ([`crate::chars`]), or an ELMoForManyLangs model's
+    /// lexicon ids ([`crate::lexicon`]). The tokenisation is the model's.
+    pub fn encode<S: AsRef<[T]>, T: AsRef<str>>(&self, sentences: &[S]) -> Result<CharIds> {
+        let c = self.options().char_cnn.max_characters_per_token;
+        match &self.lexicon {
+            None => encode_batch(sentences, c),
+            Some(l) => l.encode_batch(sentences, c),
+        }
+    }
+
+    /// The lexicon of an ELMoForManyLangs model (`None` for bilm-tf's).
+    pub fn lexicon(&self) -> Option<&crate::lexicon::Lexicon> {
+        self.lexicon.as_ref()
+    }
+
+    /// Refuses ids outside the embeddings (ids of another model's
+    /// tokenisation, say), naming the first.
+    fn check_id_range(&self, ids: &CharIds) -> Result<()> {
+        let o = self.options();
+        let (c, width) = (o.char_cnn.max_characters_per_token, o.ids_per_token());
+        let rows = o.char_cnn.n_characters;
+        let words = o.word_embedding.map_or(0, |w| w.n_words);
+        for row in ids.ids().chunks_exact(width.max(1)) {
+            if let Some(&bad) = row[..c].iter().find(|&&x| x as usize >= rows) {
+                return Err(Error::Input(format!(
+                    "char id {bad} is out of range for this model (0..{rows})"
+                )));
+            }
+            if width > c {
+                let w = row[c] as usize | (row[c + 1] as usize) << 16;
+                if w >= words {
+                    return Err(Error::Input(format!(
+                        "word id {w} is out of range for this model (0..{words})"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Embeds tokenized sentences, each independently (zero initial state).
     pub fn embed<S: AsRef<[T]>, T: AsRef<str>>(&self, sentences: &[S]) -> Result<BiLmOutput> {
-        let ids = encode_batch(sentences, self.options().char_cnn.max_characters_per_token)?;
+        let ids = self.encode(sentences)?;
         Ok(self.run(&ids, None, false)?.0)
     }
 
@@ -498,7 +554,7 @@ impl ElmoModel {
         sentences: &[S],
         state: &mut LstmState,
     ) -> Result<BiLmOutput> {
-        let ids = encode_batch(sentences, self.options().char_cnn.max_characters_per_token)?;
+        let ids = self.encode(sentences)?;
         Ok(self.run(&ids, Some(state), false)?.0)
     }
 

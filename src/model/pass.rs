@@ -12,13 +12,14 @@ impl ElmoModel {
     ) -> Result<(BiLmOutput, Option<Intermediates>)> {
         let o = self.options();
         let (p, u, nl) = (o.lstm.projection_dim, o.lstm.dim, o.lstm.n_layers);
-        let c = o.char_cnn.max_characters_per_token;
+        let c = o.ids_per_token();
         if ids.chars() != c {
             return Err(Error::Input(format!(
-                "char ids have {} characters per token, the model expects {c}",
+                "char ids have {} ids per token, the model expects {c}",
                 ids.chars()
             )));
         }
+        self.check_id_range(ids)?;
         let b = ids.batch();
         if let Some(s) = state.as_deref() {
             if s.capacity < b {
@@ -200,7 +201,7 @@ impl ElmoModel {
             o.lstm.dim,
             o.lstm.n_layers,
         );
-        let pad = self.token_pipeline(&vec![0u16; o.char_cnn.max_characters_per_token], true);
+        let pad = self.token_pipeline(&vec![0u16; o.ids_per_token()], true);
         let scatter = |packed: &[f32], pad_row: &[f32], w: usize| -> Vec<f32> {
             let mut v = Vec::with_capacity(b * t2 * w);
             for &(off, len) in segs {

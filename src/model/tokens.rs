@@ -11,10 +11,7 @@ impl ElmoModel {
     /// Every row is the same fma chain whatever the rows around it, so the
     /// results are bitwise those of computing every position.
     pub(super) fn tokens(&self, ids: &[u16], keep: bool) -> TokenOut {
-        let (c, p) = (
-            self.options().char_cnn.max_characters_per_token,
-            self.options().lstm.projection_dim,
-        );
+        let (c, p) = (self.options().ids_per_token(), self.options().lstm.projection_dim);
         let (words, index) = if self.share_words {
             distinct_words(ids, c)
         } else {
@@ -77,7 +74,7 @@ impl ElmoModel {
     /// Char CNN, highway and projection for `ids.len() / C` tokens, in
     /// parallel chunks. `keep`: also return the CNN and highway outputs.
     pub(super) fn token_pipeline(&self, ids: &[u16], keep: bool) -> TokenOut {
-        let c = self.options().char_cnn.max_characters_per_token;
+        let c = self.options().ids_per_token();
         let chunk = Limits::new(self.options(), self.budget).token_chunk * c;
         let chunks = ids.len().div_ceil(chunk).max(1);
         // Fewer chunks than threads (a short request): the threads share
@@ -103,18 +100,22 @@ impl ElmoModel {
 
     pub(super) fn token_chunk(&self, ids: &[u16], keep: bool, parts: usize) -> TokenOut {
         let o = self.options();
-        let (c, e, f) = (
+        let (c, e, f, width) = (
             o.char_cnn.max_characters_per_token,
             o.char_cnn.embedding_dim,
             o.n_filters(),
+            o.ids_per_token(),
         );
-        let n = ids.len() / c;
-        // (n*C, E): character embeddings, token after token.
+        let n = ids.len() / width;
+        // (n*C, E): character embeddings, token after token (a row's ids
+        // after the C characters are its word id).
         let table = self.char_embed.data();
-        let mut emb = Vec::with_capacity(ids.len() * e);
-        for &id in ids {
-            let r = id as usize * e;
-            emb.extend_from_slice(&table[r..r + e]);
+        let mut emb = Vec::with_capacity(n * c * e);
+        for row in ids.chunks_exact(width) {
+            for &id in &row[..c] {
+                let r = id as usize * e;
+                emb.extend_from_slice(&table[r..r + e]);
+            }
         }
         // (n, F): one token at a time (spread over the threads when they
         // share this chunk), each filter's windows in one product, then the
@@ -174,6 +175,21 @@ impl ElmoModel {
                 highway.push(x.clone());
             }
         }
+        // ELMoForManyLangs' word embedding goes before the character
+        // features: (n, D + F).
+        let (x, f) = match &self.word_embed {
+            None => (x, f),
+            Some(table) => {
+                let d = o.word_dim();
+                let mut xw = Vec::with_capacity(n * (d + f));
+                for (row, xt) in ids.chunks_exact(width).zip(x.chunks_exact(f.max(1))) {
+                    let w = row[c] as usize | (row[c + 1] as usize) << 16;
+                    xw.extend_from_slice(&table.data()[w * d..(w + 1) * d]);
+                    xw.extend_from_slice(xt);
+                }
+                (xw, d + f)
+            }
+        };
         let tok = match &self.projection {
             Some((w, bias)) => {
                 let p = o.lstm.projection_dim;

@@ -14,6 +14,9 @@ fn dims(s: &[usize]) -> String {
 /// A listing of `path`, whichever kind of file it is.
 pub fn describe(path: &Path) -> Result<String> {
     let mut out = String::new();
+    if path.is_dir() && path.join("char.dic").is_file() {
+        return describe_efml(path);
+    }
     if path.is_file() {
         let mut head = [0u8; 8];
         let n = std::io::Read::read(
@@ -35,6 +38,14 @@ pub fn describe(path: &Path) -> Result<String> {
                 m.version
             );
             let _ = writeln!(out, "options: {}", m.options.to_json());
+            if let Some(l) = &m.lexicon {
+                let _ = writeln!(
+                    out,
+                    "lexicon: {} characters, {} words (ELMoForManyLangs tokenisation)",
+                    l.char_rows(),
+                    l.word_rows()
+                );
+            }
             let logical: std::collections::BTreeMap<_, _> = expected_tensors(&m.options).into_iter().collect();
             let mut rows: Vec<(String, String)> = Vec::new();
             for (name, t) in &m.tensors {
@@ -66,6 +77,31 @@ pub fn describe(path: &Path) -> Result<String> {
     for v in ckpt.variables() {
         let part = if v.is_partitioned() { "\tpartitioned" } else { "" };
         let _ = writeln!(out, "  {}\t{}\t{}{part}", v.name, dims(&v.shape), v.dtype);
+    }
+    Ok(out)
+}
+
+/// An ELMoForManyLangs model folder: its config, lexicons and the tensors
+/// of both state dicts, as our options and layout would read them.
+fn describe_efml(dir: &Path) -> Result<String> {
+    let mut out = String::new();
+    let folder = elmo::io::efml::read_folder(dir)?;
+    let _ = writeln!(out, "{}: ELMoForManyLangs model folder", dir.display());
+    let _ = writeln!(out, "model config: {}", folder.config_source);
+    let _ = writeln!(out, "options: {}", folder.options.to_json());
+    let _ = writeln!(
+        out,
+        "lexicon: {} characters, {} words",
+        folder.lexicon.char_rows(),
+        folder.lexicon.word_rows()
+    );
+    for file in ["token_embedder.pkl", "encoder.pkl"] {
+        let p = dir.join(file);
+        let tensors = elmo::io::torch::read_state_dict(&p)?;
+        let _ = writeln!(out, "{file}: {} tensors", tensors.len());
+        for t in tensors {
+            let _ = writeln!(out, "  {}\t{}\tF32", t.name, dims(&t.shape));
+        }
     }
     Ok(out)
 }

@@ -46,6 +46,10 @@ enum Command {
         /// Settings of a known model for a checkpoint (`tfhub-elmo-2`).
         #[arg(long, requires = "tf_checkpoint")]
         preset: Option<String>,
+        /// An ELMoForManyLangs model folder (config.json, char.dic, word.dic,
+        /// token_embedder.pkl, encoder.pkl).
+        #[arg(long, conflicts_with_all = ["hdf5", "tf_checkpoint", "options"])]
+        elmoformanylangs: Option<PathBuf>,
         /// Where to write the converted model (.safetensors).
         #[arg(long)]
         out: PathBuf,
@@ -327,10 +331,26 @@ fn run(cmd: Command) -> Result<()> {
             hdf5,
             tf_checkpoint,
             preset,
+            elmoformanylangs,
             out,
             dtype,
         } => {
             let dtype: elmo::convert::WeightDtype = dtype.parse()?;
+            if let Some(dir) = elmoformanylangs {
+                let t0 = std::time::Instant::now();
+                elmo::io::efml::convert_elmoformanylangs(&dir, &out, dtype)?;
+                eprintln!("wrote {} in {:.2} s", out.display(), t0.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            if let Some(o) = &options {
+                // What bilm-tf's training wrote (n_characters 261) is read as
+                // the prediction layout: said once, not silently.
+                if let Ok((_, notices)) = elmo::Options::from_file_noting(o) {
+                    for n in notices {
+                        eprintln!("notice: {n}");
+                    }
+                }
+            }
             if let Some(ckpt) = tf_checkpoint {
                 let t0 = std::time::Instant::now();
                 elmo::tfckpt::convert_tf_checkpoint_with(&ckpt, options.as_deref(), preset.as_deref(), &out, dtype)?;
