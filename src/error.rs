@@ -31,6 +31,17 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
+    /// A PyTorch state dict (`torch.save`, zip or legacy serialisation) is
+    /// malformed, truncated, not float32, or names code to run (refused).
+    /// `msg` names the tensor when there is one (`tensor 'x': ...`) and the
+    /// byte offset for pickle errors.
+    #[error("{path}: {msg}")]
+    Torch {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
     /// Input data (sentences, token ids, input files) is invalid.
     #[error("input: {0}")]
     Input(String),
