@@ -261,3 +261,69 @@ fn bilm_tf_training_options_convert_with_a_notice() {
     let b = common::small_model(tmp.path());
     assert_eq!(a.embed(&[vec!["a", "b"]]).unwrap(), b.embed(&[vec!["a", "b"]]).unwrap());
 }
+
+/// Every golden sentence of a model, in file order: tokens and `(L + 1, n, 2P)`.
+fn all_goldens(name: &str) -> Vec<(Vec<String>, Vec<f32>)> {
+    let mut v = Vec::new();
+    for path in golden_files(&fixture(&format!("efml/{name}")), "golden_") {
+        let g = Golden::load(&path);
+        for (b, s) in g.tokens().into_iter().enumerate() {
+            v.push((s, golden_sentence(&g, b).1));
+        }
+    }
+    v
+}
+
+#[test]
+fn the_keras_style_layer_corpus_and_batcher_paths_give_the_package_values() {
+    use elmo::corpus::{CorpusConfig, Input, Layers, embed_corpus};
+    use elmo::layer::{ElmoEmbedding, OutputMode};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    for name in MODELS {
+        let model = Arc::new(ElmoModel::load(&convert(name, dir.path())).unwrap());
+        let src = fixture(&format!("efml/{name}"));
+        // The layer (`ElmoEmbedding(idx2word, "lstm_outputs2")`): (B, T, 2P).
+        for path in golden_files(&src, "golden_") {
+            let g = Golden::load(&path);
+            let tokens = g.tokens();
+            let (idx2word, ids) = common::vocab_and_ids(&tokens);
+            let layer = ElmoEmbedding::new(model.clone(), idx2word, OutputMode::LstmOutputs(2), false).unwrap();
+            let out = layer.call(&ids).unwrap();
+            let v = out.value();
+            let (t, d) = (v.shape()[1], v.shape()[2]);
+            for (b, s) in tokens.iter().enumerate() {
+                let want = golden_sentence(&g, b).1;
+                let top = &want[2 * s.len() * d..];
+                assert_close(&format!("layer {name} {b}"), &v.data()[b * t * d..][..s.len() * d], top, ATOL, RTOL);
+            }
+        }
+        // Corpus embedding into HDF5, every layer.
+        let out = dir.path().join(format!("{name}.hdf5"));
+        let cfg = CorpusConfig {
+            layers: Layers::All,
+            batch_size: 2,
+            window: 3,
+            ..Default::default()
+        };
+        let s = embed_corpus(&model, Input::open(&src.join("batches.jsonl")).unwrap(), &out, &cfg, &mut |_| {}).unwrap();
+        let want = all_goldens(name);
+        assert_eq!(s.sentences as usize, want.len());
+        let file = hdf5_reader::Hdf5File::open(&out).unwrap();
+        let mut worst = 0f32;
+        for (key, (_, w)) in want.iter().enumerate() {
+            let ds = file.dataset(&key.to_string()).unwrap();
+            let mut got = vec![0f32; w.len()];
+            ds.read_into(&mut got).unwrap();
+            worst = worst.max(assert_close(&format!("corpus {name} {key}"), &got, w, ATOL, RTOL));
+        }
+        eprintln!("efml {name} through the corpus HDF5 file: max abs error {worst:e}");
+        // The cross-request batcher: each answer bitwise the request alone.
+        let batcher = elmo::serve::Batcher::new(model.clone(), Default::default()).unwrap();
+        for (tokens, w) in &want {
+            let got = batcher.embed(vec![tokens.clone()]).unwrap();
+            assert_eq!(got, model.embed(&[tokens]).unwrap());
+            assert_close(&format!("batcher {name}"), &ours(&got, 0), w, ATOL, RTOL);
+        }
+    }
+}

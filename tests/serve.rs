@@ -962,3 +962,32 @@ fn soak_of_thousands_of_requests_keeps_memory_flat() {
         "RSS grew from {warm} KiB to {end} KiB over 10,000 requests"
     );
 }
+
+#[test]
+fn an_elmoformanylangs_model_serves_the_package_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("efml/words");
+    let path = dir.path().join("words.safetensors");
+    elmo::io::efml::convert_elmoformanylangs(&src, &path, elmo::convert::WeightDtype::F32).unwrap();
+    let server = Server::start(&path, &[]);
+    let mut worst = 0f32;
+    for f in golden_files(&src, "golden_") {
+        let g = Golden::load(&f);
+        let tokens = g.tokens();
+        let r = server.post("/embed_all", json!({"inputs": tokens}));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let all = r.json();
+        for (b, _) in tokens.iter().enumerate() {
+            // (L + 1, n, 2P), as the package's sents2elmo(output_layer=-2).
+            let (_, want) = g.f32(&format!("emb_{b}"));
+            let got: Vec<f32> = all[b]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|layer| layer.as_array().unwrap().iter().flat_map(f32s).collect::<Vec<_>>())
+                .collect();
+            worst = worst.max(assert_close(&format!("{} {b}", g.name), &got, &want, 1e-5, 1e-4));
+        }
+    }
+    eprintln!("efml words over HTTP: max abs error {worst:e}");
+}

@@ -65,7 +65,7 @@ fn state_dict(dir: &Path, file: &str) -> Result<(std::path::PathBuf, HashMap<Str
 
 /// Takes tensor `name` of shape `shape` from a state dict.
 fn take(sd: &mut (std::path::PathBuf, HashMap<String, TorchTensor>), name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-    let (path, map) = sd;
+    let (path, map) = (&sd.0, &mut sd.1);
     let t = map
         .remove(name)
         .ok_or_else(|| Error::tensor(path, name, "missing from the state dict"))?;
@@ -233,7 +233,7 @@ fn refuse_leftovers(sd: &(std::path::PathBuf, HashMap<String, TorchTensor>)) -> 
     left.sort();
     match left.first() {
         None => Ok(()),
-        Some(name) => Err(Error::tensor(
+        Some(&name) => Err(Error::tensor(
             &sd.0,
             name,
             format!(
