@@ -421,13 +421,6 @@ impl ElmoModel {
     /// feature; [`Error::CudaUnavailable`] when the device cannot be used
     /// (no driver, no such device, too old, too small), naming the device.
     pub fn with_device(mut self, device: Device) -> Result<Self> {
-        if device != Device::Cpu && self.word_embed.is_some() {
-            // The GPU pass has no word embedding (yet): refused, not ignored.
-            return Err(Error::Input(
-                "this ELMoForManyLangs model has a word embedding, which only the CPU pass computes; use the CPU"
-                    .into(),
-            ));
-        }
         self.accel = match device {
             Device::Cpu => None,
             Device::Cuda(n) => Some(Accel::Cuda(std::sync::Arc::new(crate::backend::cuda::GpuModel::new(

@@ -296,6 +296,13 @@ impl<F> Weights<F> {
     pub(crate) fn upload<B: Upload<F = F>>(be: &B, file: &crate::io::model_file::ModelFile) -> Result<Self> {
         use crate::io::model_file::lstm_name;
         let o = &file.options;
+        if o.word_embedding.is_some() {
+            // Refused rather than computed without the words.
+            return Err(Error::Input(
+                "this ELMoForManyLangs model has a word embedding, which only the CPU pass computes; use the CPU"
+                    .into(),
+            ));
+        }
         let up = |name: &str| -> Result<F> { be.up_f32(&file.values(name)?) };
         let convs = ConvTable::new(
             &o.char_cnn.filters,

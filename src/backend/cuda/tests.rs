@@ -187,3 +187,32 @@ fn gpu_forward_on_the_host_backend_matches_the_cpu_path() {
         }
     }
 }
+
+/// ELMoForManyLangs models run the GPU pass unchanged when they have no
+/// word embedding (their weights are converted into bilm-tf's layout, their
+/// lexicon ids are the pass's input), bitwise the CPU path's on the host
+/// backend; one with words is refused, never computed without them.
+#[test]
+#[cfg_attr(miri, ignore = "maps files")]
+fn elmoformanylangs_models_on_the_host_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let f32 = crate::io::convert::WeightDtype::F32;
+    let chars = dir.path().join("chars.safetensors");
+    crate::io::efml::convert_elmoformanylangs(&root.join("tests/fixtures/efml/chars"), &chars, f32).unwrap();
+    let cpu = ElmoModel::load(&chars).unwrap();
+    let host = ElmoModel::load(&chars).unwrap().with_host_backend(ZX_BYTES).unwrap();
+    let batch = vec![
+        vec!["Das".to_string(), "ist".into(), "ein".into(), "Test".into()],
+        vec![],
+        vec!["我们".into(), "😊".into(), "Übergrößenträgerinnenschaftsverband".into()],
+    ];
+    let ids = cpu.encode(&batch).unwrap();
+    for (name, x, y) in both(&host, &cpu, &ids, None, "efml chars") {
+        same(&name, &x, &y);
+    }
+    let words = dir.path().join("words.safetensors");
+    crate::io::efml::convert_elmoformanylangs(&root.join("tests/fixtures/efml/words"), &words, f32).unwrap();
+    let e = ElmoModel::load(&words).unwrap().with_host_backend(ZX_BYTES).unwrap_err();
+    assert!(e.to_string().contains("word embedding"), "{e}");
+}
