@@ -41,7 +41,7 @@ def record(what: str, gset: str, err: float) -> None:
 def pytest_terminal_summary(terminalreporter):
     if MAX_ERR:
         where = f" (KERAS_BACKEND={os.environ.get('KERAS_BACKEND', 'tensorflow')})" if "keras" in sys.modules else ""
-        terminalreporter.write_line(f"max abs error against TensorFlow's goldens{where}:")
+        terminalreporter.write_line(f"max abs error against the goldens (TensorFlow's; ELMoForManyLangs' own for efml){where}:")
         for (what, gset), e in sorted(MAX_ERR.items()):
             terminalreporter.write_line(f"  {what:<40} {gset:<6} {e:.2e}")
 
