@@ -327,3 +327,23 @@ fn the_keras_style_layer_corpus_and_batcher_paths_give_the_package_values() {
         }
     }
 }
+
+/// `--dtype bf16`: the LSTM matrices in bfloat16, within the documented bf16
+/// tolerance of the f32 goldens (atol 1e-1, as for bilm-tf models).
+#[test]
+fn bf16_conversion_stays_within_the_bf16_tolerance() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in MODELS {
+        let out = dir.path().join(format!("{name}-bf16.safetensors"));
+        elmo::io::efml::convert_elmoformanylangs(&fixture(&format!("efml/{name}")), &out, elmo::convert::WeightDtype::Bf16)
+            .unwrap();
+        let model = ElmoModel::load(&out).unwrap();
+        assert!(!model.file().bf16.is_empty());
+        let mut worst = 0f32;
+        for (tokens, want) in all_goldens(name) {
+            let got = model.embed(&[&tokens]).unwrap();
+            worst = worst.max(assert_close(&format!("bf16 {name}"), &ours(&got, 0), &want, 1e-1, 0.0));
+        }
+        eprintln!("efml {name} bf16: max abs error {worst:e}");
+    }
+}
