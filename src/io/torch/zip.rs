@@ -61,7 +61,10 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
 
     let mut data = HashMap::new();
     for key in &storages.order {
-        let &(dtype, numel) = &storages.by_key[key];
+        let &(dtype, numel) = storages
+            .by_key
+            .get(key)
+            .ok_or_else(|| format!("storage '{key}' was not recorded"))?;
         // Other dtypes are not read at all; a tensor on them is refused by name.
         if dtype != Dtype::F32 {
             continue;
