@@ -32,7 +32,7 @@ use tensor::TensorRef;
 /// One tensor of a state dict, materialised as float32.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TorchTensor {
-    /// The state dict's key (`encoder.forward_layer_0.input_linearity.weight`).
+    /// The state dict's key (`forward_layer_0.input_linearity.weight`).
     pub name: String,
     /// The tensor's size (torch's `tensor.shape`); empty for a scalar.
     pub shape: Vec<usize>,
