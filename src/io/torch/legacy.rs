@@ -4,10 +4,10 @@
 //! storage keys), then each storage in that list's order as a little-endian
 //! u64 element count and the raw little-endian elements.
 
-use std::collections::{HashMap, HashSet};
 use super::pickle::{Key, Value, unpickle};
 use super::tensor::{Dtype, Storages, state_dict_items};
 use super::{Parsed, f32s};
+use std::collections::{HashMap, HashSet};
 
 /// The first pickle of a legacy file: the integer 0x1950a86a20f9469cfc6c.
 const MAGIC: i128 = 0x1950a86a20f9469cfc6c;
@@ -23,12 +23,17 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
     }
     let (version, at) = unpickle(bytes, at, &mut no_pid).map_err(|e| e.to_string())?;
     if !matches!(version, Value::Int(PROTOCOL_VERSION)) {
-        return Err(format!("torch legacy protocol version {version:?} (only {PROTOCOL_VERSION} is read)"));
+        return Err(format!(
+            "torch legacy protocol version {version:?} (only {PROTOCOL_VERSION} is read)"
+        ));
     }
     let (sys_info, at) = unpickle(bytes, at, &mut no_pid).map_err(|e| e.to_string())?;
     if let Value::Dict(info) = &sys_info {
         // Big-endian writers wrote big-endian storages.
-        let little = info.items.iter().find(|(k, _)| matches!(k, Key::Str(s) if &**s == "little_endian"));
+        let little = info
+            .items
+            .iter()
+            .find(|(k, _)| matches!(k, Key::Str(s) if &**s == "little_endian"));
         if let Some((_, value)) = little
             && !matches!(value, Value::Bool(true))
         {
@@ -93,7 +98,9 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
         }
     }
     if let Some(missing) = storages.order.iter().find(|k| !seen.contains(*k)) {
-        return Err(format!("storage '{missing}' is not in the list of storages: its data is missing"));
+        return Err(format!(
+            "storage '{missing}' is not in the list of storages: its data is missing"
+        ));
     }
     // Bytes after the last storage are not torch's to read (a file may hold
     // more than one saved object); torch.load ignores them too.

@@ -4,8 +4,8 @@
 //!
 //! Both of torch's serialisations are read:
 //!
-//! * the zip one (torch's default since 1.6; [`zip`](self) module): an
-//!   archive `<prefix>/data.pkl` + `<prefix>/data/<key>`;
+//! * the zip one (torch's default since 1.6): an archive of
+//!   `<prefix>/data.pkl` and the storages' bytes, `<prefix>/data/<key>`;
 //! * the legacy one (`_use_new_zipfile_serialization=False`, what the
 //!   released ELMoForManyLangs models of 2018 use): a run of pickles
 //!   followed by the storages' raw bytes.
@@ -32,7 +32,7 @@ use tensor::TensorRef;
 /// One tensor of a state dict, materialised as float32.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TorchTensor {
-    /// The state dict's key (`encoder.forward_layer_0.input_linearity.weight`).
+    /// The state dict's key (`forward_layer_0.input_linearity.weight`).
     pub name: String,
     /// The tensor's size (torch's `tensor.shape`); empty for a scalar.
     pub shape: Vec<usize>,
@@ -89,20 +89,20 @@ fn materialise(parsed: Parsed) -> std::result::Result<Vec<TorchTensor>, String> 
         .items
         .into_iter()
         .map(|(name, t)| {
-            let fail = |msg: String| format!("tensor '{name}': {msg}");
             let dtype = t.storage.dtype;
             if dtype != tensor::Dtype::F32 {
-                return Err(fail(format!(
-                    "is {} ({}), only float32 is read",
+                return Err(format!(
+                    "tensor '{name}' is {} ({}), only float32 is read",
                     dtype.name(),
                     dtype.storage_name()
-                )));
+                ));
             }
+            let fail = |msg: String| format!("tensor '{name}': {msg}");
             let storage = parsed
                 .data
                 .get(&t.storage.key)
                 .ok_or_else(|| fail(format!("storage '{}' has no data", t.storage.key)))?;
-            let data = tensor::gather(&t, storage, &mut budget).map_err(|m| fail(m.to_string()))?;
+            let data = tensor::gather(&t, storage, &mut budget).map_err(fail)?;
             Ok(TorchTensor {
                 name: name.clone(),
                 shape: t.size.clone(),

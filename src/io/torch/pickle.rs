@@ -83,7 +83,9 @@ impl Global {
             ("torch._utils", "_rebuild_tensor_v2") => Some(Global::RebuildTensorV2),
             ("torch._utils", "_rebuild_tensor") => Some(Global::RebuildTensor),
             ("torch._utils", "_rebuild_parameter") => Some(Global::RebuildParameter),
-            ("torch", storage) => Dtype::from_storage_name(storage).map(Global::Storage),
+            // A model saved from a GPU names `torch.cuda.*Storage`: the
+            // bytes are the same, and the storage is only a name here.
+            ("torch" | "torch.cuda", storage) => Dtype::from_storage_name(storage).map(Global::Storage),
             _ => None,
         }
     }
@@ -246,7 +248,10 @@ impl<'a> Unpickler<'a> {
                         return Err("STOP with a MARK still open".into());
                     }
                     if self.stack.len() != 1 {
-                        return Err(format!("STOP with {} values on the stack (expected 1)", self.stack.len()));
+                        return Err(format!(
+                            "STOP with {} values on the stack (expected 1)",
+                            self.stack.len()
+                        ));
                     }
                     return self.pop();
                 }
@@ -258,7 +263,10 @@ impl<'a> Unpickler<'a> {
                     self.marks.push(self.stack.len());
                 }
                 b'}' => self.push(Value::Dict(Rc::default()))?,
-                b']' => self.push(Value::List(Rc::new(Seq { items: Vec::new(), depth: 1 })))?,
+                b']' => self.push(Value::List(Rc::new(Seq {
+                    items: Vec::new(),
+                    depth: 1,
+                })))?,
                 b')' => self.push(tuple(Vec::new())?)?,
                 // TUPLE
                 b't' => {
@@ -294,7 +302,11 @@ impl<'a> Unpickler<'a> {
                     if n > 16 {
                         return Err(format!("LONG1 of {n} bytes (at most 16 are read)"));
                     }
-                    let fill = if b.last().is_some_and(|&last| last & 0x80 != 0) { 0xff } else { 0 };
+                    let fill = if b.last().is_some_and(|&last| last & 0x80 != 0) {
+                        0xff
+                    } else {
+                        0
+                    };
                     let mut le = [fill; 16];
                     le[..n].copy_from_slice(b);
                     self.push(Value::Int(i128::from_le_bytes(le)))?;
@@ -328,7 +340,11 @@ impl<'a> Unpickler<'a> {
                 }
                 // SHORT_BINBYTES, BINBYTES
                 b'C' | b'B' => {
-                    let len = if op == b'C' { u64::from(self.take(1)?[0]) } else { u64::from(self.u32()?) };
+                    let len = if op == b'C' {
+                        u64::from(self.take(1)?[0])
+                    } else {
+                        u64::from(self.u32()?)
+                    };
                     let b = self.take_len(len)?;
                     self.push(Value::Bytes(b.into()))?;
                 }
@@ -389,7 +405,11 @@ impl<'a> Unpickler<'a> {
                 }
                 // APPEND, APPENDS
                 b'a' | b'e' => {
-                    let items = if op == b'a' { vec![self.pop()?] } else { self.pop_mark()? };
+                    let items = if op == b'a' {
+                        vec![self.pop()?]
+                    } else {
+                        self.pop_mark()?
+                    };
                     self.append(items)?;
                 }
                 // BINPUT, LONG_BINPUT, MEMOIZE
@@ -407,8 +427,15 @@ impl<'a> Unpickler<'a> {
                 }
                 // BINGET, LONG_BINGET
                 b'h' | b'j' => {
-                    let index = if op == b'h' { u32::from(self.take(1)?[0]) } else { self.u32()? };
-                    let value = self.memo.get(&index).ok_or_else(|| format!("memo entry {index} is not set"))?;
+                    let index = if op == b'h' {
+                        u32::from(self.take(1)?[0])
+                    } else {
+                        self.u32()?
+                    };
+                    let value = self
+                        .memo
+                        .get(&index)
+                        .ok_or_else(|| format!("memo entry {index} is not set"))?;
                     let value = value.clone();
                     self.push(value)?;
                 }
@@ -473,7 +500,7 @@ impl<'a> Unpickler<'a> {
         let global = Global::lookup(module, name).ok_or_else(|| {
             format!(
                 "global '{module}.{name}' is refused (a state dict names only collections.OrderedDict, \
-                 torch._utils._rebuild_tensor_v2 and torch storage types)"
+                 torch._utils._rebuild_tensor(_v2), torch._utils._rebuild_parameter and torch storage types)"
             )
         })?;
         self.push(Value::Global(global))
@@ -588,7 +615,11 @@ fn reduce(callable: Value, args: Value) -> R<Value> {
         // (storage, storage_offset, size, stride, requires_grad,
         // backward_hooks[, metadata]); _rebuild_tensor has the first four.
         Global::RebuildTensorV2 | Global::RebuildTensor => {
-            let (least, most) = if global == Global::RebuildTensor { (4, 4) } else { (6, 7) };
+            let (least, most) = if global == Global::RebuildTensor {
+                (4, 4)
+            } else {
+                (6, 7)
+            };
             if !(least..=most).contains(&args.len()) {
                 return Err(format!(
                     "tensor rebuilt from {} arguments (expected {least} to {most})",
@@ -602,11 +633,7 @@ fn reduce(callable: Value, args: Value) -> R<Value> {
             let size = dims(&args[2], "size")?;
             let stride = dims(&args[3], "stride")?;
             if size.len() != stride.len() {
-                return Err(format!(
-                    "tensor with {} sizes and {} strides",
-                    size.len(),
-                    stride.len()
-                ));
+                return Err(format!("tensor with {} sizes and {} strides", size.len(), stride.len()));
             }
             Ok(Value::Tensor(Rc::new(TensorRef {
                 storage: storage.clone(),

@@ -122,7 +122,10 @@ impl Storages {
             other => return Err(format!("persistent id of a {} (expected 'storage')", other.kind())),
         }
         let Value::Global(super::pickle::Global::Storage(dtype)) = items[1] else {
-            return Err(format!("storage type is a {} (expected a torch storage type)", items[1].kind()));
+            return Err(format!(
+                "storage type is a {} (expected a torch storage type)",
+                items[1].kind()
+            ));
         };
         let Value::Str(key) = &items[2] else {
             return Err(format!("storage key is a {} (expected a str)", items[2].kind()));
@@ -140,7 +143,12 @@ impl Storages {
                 }
                 (offset, len)
             }
-            Some(other) => return Err(format!("storage view is a {} (expected None or a 3-tuple)", other.kind())),
+            Some(other) => {
+                return Err(format!(
+                    "storage view is a {} (expected None or a 3-tuple)",
+                    other.kind()
+                ));
+            }
         };
         match self.by_key.get(key) {
             Some(&(d, n)) if (d, n) != (dtype, numel) => {
@@ -210,7 +218,9 @@ pub(crate) fn gather(t: &TensorRef, storage: &[f32], budget: &mut usize) -> Resu
         .size
         .iter()
         .zip(&t.stride)
-        .try_fold(t.offset, |acc, (&d, &s)| (d - 1).checked_mul(s).and_then(|x| acc.checked_add(x)))
+        .try_fold(t.offset, |acc, (&d, &s)| {
+            (d - 1).checked_mul(s).and_then(|x| acc.checked_add(x))
+        })
         .ok_or("its strides overflow")?;
     let view_numel = usize::try_from(t.storage.view_numel).map_err(|_| "its storage is too large")?;
     if last >= view_numel {
@@ -242,7 +252,12 @@ pub(crate) fn gather(t: &TensorRef, storage: &[f32], budget: &mut usize) -> Resu
     // A dimension of size 1 never moves: its stride (which may be anything,
     // since it never multiplies a non-zero index) is taken as 0, so that
     // the odometer below cannot overflow.
-    let stride: Vec<usize> = t.size.iter().zip(&t.stride).map(|(&d, &s)| if d == 1 { 0 } else { s }).collect();
+    let stride: Vec<usize> = t
+        .size
+        .iter()
+        .zip(&t.stride)
+        .map(|(&d, &s)| if d == 1 { 0 } else { s })
+        .collect();
     let mut out = Vec::with_capacity(numel);
     let mut idx = vec![0usize; rank];
     let mut at = t.offset;

@@ -21,8 +21,7 @@ const MAX_DEFLATE_RATIO: u64 = 1032;
 
 /// Parses a zip file's bytes.
 pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
-    let mut archive =
-        ZipArchive::new(Cursor::new(bytes)).map_err(|e| format!("not a readable zip archive ({e})"))?;
+    let mut archive = ZipArchive::new(Cursor::new(bytes)).map_err(|e| format!("not a readable zip archive ({e})"))?;
     // The pickle is `<prefix>/data.pkl`, `<prefix>` a single folder.
     let prefixes: Vec<String> = archive
         .file_names()
@@ -53,13 +52,19 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
     let (state_dict, end) = unpickle(&pickle, 0, &mut |pid: &Value| storages.load(pid, false))
         .map_err(|e| format!("{prefix}/data.pkl: {e}"))?;
     if end != pickle.len() {
-        return Err(format!("{prefix}/data.pkl: {} bytes after its STOP", pickle.len() - end));
+        return Err(format!(
+            "{prefix}/data.pkl: {} bytes after its STOP",
+            pickle.len() - end
+        ));
     }
     let items = state_dict_items(&state_dict)?;
 
     let mut data = HashMap::new();
     for key in &storages.order {
-        let &(dtype, numel) = &storages.by_key[key];
+        let &(dtype, numel) = storages
+            .by_key
+            .get(key)
+            .ok_or_else(|| format!("storage '{key}' was not recorded"))?;
         // Other dtypes are not read at all; a tensor on them is refused by name.
         if dtype != Dtype::F32 {
             continue;
@@ -78,20 +83,33 @@ pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
 /// The bytes of entry `name`, checked: its size against `expect` (when
 /// given) and against what its compressed bytes can hold, its extent against
 /// the archive's `len`, its CRC-32 (which the zip crate checks at the end).
-fn read_entry(archive: &mut ZipArchive<Cursor<&[u8]>>, name: &str, expect: Option<usize>, len: u64) -> Result<Vec<u8>, String> {
+fn read_entry(
+    archive: &mut ZipArchive<Cursor<&[u8]>>,
+    name: &str,
+    expect: Option<usize>,
+    len: u64,
+) -> Result<Vec<u8>, String> {
     let fail = |msg: String| format!("entry '{name}': {msg}");
     // Without it the zip crate keeps one of two entries of the same name and
     // does not compare the local header with the central directory.
     let options = ZipReadOptions::new().enforce_header_consistency(true);
-    let mut entry = archive.by_name_with_options(name, options).map_err(|e| fail(e.to_string()))?;
+    let mut entry = archive
+        .by_name_with_options(name, options)
+        .map_err(|e| fail(e.to_string()))?;
     let (size, compressed) = (entry.size(), entry.compressed_size());
     let most = match entry.compression() {
         CompressionMethod::Stored => compressed,
         CompressionMethod::Deflated => compressed.saturating_mul(MAX_DEFLATE_RATIO),
-        other => return Err(fail(format!("compression method {other:?} (only stored or deflated entries)"))),
+        other => {
+            return Err(fail(format!(
+                "compression method {other:?} (only stored or deflated entries)"
+            )));
+        }
     };
     if size > most {
-        return Err(fail(format!("declares {size} bytes, more than its {compressed} compressed bytes hold")));
+        return Err(fail(format!(
+            "declares {size} bytes, more than its {compressed} compressed bytes hold"
+        )));
     }
     if entry
         .data_start()
