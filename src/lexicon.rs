@@ -58,7 +58,10 @@ impl Dic {
                 }
             };
             let id: u32 = id.trim_matches(is_python_space).parse().map_err(|_| {
-                Error::Input(format!("{what} line {}: id {id:?} is not a non-negative integer", i + 1))
+                Error::Input(format!(
+                    "{what} line {}: id {id:?} is not a non-negative integer",
+                    i + 1
+                ))
             })?;
             entries.push((token.to_string(), id));
         }
@@ -219,10 +222,10 @@ impl Lexicon {
 
     /// Reads [`to_json`](Self::to_json)'s output back (checked as [`Lexicon::new`] does).
     pub fn from_json(text: &str) -> Result<Self> {
-        let v: Value =
-            serde_json::from_str(text).map_err(|e| Error::Input(format!("lexicon: not valid JSON: {e}")))?;
+        let v: Value = serde_json::from_str(text).map_err(|e| Error::Input(format!("lexicon: not valid JSON: {e}")))?;
         let chars = Dic::from_value(
-            v.get("chars").ok_or_else(|| Error::Input("lexicon: no 'chars'".into()))?,
+            v.get("chars")
+                .ok_or_else(|| Error::Input("lexicon: no 'chars'".into()))?,
             "chars",
         )?;
         let words = v.get("words").map(|w| Dic::from_value(w, "words")).transpose()?;
@@ -322,8 +325,18 @@ mod tests {
             vec![("x".into(), 0), ("\u{3000}".into(), 7), ("\u{3000}".into(), 8)]
         );
         assert_eq!(d.rows(), 2);
-        assert!(Dic::parse("a\tb\tc\n", "char.dic").unwrap_err().to_string().contains("line 1"));
-        assert!(Dic::parse("a\tx\n", "char.dic").unwrap_err().to_string().contains("not a non-negative"));
+        assert!(
+            Dic::parse("a\tb\tc\n", "char.dic")
+                .unwrap_err()
+                .to_string()
+                .contains("line 1")
+        );
+        assert!(
+            Dic::parse("a\tx\n", "char.dic")
+                .unwrap_err()
+                .to_string()
+                .contains("not a non-negative")
+        );
     }
 
     #[test]

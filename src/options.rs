@@ -168,11 +168,10 @@ impl Options {
     /// `n_characters: 261` (its README tells users to set 262 before
     /// prediction); such a file is read as 262, with a notice.
     pub fn from_json_noting(text: &str) -> Result<(Self, Vec<String>)> {
-        let mut v: Value =
-            serde_json::from_str(text).map_err(|e| Error::Options(format!("not valid JSON: {e}")))?;
+        let mut v: Value = serde_json::from_str(text).map_err(|e| Error::Options(format!("not valid JSON: {e}")))?;
         let mut notices = Vec::new();
-        let training = field(&v, "char_cnn.n_characters").and_then(Value::as_u64) == Some(261)
-            && field(&v, "family").is_none();
+        let training =
+            field(&v, "char_cnn.n_characters").and_then(Value::as_u64) == Some(261) && field(&v, "family").is_none();
         if training {
             v["char_cnn"]["n_characters"] = N_CHARACTERS.into();
             notices.push(
@@ -248,7 +247,9 @@ impl Options {
             Some(other) => {
                 return Err(Error::Options(format!(
                     "'family' must be \"bilm-tf\" or \"elmoformanylangs\", got {}",
-                    other.map(|s| format!("\"{s}\"")).unwrap_or_else(|| "a non-string".into())
+                    other
+                        .map(|s| format!("\"{s}\""))
+                        .unwrap_or_else(|| "a non-string".into())
                 )));
             }
         };
@@ -492,7 +493,12 @@ mod tests {
         assert!(msg(edit(|v| v["char_cnn"]["n_characters"] = 261.into())).contains("261 character rows"));
         assert!(msg(edit(|v| v["char_cnn"]["n_characters"] = 300.into())).contains("only 262"));
         assert!(msg(edit(|v| v["family"] = "gpt".into())).contains("'family'"));
-        assert!(msg(edit(|v| v["word_embedding"] = serde_json::json!({"dim": 4, "n_words": 9}))).contains("only read"));
+        assert!(
+            msg(edit(
+                |v| v["word_embedding"] = serde_json::json!({"dim": 4, "n_words": 9})
+            ))
+            .contains("only read")
+        );
         assert!(msg(edit(|v| v["char_cnn"]["filters"] = serde_json::json!([]))).contains("empty"));
         assert!(msg(edit(|v| v["char_cnn"]["activation"] = "gelu".into())).contains("relu"));
         assert!(msg(edit(|v| v["lstm"]["dim"] = 0.into())).contains("positive"));

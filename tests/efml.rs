@@ -48,7 +48,13 @@ fn both_models_reproduce_the_package() {
             for (b, s) in batch.iter().enumerate() {
                 let (shape, want) = golden_sentence(&g, b);
                 assert_eq!(shape, vec![out.n_layers, s.len(), out.dim], "{name} {}", g.name);
-                let e = assert_close(&format!("{name} {} sentence {b}", g.name), &ours(&out, b), &want, ATOL, RTOL);
+                let e = assert_close(
+                    &format!("{name} {} sentence {b}", g.name),
+                    &ours(&out, b),
+                    &want,
+                    ATOL,
+                    RTOL,
+                );
                 worst = worst.max(e);
             }
         }
@@ -85,7 +91,10 @@ fn the_tokenisation_travels_in_the_model_file() {
     let copy = dir.path().join("moved.safetensors");
     std::fs::copy(&path, &copy).unwrap();
     let again = ElmoModel::load(&copy).unwrap();
-    assert_eq!(again.embed(&[vec!["Kurz"]]).unwrap(), model.embed(&[vec!["Kurz"]]).unwrap());
+    assert_eq!(
+        again.embed(&[vec!["Kurz"]]).unwrap(),
+        model.embed(&[vec!["Kurz"]]).unwrap()
+    );
     // bilm-tf char ids are another model's tokenisation.
     let bilm = elmo::encode_batch(&[vec!["Kurz"]], 24).unwrap();
     let e = model.forward(&bilm, None).unwrap_err().to_string();
@@ -117,7 +126,10 @@ fn the_cli_converts_inspects_and_embeds_as_the_package() {
         assert!(text.contains("forward_layer_1.state_linearity.bias"), "{text}");
         let o = elmo(&["inspect", model.to_str().unwrap()]);
         let text = String::from_utf8_lossy(&o.stdout);
-        assert!(text.contains("\"family\":\"elmoformanylangs\"") && text.contains("lexicon:"), "{text}");
+        assert!(
+            text.contains("\"family\":\"elmoformanylangs\"") && text.contains("lexicon:"),
+            "{text}"
+        );
         // The batches file is the CLI's JSON-lines input: one batch a line.
         let out = dir.path().join(format!("{name}.npz"));
         let o = elmo(&[
@@ -146,7 +158,13 @@ fn the_cli_converts_inspects_and_embeds_as_the_package() {
                     let at = ((row * layers + k) * t) * d;
                     mine.extend_from_slice(&lm[at..at + len * d]);
                 }
-                worst = worst.max(assert_close(&format!("cli {name} {} {b}", g.name), &mine, &want, ATOL, RTOL));
+                worst = worst.max(assert_close(
+                    &format!("cli {name} {} {b}", g.name),
+                    &mine,
+                    &want,
+                    ATOL,
+                    RTOL,
+                ));
                 row += 1;
             }
         }
@@ -206,13 +224,19 @@ fn bad_folders_are_refused_naming_the_file_and_the_tensor() {
     let d = case("wrong_dim");
     edit_config(&d, "efml_words.json", |v| v["encoder"]["dim"] = 24.into());
     let e = convert_err(&d);
-    assert!(e.contains("encoder.pkl") && e.contains("forward_layer_0.input_linearity.weight") && e.contains("shape"), "{e}");
+    assert!(
+        e.contains("encoder.pkl") && e.contains("forward_layer_0.input_linearity.weight") && e.contains("shape"),
+        "{e}"
+    );
 
     // One highway more than the weights have: a tensor is missing.
     let d = case("missing_tensor");
     edit_config(&d, "efml_words.json", |v| v["token_embedder"]["n_highway"] = 3.into());
     let e = convert_err(&d);
-    assert!(e.contains("token_embedder.pkl") && e.contains("highways._layers.2.weight") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("token_embedder.pkl") && e.contains("highways._layers.2.weight") && e.contains("missing"),
+        "{e}"
+    );
 
     // One fewer: a tensor is left over.
     let d = case("leftover");
@@ -230,7 +254,13 @@ fn bad_folders_are_refused_naming_the_file_and_the_tensor() {
     let d = case("cli");
     std::fs::remove_file(d.join("token_embedder.pkl")).unwrap();
     let out = tmp.path().join("x.safetensors");
-    let o = elmo(&["convert", "--elmoformanylangs", d.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = elmo(&[
+        "convert",
+        "--elmoformanylangs",
+        d.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_one_line_error(&o, "token_embedder.pkl");
 }
 
@@ -253,7 +283,11 @@ fn bilm_tf_training_options_convert_with_a_notice() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let notices: Vec<String> = stderr(&o).lines().filter(|l| l.starts_with("notice:")).map(String::from).collect();
+    let notices: Vec<String> = stderr(&o)
+        .lines()
+        .filter(|l| l.starts_with("notice:"))
+        .map(String::from)
+        .collect();
     assert_eq!(notices.len(), 1, "{}", stderr(&o));
     assert!(notices[0].contains("261") && notices[0].contains("262"));
     // The model is the one the 262 file gives.
@@ -295,7 +329,13 @@ fn the_keras_style_layer_corpus_and_batcher_paths_give_the_package_values() {
             for (b, s) in tokens.iter().enumerate() {
                 let want = golden_sentence(&g, b).1;
                 let top = &want[2 * s.len() * d..];
-                assert_close(&format!("layer {name} {b}"), &v.data()[b * t * d..][..s.len() * d], top, ATOL, RTOL);
+                assert_close(
+                    &format!("layer {name} {b}"),
+                    &v.data()[b * t * d..][..s.len() * d],
+                    top,
+                    ATOL,
+                    RTOL,
+                );
             }
         }
         // Corpus embedding into HDF5, every layer.
@@ -306,7 +346,14 @@ fn the_keras_style_layer_corpus_and_batcher_paths_give_the_package_values() {
             window: 3,
             ..Default::default()
         };
-        let s = embed_corpus(&model, Input::open(&src.join("batches.jsonl")).unwrap(), &out, &cfg, &mut |_| {}).unwrap();
+        let s = embed_corpus(
+            &model,
+            Input::open(&src.join("batches.jsonl")).unwrap(),
+            &out,
+            &cfg,
+            &mut |_| {},
+        )
+        .unwrap();
         let want = all_goldens(name);
         assert_eq!(s.sentences as usize, want.len());
         let file = hdf5_reader::Hdf5File::open(&out).unwrap();
@@ -335,8 +382,12 @@ fn bf16_conversion_stays_within_the_bf16_tolerance() {
     let dir = tempfile::tempdir().unwrap();
     for name in MODELS {
         let out = dir.path().join(format!("{name}-bf16.safetensors"));
-        elmo::io::efml::convert_elmoformanylangs(&fixture(&format!("efml/{name}")), &out, elmo::convert::WeightDtype::Bf16)
-            .unwrap();
+        elmo::io::efml::convert_elmoformanylangs(
+            &fixture(&format!("efml/{name}")),
+            &out,
+            elmo::convert::WeightDtype::Bf16,
+        )
+        .unwrap();
         let model = ElmoModel::load(&out).unwrap();
         assert!(!model.file().bf16.is_empty());
         let mut worst = 0f32;

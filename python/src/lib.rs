@@ -473,7 +473,9 @@ fn convert(
     let dtype: elmo::convert::WeightDtype = dtype.parse().map_err(err)?;
     if let Some(dir) = elmoformanylangs {
         if options.is_some() || hdf5.is_some() || tf_checkpoint.is_some() || preset.is_some() {
-            return Err(input_err("elmoformanylangs takes no options, hdf5, tf_checkpoint or preset"));
+            return Err(input_err(
+                "elmoformanylangs takes no options, hdf5, tf_checkpoint or preset",
+            ));
         }
         let o = out.clone();
         py.detach(move || elmo::io::efml::convert_elmoformanylangs(&dir, &o, dtype))

@@ -376,12 +376,18 @@ impl ModelFile {
             (Family::BilmTf, None) => None,
             (Family::BilmTf, Some(_)) => return Err(err("metadata has a lexicon, but the model is bilm-tf's".into())),
             (Family::ElmoForManyLangs, None) => {
-                return Err(err("an ELMoForManyLangs model without its lexicon in the metadata".into()));
+                return Err(err(
+                    "an ELMoForManyLangs model without its lexicon in the metadata".into()
+                ));
             }
             (Family::ElmoForManyLangs, Some(text)) => {
                 let l = Lexicon::from_json(text).map_err(|e| err(e.to_string()))?;
                 let w = options.word_embedding.map_or(0, |w| w.n_words);
-                let words_ok = if w > 0 { l.word_rows() + 1 == w } else { l.words().is_none() };
+                let words_ok = if w > 0 {
+                    l.word_rows() + 1 == w
+                } else {
+                    l.words().is_none()
+                };
                 if l.char_rows() + 1 != options.char_cnn.n_characters || !words_ok {
                     return Err(err(format!(
                         "the lexicon ({} characters, {} words) does not match the options ({} and {} rows with the zero row)",

@@ -213,7 +213,7 @@ fn each_part(parts: &mut [Part], f: impl Fn(&mut Part) + Send + Sync) {
 /// run forward passes from any number of threads.
 pub struct ElmoModel {
     file: ModelFile,
-    char_embed: Tensor, // (262, E), row 0 = zeros (ELMoForManyLangs: its lexicon's rows + 1)
+    char_embed: Tensor,         // (262, E), row 0 = zeros (ELMoForManyLangs: its lexicon's rows + 1)
     word_embed: Option<Tensor>, // (words + 1, D), row 0 = zeros
     lexicon: Option<crate::lexicon::Lexicon>,
     convs: Vec<Conv>,

@@ -213,6 +213,9 @@ fn elmoformanylangs_models_on_the_host_backend() {
     }
     let words = dir.path().join("words.safetensors");
     crate::io::efml::convert_elmoformanylangs(&root.join("tests/fixtures/efml/words"), &words, f32).unwrap();
-    let e = ElmoModel::load(&words).unwrap().with_host_backend(ZX_BYTES).unwrap_err();
+    let e = ElmoModel::load(&words)
+        .unwrap()
+        .with_host_backend(ZX_BYTES)
+        .unwrap_err();
     assert!(e.to_string().contains("word embedding"), "{e}");
 }

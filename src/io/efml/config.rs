@@ -12,7 +12,19 @@ use std::path::{Path, PathBuf};
 /// as facts: the released models' `config.json` name one of them.
 /// `(file name, filters, n_highway, word_dim, char_dim, max chars,
 /// projection, cell size, layers, cell clip, projection clip)`.
-type Stock = (&'static str, [(usize, usize); 7], usize, usize, usize, usize, usize, usize, usize, f64, f64);
+type Stock = (
+    &'static str,
+    [(usize, usize); 7],
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    f64,
+    f64,
+);
 const STOCK: [Stock; 2] = [
     (
         "cnn_0_100_512_4096_sample.json",

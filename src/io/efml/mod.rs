@@ -51,8 +51,13 @@ pub struct Folder {
 fn read_dic(dir: &Path, name: &str) -> Result<Dic> {
     let path = dir.join(name);
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| Error::Input(format!("{}: not UTF-8 (at byte {})", path.display(), e.utf8_error().valid_up_to())))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::Input(format!(
+            "{}: not UTF-8 (at byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
     Dic::parse(&text, &path.display().to_string())
 }
 
@@ -73,7 +78,10 @@ fn take(sd: &mut (std::path::PathBuf, HashMap<String, TorchTensor>), name: &str,
         return Err(Error::tensor(
             path,
             name,
-            format!("shape {:?} does not match the model config, which needs {shape:?}", t.shape),
+            format!(
+                "shape {:?} does not match the model config, which needs {shape:?}",
+                t.shape
+            ),
         ));
     }
     if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
@@ -121,7 +129,11 @@ pub fn read_folder(dir: &Path) -> Result<Folder> {
         .and_then(|w| w.as_u64())
         .unwrap_or(0);
     let chars = read_dic(dir, "char.dic")?;
-    let words = if word_dim > 0 { Some(read_dic(dir, "word.dic")?) } else { None };
+    let words = if word_dim > 0 {
+        Some(read_dic(dir, "word.dic")?)
+    } else {
+        None
+    };
     let lexicon = Lexicon::new(chars, words).map_err(|e| match e {
         Error::Input(m) => Error::Input(format!("{}: {m}", dir.display())),
         other => other,
@@ -173,14 +185,22 @@ pub fn read_folder(dir: &Path) -> Result<Folder> {
             carry.extend(row[f..].iter().map(|v| -v));
         }
         out.push((format!("CNN_high_{h}/W_carry"), vec![f, f], carry));
-        out.push((format!("CNN_high_{h}/b_carry"), vec![f], b[f..].iter().map(|v| -v).collect()));
+        out.push((
+            format!("CNN_high_{h}/b_carry"),
+            vec![f],
+            b[f..].iter().map(|v| -v).collect(),
+        ));
         out.push((format!("CNN_high_{h}/W_transform"), vec![f, f], transform));
         out.push((format!("CNN_high_{h}/b_transform"), vec![f], b[..f].to_vec()));
     }
     let d = options.projection_input();
     let w = take(&mut te, "projection.weight", &[p, d])?;
     out.push(("CNN_proj/W_proj".into(), vec![d, p], transpose(&w, p, d)));
-    out.push(("CNN_proj/b_proj".into(), vec![p], take(&mut te, "projection.bias", &[p])?));
+    out.push((
+        "CNN_proj/b_proj".into(),
+        vec![p],
+        take(&mut te, "projection.bias", &[p])?,
+    ));
     refuse_leftovers(&te)?;
 
     let mut enc = state_dict(dir, "encoder.pkl")?;
@@ -214,7 +234,11 @@ pub fn read_folder(dir: &Path) -> Result<Folder> {
             }
             out.push((crate::io::model_file::lstm_name(di, l, "W_0"), vec![2 * p, 4 * u], k));
             out.push((crate::io::model_file::lstm_name(di, l, "B"), vec![4 * u], bias));
-            out.push((crate::io::model_file::lstm_name(di, l, "W_P_0"), vec![u, p], transpose(&wp, p, u)));
+            out.push((
+                crate::io::model_file::lstm_name(di, l, "W_P_0"),
+                vec![u, p],
+                transpose(&wp, p, u),
+            ));
         }
     }
     refuse_leftovers(&enc)?;
