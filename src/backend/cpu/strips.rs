@@ -14,6 +14,13 @@ pub trait WeightElem: Copy + Send + Sync + 'static {
     /// # Safety
     /// `p .. p + 8` must be readable values of `Self`.
     unsafe fn load8_ptr(p: *const Self) -> wide::f32x8;
+    /// This view as bfloat16 weights: `Some` for `u16` only. How the
+    /// dispatcher picks the bf16 dot-product kernel for a generic `T` (once
+    /// per call, nothing per element).
+    fn as_bf16(w: Strips<'_, Self>) -> Option<Strips<'_, u16>> {
+        let _ = w;
+        None
+    }
 }
 
 impl WeightElem for f32 {
@@ -39,6 +46,10 @@ impl WeightElem for u16 {
         // SAFETY: the caller guarantees 8 readable u16 at p.
         let h = unsafe { std::ptr::read_unaligned(p as *const [u16; 8]) };
         wide::f32x8::from(h.map(crate::tensor::bf16_to_f32))
+    }
+    #[inline(always)]
+    fn as_bf16(w: Strips<'_, u16>) -> Option<Strips<'_, u16>> {
+        Some(w)
     }
 }
 
@@ -254,6 +265,15 @@ fn run_strips_gemm<T: WeightElem>(
         // SAFETY: the level is only chosen (or accepted by
         // `strips_gemm_at`) where the CPU has AVX-512F.
         SimdLevel::Avx512 => unsafe { super::strips_avx512::strips_gemm_avx512(m, a, lda, w, s0, s1, c, ldc, reverse) },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512Bf16 => match T::as_bf16(w) {
+            // SAFETY: the level is only chosen (or accepted) where the CPU
+            // has AVX-512F, AVX512BW and AVX512-BF16.
+            Some(wb) => unsafe { super::strips_bf16::strips_gemm_bf16dot(m, a, lda, wb, s0, s1, c, ldc, reverse) },
+            // f32 weights: the avx512 kernels, the same bits as there.
+            // SAFETY: AVX-512F, as above.
+            None => unsafe { super::strips_avx512::strips_gemm_avx512(m, a, lda, w, s0, s1, c, ldc, reverse) },
+        },
         SimdLevel::Scalar => strips_gemm_scalar(m, a, lda, w, s0, s1, c, ldc),
         _ => strips_gemm_avx2(m, a, lda, w, s0, s1, c, ldc, reverse),
     }
