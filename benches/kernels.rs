@@ -297,7 +297,11 @@ fn strips_gemm_bf16<const M: usize>(b: Bencher, level: &str) {
     let w = Strips::new(&w, k, n);
     let mut c = vec![0f32; M * n];
     let b = b.counter(ItemsCount::new(2 * M * k * n));
-    let b = if M == 1 { b.counter(BytesCount::new(2 * k * n)) } else { b };
+    let b = if M == 1 {
+        b.counter(BytesCount::new(2 * k * n))
+    } else {
+        b
+    };
     b.bench_local(|| {
         elmo::cpu::strips_gemm_at(level, M, &a, k, w, 0, w.n_strips(), &mut c, n, false).unwrap();
         black_box(&c);
