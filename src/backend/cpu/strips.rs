@@ -3,7 +3,9 @@
 //! form.
 
 /// An element type weight matrices are stored in: f32, or bfloat16 as
-/// `u16` (widened exactly to f32 on load; the arithmetic is f32 either way).
+/// `u16` (widened exactly to f32 on load, the arithmetic f32, at every level
+/// but `avx512bf16`, which multiplies bf16 weights by activations rounded to
+/// bf16: see [`strips_gemm_bf16dot_ref`](super::strips_gemm_bf16dot_ref)).
 pub trait WeightElem: Copy + Send + Sync + 'static {
     /// Values per 64-byte cache line.
     const LINE: usize = 64 / std::mem::size_of::<Self>();
@@ -198,7 +200,9 @@ pub(super) fn row_block(k: usize) -> usize {
 ///
 /// Every element of `C` is the fma chain of [`gemm_fma_ref`](super::gemm_fma_ref) (`p = 0..k` in
 /// order from zero), so all tiles, row counts and strip ranges agree
-/// bitwise. Register tiles: 1 row x 4 strips (8 accumulators) for a single
+/// bitwise. (At the `avx512bf16` level bf16 weights take the sums of
+/// [`strips_gemm_bf16dot_ref`](super::strips_gemm_bf16dot_ref) instead, with
+/// the same independence.) Register tiles: 1 row x 4 strips (8 accumulators) for a single
 /// row, 2 or 3 rows x 2 strips; from 4 rows on, blocks of rows are copied
 /// into per-tile panels (`pack_panels`) and run as tiles of up to 6 rows
 /// x 1 strip (12 accumulators) over depth blocks of a strip (at most 64
