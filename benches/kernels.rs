@@ -258,7 +258,7 @@ fn main() {
 /// baseline beside it): the projection and recurrent products of the LSTM
 /// at batch 1 and 32, and the highway product at 704 tokens. Levels a CPU
 /// lacks are skipped (listed by `elmo devices`).
-#[divan::bench(args = ["scalar", "avx2", "avx512"], consts = [1, 32, 704])]
+#[divan::bench(args = ["scalar", "avx2", "avx512", "avx512bf16"], consts = [1, 32, 704])]
 fn strips_gemm_level<const M: usize>(b: Bencher, level: &str) {
     let level: elmo::cpu::SimdLevel = level.parse().unwrap();
     if !level.available() || (level == elmo::cpu::SimdLevel::Scalar && M > 1) {
@@ -272,6 +272,37 @@ fn strips_gemm_level<const M: usize>(b: Bencher, level: &str) {
     let w = Strips::new(&w, k, n);
     let mut c = vec![0f32; M * n];
     b.counter(ItemsCount::new(2 * M * k * n)).bench_local(|| {
+        elmo::cpu::strips_gemm_at(level, M, &a, k, w, 0, w.n_strips(), &mut c, n, false).unwrap();
+        black_box(&c);
+    });
+}
+
+/// bf16 weights at `avx512` (widened exactly to f32, f32 fma, f32
+/// activations) and at `avx512bf16` (`vdpbf16ps` on activations rounded to
+/// bf16), in this process: the shapes of [`strips_gemm_level`]. Counted in
+/// FLOPs, and at batch 1 (memory-bound: 16 MiB of weights) also in bytes of
+/// weights read. Levels a CPU lacks are skipped.
+#[divan::bench(args = ["avx512", "avx512bf16"], consts = [1, 32, 704])]
+fn strips_gemm_bf16<const M: usize>(b: Bencher, level: &str) {
+    let level: elmo::cpu::SimdLevel = level.parse().unwrap();
+    if !level.available() {
+        return;
+    }
+    let (k, n) = if M == 704 { (F, F) } else { (P, 4 * U) };
+    let a = values(M * k, 11);
+    let w: Vec<u16> = pack_strips(&values(k * n, 12), k, n)
+        .iter()
+        .map(|&x| elmo::tensor::f32_to_bf16(x))
+        .collect();
+    let w = Strips::new(&w, k, n);
+    let mut c = vec![0f32; M * n];
+    let b = b.counter(ItemsCount::new(2 * M * k * n));
+    let b = if M == 1 {
+        b.counter(BytesCount::new(2 * k * n))
+    } else {
+        b
+    };
+    b.bench_local(|| {
         elmo::cpu::strips_gemm_at(level, M, &a, k, w, 0, w.n_strips(), &mut c, n, false).unwrap();
         black_box(&c);
     });

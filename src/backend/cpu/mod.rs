@@ -3,8 +3,9 @@
 //! with a plain reference that tests compare against.
 //!
 //! Files: `gemm.rs` the plain product; `strips.rs` the strip-packed product
-//! (f32 and bf16 weights) on AVX2, `strips_avx512.rs` on AVX-512F and its
-//! scalar reference; `cell.rs` the element-wise kernels; `simd.rs` which
+//! (f32 and bf16 weights) on AVX2 and its scalar reference,
+//! `strips_avx512.rs` on AVX-512F, `strips_bf16.rs` bf16 weights on
+//! AVX512-BF16 (`vdpbf16ps`) and that kernel's scalar reference; `cell.rs` the element-wise kernels; `simd.rs` which
 //! level runs (picked at run time, `ELMO_SIMD` forces one).
 
 mod cell;
@@ -13,6 +14,7 @@ pub mod simd;
 mod strips;
 #[cfg(target_arch = "x86_64")]
 mod strips_avx512;
+mod strips_bf16;
 #[cfg(test)]
 mod tests;
 
@@ -20,6 +22,7 @@ pub use cell::*;
 pub use gemm::*;
 pub use simd::{SimdLevel, available_levels, kernel_calls, simd_level, simd_level_checked};
 pub use strips::*;
+pub use strips_bf16::{bf16_round_activation, strips_gemm_bf16dot_ref};
 
 /// Rows `index[i]` of `x` (rows of `w` values), one after the other; empty
 /// for an empty `x`.

@@ -1,8 +1,17 @@
 //! Which kernels run: the SIMD level, picked once per process at run time.
 //!
+//! * `avx512bf16`: as `avx512`, except that products with bf16 weights
+//!   (model files converted with `--dtype bf16`) run on AVX512-BF16's
+//!   `vdpbf16ps`: the activations are rounded to bf16 (to nearest even)
+//!   once per product and each product element sums pairs of bf16
+//!   products (`strips_bf16.rs`, reference
+//!   [`strips_gemm_bf16dot_ref`](super::strips_gemm_bf16dot_ref)). Products
+//!   with f32 weights run the `avx512` kernels, so f32 files give the same
+//!   bits as at `avx512`.
 //! * `avx512`: the strip-packed products on 512-bit registers (AVX-512F),
-//!   one register per 16-column strip; the element-wise kernels as at
-//!   `avx2`.
+//!   one register per 16-column strip; bf16 weights are widened exactly to
+//!   f32 and the arithmetic is f32 fma (the activations stay f32); the
+//!   element-wise kernels as at `avx2`.
 //! * `avx2`: AVX2 + FMA through `wide` (the build's baseline,
 //!   x86-64-v3).
 //! * `scalar`: the plain references everywhere (the strip products as
@@ -11,15 +20,21 @@
 //!   [`highway_blend_ref`](super::highway_blend_ref)).
 //!
 //! The best level the CPU has is used unless `ELMO_SIMD` names one
-//! (`scalar`, `avx2`, `avx512`); a level the CPU lacks, or an unknown name,
-//! is refused by [`simd_level_checked`] (which `ElmoModel::load` calls) with
-//! a message naming what the CPU has.
+//! (`scalar`, `avx2`, `avx512`, `avx512bf16`); a level the CPU lacks, or an
+//! unknown name, is refused by [`simd_level_checked`] (which
+//! `ElmoModel::load` calls) with a message naming what the CPU has. So
+//! `ELMO_SIMD=avx512` keeps a bf16 file on the widening f32 path (f32
+//! activations) on a CPU that has AVX512-BF16.
 //!
-//! Results: every level computes each product element as the same fma
-//! chain (`p = 0..k` in order), so `avx512` and `avx2` agree bitwise; the
-//! `scalar` level's element-wise functions differ from the vectorised ones
-//! in the last bits. Within a level results never depend on the batch,
-//! thread count or memory budget.
+//! Results: `scalar`, `avx2` and `avx512` compute each product element as
+//! the same fma chain (`p = 0..k` in order), so `avx512` and `avx2` agree
+//! bitwise, for f32 and bf16 weights alike; the `scalar` level's
+//! element-wise functions differ from the vectorised ones in the last bits.
+//! `avx512bf16` agrees bitwise with `avx512` on f32 files; on bf16 files
+//! its results differ from the other levels' (bf16 activations: about 8
+//! significant bits per activation instead of 24, see docs/performance.md
+//! for the error against the f32 goldens). Within a level results never
+//! depend on the batch, thread count or memory budget.
 
 use crate::error::{Error, Result};
 use std::sync::OnceLock;
@@ -34,18 +49,27 @@ pub enum SimdLevel {
     Avx2,
     /// AVX-512F for the products.
     Avx512,
+    /// AVX-512F, and AVX512-BF16 (with AVX512BW) for the products with
+    /// bf16 weights.
+    Avx512Bf16,
 }
 
 impl SimdLevel {
     /// Every level, slowest first.
-    pub const ALL: [SimdLevel; 3] = [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512];
+    pub const ALL: [SimdLevel; 4] = [
+        SimdLevel::Scalar,
+        SimdLevel::Avx2,
+        SimdLevel::Avx512,
+        SimdLevel::Avx512Bf16,
+    ];
 
-    /// `scalar`, `avx2` or `avx512`.
+    /// `scalar`, `avx2`, `avx512` or `avx512bf16`.
     pub fn name(self) -> &'static str {
         match self {
             SimdLevel::Scalar => "scalar",
             SimdLevel::Avx2 => "avx2",
             SimdLevel::Avx512 => "avx512",
+            SimdLevel::Avx512Bf16 => "avx512bf16",
         }
     }
 
@@ -63,6 +87,13 @@ impl SimdLevel {
             }
             #[cfg(target_arch = "x86_64")]
             SimdLevel::Avx512 => SimdLevel::Avx2.available() && std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512Bf16 => {
+                // `vpermw` (AVX512BW) pairs the weights' rows for `vdpbf16ps`.
+                SimdLevel::Avx512.available()
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512bf16")
+            }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -93,7 +124,7 @@ impl std::str::FromStr for SimdLevel {
             .find(|l| l.name() == s.trim().to_ascii_lowercase())
             .ok_or_else(|| {
                 Error::Simd(format!(
-                    "unknown SIMD level '{s}': expected one of scalar, avx2, avx512 (this CPU has {})",
+                    "unknown SIMD level '{s}': expected one of scalar, avx2, avx512, avx512bf16 (this CPU has {})",
                     names(&available_levels())
                 ))
             })
@@ -147,7 +178,7 @@ pub fn simd_level() -> SimdLevel {
     simd_level_checked().unwrap_or_else(|_| best_level())
 }
 
-static CALLS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+static CALLS: [AtomicU64; SimdLevel::ALL.len()] = [const { AtomicU64::new(0) }; SimdLevel::ALL.len()];
 
 /// Counts a strip product run at `level` (so that a test can tell which
 /// kernels a run used).

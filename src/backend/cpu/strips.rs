@@ -3,7 +3,9 @@
 //! form.
 
 /// An element type weight matrices are stored in: f32, or bfloat16 as
-/// `u16` (widened exactly to f32 on load; the arithmetic is f32 either way).
+/// `u16` (widened exactly to f32 on load, the arithmetic f32, at every level
+/// but `avx512bf16`, which multiplies bf16 weights by activations rounded to
+/// bf16: see [`strips_gemm_bf16dot_ref`](super::strips_gemm_bf16dot_ref)).
 pub trait WeightElem: Copy + Send + Sync + 'static {
     /// Values per 64-byte cache line.
     const LINE: usize = 64 / std::mem::size_of::<Self>();
@@ -14,6 +16,13 @@ pub trait WeightElem: Copy + Send + Sync + 'static {
     /// # Safety
     /// `p .. p + 8` must be readable values of `Self`.
     unsafe fn load8_ptr(p: *const Self) -> wide::f32x8;
+    /// This view as bfloat16 weights: `Some` for `u16` only. How the
+    /// dispatcher picks the bf16 dot-product kernel for a generic `T` (once
+    /// per call, nothing per element).
+    fn as_bf16(w: Strips<'_, Self>) -> Option<Strips<'_, u16>> {
+        let _ = w;
+        None
+    }
 }
 
 impl WeightElem for f32 {
@@ -39,6 +48,10 @@ impl WeightElem for u16 {
         // SAFETY: the caller guarantees 8 readable u16 at p.
         let h = unsafe { std::ptr::read_unaligned(p as *const [u16; 8]) };
         wide::f32x8::from(h.map(crate::tensor::bf16_to_f32))
+    }
+    #[inline(always)]
+    fn as_bf16(w: Strips<'_, u16>) -> Option<Strips<'_, u16>> {
+        Some(w)
     }
 }
 
@@ -187,7 +200,9 @@ pub(super) fn row_block(k: usize) -> usize {
 ///
 /// Every element of `C` is the fma chain of [`gemm_fma_ref`](super::gemm_fma_ref) (`p = 0..k` in
 /// order from zero), so all tiles, row counts and strip ranges agree
-/// bitwise. Register tiles: 1 row x 4 strips (8 accumulators) for a single
+/// bitwise. (At the `avx512bf16` level bf16 weights take the sums of
+/// [`strips_gemm_bf16dot_ref`](super::strips_gemm_bf16dot_ref) instead, with
+/// the same independence.) Register tiles: 1 row x 4 strips (8 accumulators) for a single
 /// row, 2 or 3 rows x 2 strips; from 4 rows on, blocks of rows are copied
 /// into per-tile panels (`pack_panels`) and run as tiles of up to 6 rows
 /// x 1 strip (12 accumulators) over depth blocks of a strip (at most 64
@@ -254,6 +269,15 @@ fn run_strips_gemm<T: WeightElem>(
         // SAFETY: the level is only chosen (or accepted by
         // `strips_gemm_at`) where the CPU has AVX-512F.
         SimdLevel::Avx512 => unsafe { super::strips_avx512::strips_gemm_avx512(m, a, lda, w, s0, s1, c, ldc, reverse) },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512Bf16 => match T::as_bf16(w) {
+            // SAFETY: the level is only chosen (or accepted) where the CPU
+            // has AVX-512F, AVX512BW and AVX512-BF16.
+            Some(wb) => unsafe { super::strips_bf16::strips_gemm_bf16dot(m, a, lda, wb, s0, s1, c, ldc, reverse) },
+            // f32 weights: the avx512 kernels, the same bits as there.
+            // SAFETY: AVX-512F, as above.
+            None => unsafe { super::strips_avx512::strips_gemm_avx512(m, a, lda, w, s0, s1, c, ldc, reverse) },
+        },
         SimdLevel::Scalar => strips_gemm_scalar(m, a, lda, w, s0, s1, c, ldc),
         _ => strips_gemm_avx2(m, a, lda, w, s0, s1, c, ldc, reverse),
     }

@@ -37,7 +37,7 @@ unsafe fn load16<T: WeightElem>(p: *const T) -> __m512 {
 
 /// The mask of the first `cols` (< 16) lanes.
 #[inline(always)]
-fn lanes(cols: usize) -> __mmask16 {
+pub(super) fn lanes(cols: usize) -> __mmask16 {
     ((1u32 << cols.min(16)) - 1) as __mmask16
 }
 
@@ -46,7 +46,7 @@ fn lanes(cols: usize) -> __mmask16 {
 /// # Safety
 /// `c .. c + min(cols, 16)` must be writable; AVX-512F.
 #[inline(always)]
-unsafe fn store(c: *mut f32, v: __m512, cols: usize) {
+pub(super) unsafe fn store(c: *mut f32, v: __m512, cols: usize) {
     // SAFETY: as the caller guarantees; the masked store writes only the
     // first `cols` lanes.
     unsafe {
@@ -63,7 +63,7 @@ unsafe fn store(c: *mut f32, v: __m512, cols: usize) {
 /// # Safety
 /// `c .. c + min(cols, 16)` must be readable; AVX-512F.
 #[inline(always)]
-unsafe fn load_c(c: *const f32, cols: usize) -> __m512 {
+pub(super) unsafe fn load_c(c: *const f32, cols: usize) -> __m512 {
     // SAFETY: as the caller guarantees; the masked load reads only the
     // first `cols` lanes.
     unsafe {

@@ -116,11 +116,16 @@ fn strips_gemm_matches_the_fma_reference_bitwise() {
             strips_gemm_at(level, 1, &a[r * k..], k, view, 0, ns, &mut one, n, false).unwrap();
             assert_eq!(one, want[r * n..(r + 1) * n], "row {r} of {m}x{k}x{n}");
         }
-        // bf16 weights: widened exactly, the same fma chains.
+        // bf16 weights: widened exactly, the same fma chains; at
+        // avx512bf16 the vdpbf16ps sums (tested further below).
         let wb: Vec<u16> = w.iter().map(|&x| crate::tensor::f32_to_bf16(x)).collect();
         let mut want_b = vec![0f32; m * n];
-        gemm_fma_ref(m, k, n, &a, k, &wb, &mut want_b, n);
         let pb = pack_strips(&wb, k, n);
+        if level == SimdLevel::Avx512Bf16 {
+            strips_gemm_bf16dot_ref(m, &a, k, Strips::new(&pb, k, n), 0, ns, &mut want_b, n);
+        } else {
+            gemm_fma_ref(m, k, n, &a, k, &wb, &mut want_b, n);
+        }
         let mut cb = vec![0f32; m * n];
         strips_gemm_at(level, m, &a, k, Strips::new(&pb, k, n), 0, ns, &mut cb, n, false).unwrap();
         assert_eq!(cb, want_b, "{level} bf16 strips {m}x{k}x{n}");
@@ -203,4 +208,168 @@ fn sigmoid_is_accurate_and_saturates() {
     }
     assert_eq!(clip(5.0, Some(3.0)), 3.0);
     assert_eq!(clip(-5.0, None), -5.0);
+}
+
+/// Max distance in units in the last place between `got` and `want`
+/// (0 for equal bits), and where.
+fn max_ulps(got: &[f32], want: &[f32]) -> (u32, usize) {
+    let key = |x: f32| {
+        let b = x.to_bits() as i64;
+        if b & 0x8000_0000 != 0 { -(b & 0x7FFF_FFFF) } else { b }
+    };
+    got.iter()
+        .zip(want)
+        .enumerate()
+        .map(|(i, (&g, &w))| ((key(g) - key(w)).unsigned_abs() as u32, i))
+        .max()
+        .unwrap_or((0, 0))
+}
+
+#[test]
+fn bf16dot_reference_rounds_and_flushes_as_documented() {
+    // Rounding to nearest even, halfway cases both ways; denormals to zero.
+    assert_eq!(bf16_round_activation(f32::from_bits(0x3F80_8000)), 0x3F80);
+    assert_eq!(bf16_round_activation(f32::from_bits(0x3F81_8000)), 0x3F82);
+    assert_eq!(bf16_round_activation(f32::from_bits(0x3F80_8001)), 0x3F81);
+    assert_eq!(bf16_round_activation(f32::from_bits(0x0000_0001)), 0x0000);
+    assert_eq!(bf16_round_activation(f32::from_bits(0x807F_FFFF)), 0x8000);
+    assert_eq!(bf16_round_activation(f32::MAX), 0x7F80);
+    assert!(crate::tensor::bf16_to_f32(bf16_round_activation(f32::NAN)).is_nan());
+    // 1 x 3 times 3 x 1: (a1 w1 + a0 w0) + a2 w2 with a zero pair, and a
+    // denormal weight read as zero.
+    let w: Vec<u16> = [1.0f32, 2.0, 4.0]
+        .iter()
+        .map(|&x| crate::tensor::f32_to_bf16(x))
+        .collect();
+    let mut w = pack_strips(&w, 3, 1);
+    let a = [1.0f32, 0.5, 0.25];
+    let mut c = [0f32];
+    strips_gemm_bf16dot_ref(1, &a, 3, Strips::new(&w, 3, 1), 0, 1, &mut c, 1);
+    assert_eq!(c[0], 3.0);
+    w[STRIP] = 0x0001; // row 1: a denormal
+    strips_gemm_bf16dot_ref(1, &a, 3, Strips::new(&w, 3, 1), 0, 1, &mut c, 1);
+    assert_eq!(c[0], 2.0);
+}
+
+#[test]
+fn bf16dot_kernel_matches_its_reference_and_ignores_batch_composition() {
+    if !SimdLevel::Avx512Bf16.available() {
+        eprintln!("no AVX512-BF16 on this CPU: the kernel is not tested");
+        return;
+    }
+    let level = SimdLevel::Avx512Bf16;
+    let shapes: &[(usize, usize, usize)] = &[
+        (1, 1, 1),
+        (1, 2, 16),
+        (1, 7, 40),
+        (2, 9, 300),
+        (3, 16, 24),
+        (4, 33, 17),
+        (9, 64, 129),
+        (32, 41, 64),
+        (6, 301, 530),
+        (14, 50, 48),
+        (200, 3, 20),
+        (17, 256, 1030),
+        (100, 2001, 20),  // two row blocks of 50, odd k
+        (13, 1100, 1030), // 2.2 MiB of bf16: fetched ahead
+        (5, 2100, 40),    // depth blocks of 1050 rows
+        (5, 2101, 40),    // depth blocks of 1052 and 1049: an odd last one
+        (1, 2101, 40),
+    ];
+    let mut worst = 0u32;
+    for &(m, k, n) in shapes {
+        let a = fill(m * k, 5);
+        let w = fill((k + 3) * n, 6);
+        // Rows 3 .. 3 + k of a deeper matrix: the view starts at an odd
+        // row, and the rows past it (none here, the next strip's first
+        // rows) are never read.
+        let wb: Vec<u16> = w.iter().map(|&x| crate::tensor::f32_to_bf16(x)).collect();
+        let packed = pack_strips(&wb, k + 3, n);
+        let view = Strips::new(&packed, k + 3, n).rows(3, k);
+        let ns = n.div_ceil(STRIP);
+        let mut want = vec![0f32; m * n];
+        strips_gemm_bf16dot_ref(m, &a, k, view, 0, ns, &mut want, n);
+        let mut got = vec![0f32; m * n];
+        strips_gemm_at(level, m, &a, k, view, 0, ns, &mut got, n, false).unwrap();
+        let (ulps, at) = max_ulps(&got, &want);
+        eprintln!(
+            "{m}x{k}x{n}: max {ulps} ulps vs the reference (at {at}: {} vs {})",
+            got[at], want[at]
+        );
+        worst = worst.max(ulps);
+        // Within the level: the same bits whatever the strip order, strip
+        // range, rows around a row, or thread count.
+        let mut c = vec![0f32; m * n];
+        strips_gemm_at(level, m, &a, k, view, 0, ns, &mut c, n, true).unwrap();
+        assert_eq!(c, got, "reverse {m}x{k}x{n}");
+        let (s0, s1) = (ns / 3, ns - ns / 4);
+        let (j0, j1) = (s0 * STRIP, (s1 * STRIP).min(n));
+        let mut part = vec![0f32; m * (j1 - j0)];
+        strips_gemm_at(level, m, &a, k, view, s0, s1, &mut part, j1 - j0, true).unwrap();
+        for r in 0..m {
+            assert_eq!(
+                part[r * (j1 - j0)..(r + 1) * (j1 - j0)],
+                got[r * n + j0..r * n + j1],
+                "strips {s0}..{s1} row {r}"
+            );
+        }
+        for r in 0..m {
+            let mut one = vec![0f32; n];
+            strips_gemm_at(level, 1, &a[r * k..], k, view, 0, ns, &mut one, n, false).unwrap();
+            assert_eq!(one, got[r * n..(r + 1) * n], "row {r} alone of {m}x{k}x{n}");
+        }
+        for (r0, rows) in [
+            (0, m.min(2)),
+            (m / 3, m - m / 3),
+            (0, m.min(7)),
+            (m - m.min(4), m.min(4)),
+        ] {
+            let mut sub = vec![0f32; rows * n];
+            strips_gemm_at(level, rows, &a[r0 * k..], k, view, 0, ns, &mut sub, n, false).unwrap();
+            assert_eq!(sub, got[r0 * n..(r0 + rows) * n], "rows {r0}..+{rows} of {m}x{k}x{n}");
+        }
+        if simd_level() == level {
+            for (threads, parts) in [(1, 1), (2, 2), (3, 3)] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut c = vec![0f32; m * n];
+                pool.install(|| strips_gemm_par(m, &a, k, view, &mut c, n, parts));
+                assert_eq!(c, got, "{threads} threads {m}x{k}x{n}");
+            }
+        }
+    }
+    // Near the bottom of the range: activations and weights whose products
+    // and sums are denormal (flushed), weights that are denormal bf16
+    // (read as zero), activations that round to a denormal (zero).
+    for (sa, sw) in [
+        (-60, -62),
+        (-58, -64),
+        (-62, -62),
+        (-60, -66),
+        (-70, -60),
+        (-126, 0),
+        (0, -130),
+    ] {
+        let (m, k, n) = (5, 77, 50);
+        let a: Vec<f32> = fill(m * k, 9).iter().map(|&x| x * 2f32.powi(sa)).collect();
+        let wb: Vec<u16> = fill(k * n, 10)
+            .iter()
+            .map(|&x| crate::tensor::f32_to_bf16(x * 2f32.powi(sw)))
+            .collect();
+        let packed = pack_strips(&wb, k, n);
+        let view = Strips::new(&packed, k, n);
+        let ns = n.div_ceil(STRIP);
+        let (mut want, mut got) = (vec![0f32; m * n], vec![0f32; m * n]);
+        strips_gemm_bf16dot_ref(m, &a, k, view, 0, ns, &mut want, n);
+        strips_gemm_at(level, m, &a, k, view, 0, ns, &mut got, n, false).unwrap();
+        let (ulps, at) = max_ulps(&got, &want);
+        let zeros = want.iter().filter(|&&x| x == 0.0).count();
+        eprintln!(
+            "scales 2^{sa} 2^{sw}: max {ulps} ulps (at {at}: {:e} vs {:e}), {zeros} zeros",
+            got[at], want[at]
+        );
+        worst = worst.max(ulps);
+    }
+    eprintln!("avx512bf16 vs strips_gemm_bf16dot_ref: max {worst} ulps");
+    assert_eq!(worst, 0, "the kernel's sums differ from the reference's");
 }

@@ -589,7 +589,8 @@ mod tests {
                 let host = load().with_test_backend(HostBackend { scalar: true }, zx).unwrap();
                 let tag = format!("{} zx {zx} share {share}", path.display());
                 on_batches(&gpu, &host, &tag, |name, _, a, b| same(name, a, b));
-                on_batches(&gpu, &load(), &format!("{tag} vs cpu"), |name, stateful, a, b| {
+                let cpu = super::super::tests::cpu_reference(&path).with_word_sharing(share);
+                on_batches(&gpu, &cpu, &format!("{tag} vs cpu"), |name, stateful, a, b| {
                     if !stateful {
                         worst = worst.max(close(name, a, b));
                     }

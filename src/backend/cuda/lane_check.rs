@@ -336,7 +336,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for path in models(dir.path()) {
             for (zx, share) in [(ZX_BYTES, true), (ZX_BYTES, false), (40 << 10, true)] {
-                let cpu = ElmoModel::load(&path).unwrap();
+                let cpu = super::super::tests::cpu_reference(&path);
                 let checked = ElmoModel::load(&path)
                     .unwrap()
                     .with_word_sharing(share)
