@@ -224,6 +224,14 @@ impl<'a> Unpickler<'a> {
     /// Runs opcodes until `STOP`; `op_at` follows the current opcode's offset
     /// for the caller's error.
     fn run(&mut self, persistent_load: &mut PersistentLoad<'_>, op_at: &mut usize) -> R<Value> {
+        // torch writes protocol 2 or later, which begins with PROTO; an
+        // older pickle (protocols 0 and 1 have no PROTO) is another format.
+        *op_at = self.pos;
+        match self.data.get(self.pos) {
+            Some(0x80) => {}
+            Some(_) => return Err("not a pickle of protocol 2 or later (no PROTO opcode first)".to_string()),
+            None => return Err("truncated: no STOP opcode".to_string()),
+        }
         loop {
             *op_at = self.pos;
             let op = self.take(1).map_err(|_| "truncated: no STOP opcode".to_string())?[0];

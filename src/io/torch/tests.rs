@@ -279,6 +279,7 @@ fn hostile_pickles_are_errors() {
     let cases: &[(&[u8], &str)] = &[
         (b"", "truncated"),
         (b"\x80\x06N.", "protocol 6"),
+        (b"}.", "protocol 2 or later"),
         (b"\x80\x02X\xff\xff\xff\xffab.", "truncated"),
         (b"\x80\x02\x8d\xff\xff\xff\xff\xff\xff\xff\xffab.", "bytes needed"),
         (b"\x80\x02T\xff\xff\xff\xff.", "negative length"),
