@@ -307,3 +307,86 @@ fn strips_gemm_bf16<const M: usize>(b: Bencher, level: &str) {
         black_box(&c);
     });
 }
+
+/// The machine's peak beside the kernels: one core's fp32 FMA rate with 12
+/// independent accumulators (register-only, no memory), on 256-bit (`avx2`)
+/// and 512-bit (`avx512`) registers, and `vdpbf16ps` (`avx512bf16`: 32
+/// multiply-adds of bf16 pairs per instruction). Counted in FLOPs.
+#[divan::bench(args = ["avx2", "avx512", "avx512bf16"])]
+fn peak_fma(b: Bencher, level: &str) {
+    let level: elmo::cpu::SimdLevel = level.parse().unwrap();
+    if !level.available() {
+        return;
+    }
+    const ITERS: usize = 1 << 16;
+    let lanes = match level {
+        elmo::cpu::SimdLevel::Avx2 => 8,
+        elmo::cpu::SimdLevel::Avx512 => 16,
+        _ => 32,
+    };
+    b.counter(ItemsCount::new(2 * 12 * lanes * ITERS))
+        .bench_local(|| black_box(peak::run(level, ITERS)));
+}
+
+#[cfg(target_arch = "x86_64")]
+mod peak {
+    use std::arch::x86_64::*;
+    use std::hint::black_box;
+
+    pub fn run(level: elmo::cpu::SimdLevel, iters: usize) -> f32 {
+        // SAFETY: `peak_fma` runs a level only where `available()` says the
+        // CPU has its features.
+        unsafe {
+            match level {
+                elmo::cpu::SimdLevel::Avx2 => fma256(iters),
+                elmo::cpu::SimdLevel::Avx512 => fma512(iters),
+                _ => dpbf16(iters),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn fma256(iters: usize) -> f32 {
+        // Opaque inputs: constants would let the compiler fold the chains.
+        let (x, y) = (_mm256_set1_ps(black_box(0.999)), _mm256_set1_ps(black_box(1e-3)));
+        let mut acc = [_mm256_set1_ps(black_box(1.5)); 12];
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm256_fmadd_ps(*a, x, y);
+            }
+        }
+        let s = acc.iter().fold(_mm256_setzero_ps(), |s, &a| _mm256_add_ps(s, a));
+        _mm256_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn fma512(iters: usize) -> f32 {
+        let (x, y) = (_mm512_set1_ps(black_box(0.999)), _mm512_set1_ps(black_box(1e-3)));
+        let mut acc = [_mm512_set1_ps(black_box(1.5)); 12];
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(*a, x, y);
+            }
+        }
+        _mm512_reduce_add_ps(acc.iter().fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a)))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn dpbf16(iters: usize) -> f32 {
+        let x = _mm512_cvtne2ps_pbh(_mm512_set1_ps(black_box(0.5)), _mm512_set1_ps(black_box(0.25)));
+        let mut acc = [_mm512_set1_ps(black_box(1.5)); 12];
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm512_dpbf16_ps(*a, x, x);
+            }
+        }
+        _mm512_reduce_add_ps(acc.iter().fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a)))
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod peak {
+    pub fn run(_: elmo::cpu::SimdLevel, _: usize) -> f32 {
+        0.0
+    }
+}
