@@ -15,3 +15,4 @@ pub mod model_file;
 pub mod npz;
 pub mod tfckpt;
 pub mod torch;
+mod zip_entry;

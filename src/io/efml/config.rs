@@ -7,63 +7,26 @@ use crate::error::{Error, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// The hyper-parameters of the package's stock configs
-/// (`elmoformanylangs/configs/*.json` of version 0.0.4.post2), restated
-/// as facts: the released models' `config.json` name one of them.
-/// `(file name, filters, n_highway, word_dim, char_dim, max chars,
-/// projection, cell size, layers, cell clip, projection clip)`.
-type Stock = (
-    &'static str,
-    [(usize, usize); 7],
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    f64,
-    f64,
-);
-const STOCK: [Stock; 2] = [
-    (
-        "cnn_0_100_512_4096_sample.json",
-        [(1, 32), (2, 32), (3, 64), (4, 128), (5, 256), (6, 512), (7, 1024)],
-        2,
-        100,
-        50,
-        50,
-        512,
-        4096,
-        2,
-        3.0,
-        3.0,
-    ),
-    (
-        "cnn_50_100_512_4096_sample.json",
-        [(1, 32), (2, 32), (3, 64), (4, 128), (5, 256), (6, 512), (7, 1024)],
-        2,
-        100,
-        50,
-        50,
-        512,
-        4096,
-        2,
-        3.0,
-        3.0,
-    ),
-];
+/// The file names of the package's stock configs
+/// (`elmoformanylangs/configs/*.json` of version 0.0.4.post2): the released
+/// models' `config.json` name one of them. Both files hold the same
+/// hyper-parameters, [`stock_config`]'s (restated as facts).
+const STOCK: [&str; 2] = ["cnn_0_100_512_4096_sample.json", "cnn_50_100_512_4096_sample.json"];
 
+/// The stock configs' hyper-parameters: 7 filters up to 1024, 2 highways,
+/// a 100-dim word embedding, 50-dim characters, 50 characters per token,
+/// LSTM 4096 / 512 in 2 layers, both clips 3.
 fn stock_config(name: &str) -> Option<Value> {
-    let s = STOCK.iter().find(|s| s.0 == name)?;
-    Some(serde_json::json!({
-        "encoder": {"name": "elmo", "projection_dim": s.6, "cell_clip": s.9, "proj_clip": s.10,
-                    "dim": s.7, "n_layers": s.8},
-        "token_embedder": {"name": "cnn", "activation": "relu",
-                           "filters": s.1.iter().map(|&(w, n)| vec![w, n]).collect::<Vec<_>>(),
-                           "n_highway": s.2, "word_dim": s.3, "char_dim": s.4,
-                           "max_characters_per_token": s.5},
-    }))
+    STOCK.contains(&name).then(|| {
+        serde_json::json!({
+            "encoder": {"name": "elmo", "projection_dim": 512, "cell_clip": 3, "proj_clip": 3,
+                        "dim": 4096, "n_layers": 2},
+            "token_embedder": {"name": "cnn", "activation": "relu",
+                               "filters": [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]],
+                               "n_highway": 2, "word_dim": 100, "char_dim": 50,
+                               "max_characters_per_token": 50},
+        })
+    })
 }
 
 /// The model config the package would use for `dir`, and where it came
@@ -96,7 +59,7 @@ pub fn read_model_config(dir: &Path) -> Result<(Value, String)> {
                 "{}: the model config {named:?} is neither in {} nor one of the package's stock configs ({})",
                 cfg_path.display(),
                 dir.display(),
-                STOCK.map(|s| s.0).join(", ")
+                STOCK.join(", ")
             ))
         })
 }
@@ -174,4 +137,74 @@ pub fn options_value(cfg: &Value, what: &str, char_rows: usize, word_rows: usize
         o["word_embedding"] = serde_json::json!({"dim": word_dim, "n_words": word_rows + 1});
     }
     Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder(config_path: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("config.json"),
+            serde_json::json!({ "config_path": config_path }).to_string(),
+        )
+        .unwrap();
+        for (name, text) in files {
+            std::fs::write(d.path().join(name), text).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn the_model_config_is_found_as_the_package_finds_it() {
+        // The path as written, relative to the folder.
+        let d = folder("m.json", &[("m.json", r#"{"x": 1}"#)]);
+        let (v, from) = read_model_config(d.path()).unwrap();
+        assert_eq!((v["x"].as_u64(), from.ends_with("m.json")), (Some(1), true));
+        // An absolute path elsewhere: its file name in the folder.
+        let d = folder("/nowhere/at/all/m.json", &[("m.json", r#"{"x": 2}"#)]);
+        assert_eq!(read_model_config(d.path()).unwrap().0["x"].as_u64(), Some(2));
+        // Neither: a stock config by file name.
+        let d = folder("/home/someone/configs/cnn_50_100_512_4096_sample.json", &[]);
+        let (v, from) = read_model_config(d.path()).unwrap();
+        assert_eq!(from, "stock config cnn_50_100_512_4096_sample.json");
+        assert_eq!(v["encoder"]["dim"].as_u64(), Some(4096));
+        let o = options_value(&v, &from, 100, 1000).unwrap();
+        let o = crate::options::Options::from_value(&o).unwrap();
+        assert_eq!((o.n_filters(), o.word_dim(), o.char_cnn.n_characters), (2048, 100, 101));
+        // None of them.
+        let d = folder("mine.json", &[]);
+        let e = read_model_config(d.path()).unwrap_err().to_string();
+        assert!(e.contains("mine.json") && e.contains("stock configs"), "{e}");
+    }
+
+    #[test]
+    fn configs_the_engine_does_not_compute_are_refused() {
+        let (v, _) = read_model_config(folder("cnn_0_100_512_4096_sample.json", &[]).path()).unwrap();
+        let mut lstm = v.clone();
+        lstm["token_embedder"]["name"] = "lstm".into();
+        assert!(
+            options_value(&lstm, "c", 10, 10)
+                .unwrap_err()
+                .to_string()
+                .contains("token_embedder")
+        );
+        let mut enc = v.clone();
+        enc["encoder"]["name"] = "lstm".into();
+        assert!(
+            options_value(&enc, "c", 10, 10)
+                .unwrap_err()
+                .to_string()
+                .contains("encoder")
+        );
+        let mut nochars = v;
+        nochars["token_embedder"]["char_dim"] = 0.into();
+        assert!(
+            options_value(&nochars, "c", 10, 10)
+                .unwrap_err()
+                .to_string()
+                .contains("char_dim")
+        );
+    }
 }

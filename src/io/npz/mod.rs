@@ -37,10 +37,6 @@ const NPY_MAGIC: &[u8; 6] = b"\x93NUMPY";
 const NPY_ALIGN: usize = 64;
 /// NumPy leaves room for this many digits in the first dimension of the shape.
 const NPY_GROWTH_AXIS_MAX_DIGITS: usize = 21;
-/// Deflate cannot expand data more than 1032 times (a 258-byte match coded in
-/// two bits): an entry declaring more is refused before anything is
-/// allocated for it.
-const MAX_DEFLATE_RATIO: u64 = 1032;
 
 fn npz_err(msg: impl Into<String>) -> Error {
     Error::Npz(msg.into())
@@ -600,34 +596,7 @@ fn for_each_entry<R: Read + Seek>(
             .map_err(|e| npz_err(format!("entry #{index}: {e}")))?
             .into_owned();
         let fail = |msg: String| npz_err(format!("entry '{name}': {msg}"));
-        let (size, compressed) = (entry.size(), entry.compressed_size());
-        let most = match entry.compression() {
-            CompressionMethod::Stored if compressed != size => {
-                return Err(fail(format!(
-                    "stored entry has compressed size {compressed} but uncompressed size {size}"
-                )));
-            }
-            CompressionMethod::Stored => compressed,
-            CompressionMethod::Deflated => compressed.saturating_mul(MAX_DEFLATE_RATIO),
-            other => {
-                return Err(fail(format!(
-                    "compression method {other:?} not supported (only stored or deflated entries)"
-                )));
-            }
-        };
-        if size > most {
-            return Err(fail(format!(
-                "declares {size} bytes, more than its {compressed} compressed bytes can hold"
-            )));
-        }
-        // The zip crate does not compare the entry's extent with the archive's.
-        if entry
-            .data_start()
-            .and_then(|start| start.checked_add(compressed))
-            .is_none_or(|end| end > len)
-        {
-            return Err(fail("data runs past the end of the archive (truncated?)".into()));
-        }
+        let size = crate::io::zip_entry::checked_size(&entry, len).map_err(fail)?;
         f(&name, size, &mut entry).map_err(|e| with_context(e, format!("entry '{name}'")))?;
         match entry.read(&mut [0u8; 1]) {
             Ok(0) => {}

@@ -9,15 +9,11 @@ use std::collections::HashMap;
 use std::io::{Cursor, Read};
 
 // `::zip` is the crate; this module is `torch::zip`.
-use ::zip::{CompressionMethod, ZipArchive, ZipReadOptions};
+use ::zip::{ZipArchive, ZipReadOptions};
 
 use super::pickle::{Value, unpickle};
 use super::tensor::{Dtype, Storages, state_dict_items};
 use super::{Parsed, f32s};
-
-/// Deflate's largest expansion: a deflated entry may declare no more than
-/// this many bytes per compressed byte (as in `io::npz`).
-const MAX_DEFLATE_RATIO: u64 = 1032;
 
 /// Parses a zip file's bytes.
 pub(super) fn parse(bytes: &[u8]) -> Result<Parsed, String> {
@@ -96,28 +92,7 @@ fn read_entry(
     let mut entry = archive
         .by_name_with_options(name, options)
         .map_err(|e| fail(e.to_string()))?;
-    let (size, compressed) = (entry.size(), entry.compressed_size());
-    let most = match entry.compression() {
-        CompressionMethod::Stored => compressed,
-        CompressionMethod::Deflated => compressed.saturating_mul(MAX_DEFLATE_RATIO),
-        other => {
-            return Err(fail(format!(
-                "compression method {other:?} (only stored or deflated entries)"
-            )));
-        }
-    };
-    if size > most {
-        return Err(fail(format!(
-            "declares {size} bytes, more than its {compressed} compressed bytes hold"
-        )));
-    }
-    if entry
-        .data_start()
-        .and_then(|start| start.checked_add(compressed))
-        .is_none_or(|end| end > len)
-    {
-        return Err(fail("data runs past the end of the archive (truncated?)".into()));
-    }
+    let size = crate::io::zip_entry::checked_size(&entry, len).map_err(fail)?;
     if let Some(expect) = expect
         && size != expect as u64
     {
