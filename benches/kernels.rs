@@ -282,9 +282,10 @@ fn strips_gemm_level<const M: usize>(b: Bencher, level: &str) {
 /// bf16), in this process: the shapes of [`strips_gemm_level`]. Counted in
 /// FLOPs, and at batch 1 (memory-bound: 16 MiB of weights) also in bytes of
 /// weights read. Levels a CPU lacks are skipped.
-#[divan::bench(args = ["avx512", "avx512bf16"], consts = [1, 32, 704])]
+#[divan::bench(args = ["avx512", "avx512bf16", "avx512bf16-paired"], consts = [1, 32, 704])]
 fn strips_gemm_bf16<const M: usize>(b: Bencher, level: &str) {
-    let level: elmo::cpu::SimdLevel = level.parse().unwrap();
+    let paired = level.ends_with("-paired");
+    let level: elmo::cpu::SimdLevel = level.trim_end_matches("-paired").parse().unwrap();
     if !level.available() {
         return;
     }
@@ -294,7 +295,16 @@ fn strips_gemm_bf16<const M: usize>(b: Bencher, level: &str) {
         .iter()
         .map(|&x| elmo::tensor::f32_to_bf16(x))
         .collect();
-    let w = Strips::new(&w, k, n);
+    let w = if paired {
+        elmo::layout::pair_strip_rows(&w, k, n)
+    } else {
+        w
+    };
+    let w = if paired {
+        Strips::new_paired(&w, k, n)
+    } else {
+        Strips::new(&w, k, n)
+    };
     let mut c = vec![0f32; M * n];
     let b = b.counter(ItemsCount::new(2 * M * k * n));
     let b = if M == 1 {

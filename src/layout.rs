@@ -25,6 +25,37 @@ pub fn pack_strips<T: Copy + Default>(w: &[T], k: usize, n: usize) -> Vec<T> {
     out
 }
 
+/// Rewrites a strip-packed matrix ([`pack_strips`], `depth` rows per strip,
+/// `depth` even) so that each strip's rows `2j` and `2j + 1` are
+/// interleaved column by column: element `(p, j)` lands at
+/// `((j / 16) * depth + p - p % 2) * 16 + 2 (j % 16) + p % 2`.
+///
+/// The layout AVX512-BF16's `vdpbf16ps` reads: one 512-bit load is the 16
+/// column pairs of a pair of rows, where the strip layout needs a shuffle
+/// (`vpermw`) per load. The CPU backend makes it when a bf16 model is
+/// loaded at the `avx512bf16` level; model files keep the strip layout.
+///
+/// # Panics
+/// When `depth` is odd or `s` is not `ceil(n / 16) * depth * 16` values
+/// long (a caller bug).
+pub fn pair_strip_rows<T: Copy + Default>(s: &[T], depth: usize, n: usize) -> Vec<T> {
+    assert!(depth.is_multiple_of(2), "pair_strip_rows: odd depth");
+    assert_eq!(
+        s.len(),
+        n.div_ceil(STRIP) * depth * STRIP,
+        "pair_strip_rows: wrong length"
+    );
+    let mut out = vec![T::default(); s.len()];
+    // Each pair of rows is 32 contiguous values in both layouts.
+    for (dst, src) in out.chunks_exact_mut(2 * STRIP).zip(s.chunks_exact(2 * STRIP)) {
+        for c in 0..STRIP {
+            dst[2 * c] = src[c];
+            dst[2 * c + 1] = src[STRIP + c];
+        }
+    }
+    out
+}
+
 /// The inverse of [`pack_strips`]: the row-major `k x n` matrix.
 ///
 /// # Panics
@@ -38,4 +69,28 @@ pub fn unpack_strips<T: Copy + Default>(s: &[T], k: usize, n: usize) -> Vec<T> {
         }
     }
     w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairing_puts_each_element_where_the_formula_says() {
+        let (k, n) = (6, 37);
+        let w: Vec<u32> = (0..(k * n) as u32).collect();
+        let packed = pack_strips(&w, k, n);
+        let paired = pair_strip_rows(&packed, k, n);
+        for p in 0..k {
+            for j in 0..n {
+                let at = ((j / STRIP) * k + p - p % 2) * STRIP + 2 * (j % STRIP) + p % 2;
+                assert_eq!(paired[at], w[p * n + j], "({p}, {j})");
+            }
+        }
+        // The padding columns of the last strip stay zero.
+        assert_eq!(
+            paired.iter().filter(|&&x| x == 0).count(),
+            packed.iter().filter(|&&x| x == 0).count()
+        );
+    }
 }

@@ -3,6 +3,17 @@
 
 use super::*;
 
+/// What [`ElmoModel::lstm_layer`] runs on beside its matrices: the layer,
+/// its input rows (and the distinct words), the sentences, the initial
+/// state and the threads per step.
+type LayerArgs<'a> = (
+    &'a LstmLayer,
+    (&'a [f32], Option<Words<'a>>),
+    &'a [(usize, usize)],
+    Option<&'a (Vec<f32>, Vec<f32>)>,
+    usize,
+);
+
 impl ElmoModel {
     /// All layers of one direction. `x`: (N, P) layer-0 input in processing
     /// order; `words`: when words repeat, the distinct rows of `x` (W, P)
@@ -27,21 +38,13 @@ impl ElmoModel {
             // Layer l reads layer l - 1's outputs (layer 0 the token embeddings).
             let x: &[f32] = if l == 0 { &x0 } else { &outputs[l - 1] };
             // The same call for each pairing of f32 / bf16 matrices.
-            macro_rules! layer {
-                ($k:expr, $pj:expr) => {{
-                    let (k, pj) = (
-                        Strips::new($k.data(), 2 * p, 4 * u),
-                        Strips::new($pj.data(), u, p),
-                    );
-                    let words = if l == 0 { words } else { None };
-                    self.lstm_layer(l, k, pj, layer, (x, words), segs, init, parts)
-                }};
-            }
-            let (out, fin) = match (&layer.kernel, &layer.projection) {
-                (Mat::F32(k), Mat::F32(pj)) => layer!(k, pj),
-                (Mat::Bf16(k), Mat::Bf16(pj)) => layer!(k, pj),
-                (Mat::F32(k), Mat::Bf16(pj)) => layer!(k, pj),
-                (Mat::Bf16(k), Mat::F32(pj)) => layer!(k, pj),
+            let words = if l == 0 { words } else { None };
+            let args = (layer, (x, words), segs, init, parts);
+            let (out, fin) = match (layer.kernel.view(2 * p, 4 * u), layer.projection.view(u, p)) {
+                (MatView::F32(k), MatView::F32(pj)) => self.lstm_layer(l, k, pj, args),
+                (MatView::Bf16(k), MatView::Bf16(pj)) => self.lstm_layer(l, k, pj, args),
+                (MatView::F32(k), MatView::Bf16(pj)) => self.lstm_layer(l, k, pj, args),
+                (MatView::Bf16(k), MatView::F32(pj)) => self.lstm_layer(l, k, pj, args),
             };
             finals.push(fin);
             outputs.push(out);
@@ -65,11 +68,7 @@ impl ElmoModel {
         l: usize,
         w0: Strips<'_, T>,
         wp: Strips<'_, Q>,
-        layer: &LstmLayer,
-        (x, words): (&[f32], Option<Words<'_>>),
-        segs: &[(usize, usize)],
-        init: Option<&(Vec<f32>, Vec<f32>)>,
-        n_parts: usize,
+        (layer, (x, words), segs, init, n_parts): LayerArgs<'_>,
     ) -> (Vec<f32>, (Vec<f32>, Vec<f32>)) {
         let lo = &self.options().lstm;
         let (p, u, b) = (lo.projection_dim, lo.dim, segs.len());

@@ -105,10 +105,48 @@ struct Highway {
     b_transform: Tensor,
 }
 
-/// A weight matrix in f32 or bfloat16 (`elmo convert --dtype bf16`).
+/// A strip-packed weight matrix in f32 or bfloat16 (`elmo convert --dtype
+/// bf16`), as the file stores it or, for the `avx512bf16` kernels, bf16
+/// copied into the paired layout at load
+/// ([`pair_strip_rows`](crate::layout::pair_strip_rows)).
 enum Mat {
     F32(Tensor),
     Bf16(Bf16Tensor),
+    Bf16Paired(Bf16Tensor),
+}
+
+/// A [`Mat`] as the kernels read it.
+enum MatView<'a> {
+    F32(Strips<'a, f32>),
+    Bf16(Strips<'a, u16>),
+}
+
+impl Mat {
+    /// The `depth x n` matrix as strips.
+    fn view(&self, depth: usize, n: usize) -> MatView<'_> {
+        match self {
+            Mat::F32(t) => MatView::F32(Strips::new(t.data(), depth, n)),
+            Mat::Bf16(t) => MatView::Bf16(Strips::new(t.data(), depth, n)),
+            Mat::Bf16Paired(t) => MatView::Bf16(Strips::new_paired(t.data(), depth, n)),
+        }
+    }
+
+    /// The bf16 matrix `b` (`depth x n`, strip-packed) as the kernels of
+    /// this process read it fastest: in the paired layout at the
+    /// `avx512bf16` level (a copy: `vdpbf16ps` then needs no shuffle per
+    /// load, which at batch 1 halved the product's rate), else mapped as
+    /// stored. Views of a paired matrix must start at even rows, so the
+    /// layout is used only where `even_rows` (the depth and every view's
+    /// first row even).
+    fn bf16(b: &Bf16Tensor, depth: usize, n: usize, even_rows: bool) -> Result<Mat> {
+        use crate::backend::cpu::{SimdLevel, simd_level};
+        if simd_level() == SimdLevel::Avx512Bf16 && even_rows && depth.is_multiple_of(2) {
+            let paired = crate::layout::pair_strip_rows(b.data(), depth, n);
+            Ok(Mat::Bf16Paired(Bf16Tensor::from_bits(b.shape(), paired)?))
+        } else {
+            Ok(Mat::Bf16(b.clone()))
+        }
+    }
 }
 
 /// One LSTM layer's weights; the matrices are strip-packed
@@ -308,8 +346,11 @@ impl ElmoModel {
         // the levels it has, rather than ignored.
         crate::backend::cpu::simd_level_checked()?;
         let t = |n: &str| file.tensor(n).cloned();
-        let mat = |n: &str| match file.bf16.get(n) {
-            Some(b) => Ok(Mat::Bf16(b.clone())),
+        let (p, u) = (file.options.lstm.projection_dim, file.options.lstm.dim);
+        // (name, depth, columns, whether every view starts at an even row):
+        // the kernel's input and recurrent halves start at rows 0 and P.
+        let mat = |n: &str, depth: usize, cols: usize, even: bool| match file.bf16.get(n) {
+            Some(b) => Mat::bf16(b, depth, cols, even),
             None => t(n).map(Mat::F32),
         };
         let o = file.options.clone();
@@ -346,9 +387,9 @@ impl ElmoModel {
             (0..o.lstm.n_layers)
                 .map(|l| {
                     Ok(LstmLayer {
-                        kernel: mat(&lstm_name(d, l, "W_0"))?,
+                        kernel: mat(&lstm_name(d, l, "W_0"), 2 * p, 4 * u, p.is_multiple_of(2))?,
                         bias: t(&lstm_name(d, l, "B"))?,
-                        projection: mat(&lstm_name(d, l, "W_P_0"))?,
+                        projection: mat(&lstm_name(d, l, "W_P_0"), u, p, true)?,
                     })
                 })
                 .collect()

@@ -68,6 +68,12 @@ use super::simd::{SimdLevel, simd_level};
 /// [`pack_strips`]) with `depth` rows per strip and `n` columns: the LSTM
 /// kernel `W_0` is packed over its `2P` rows, and the input and recurrent
 /// products each use one half.
+///
+/// bf16 weights may instead be in the paired layout
+/// ([`pair_strip_rows`](crate::layout::pair_strip_rows), made by
+/// [`Strips::new_paired`]), which the `avx512bf16` kernel reads without a
+/// shuffle; every other kernel reads such a view through the scalar
+/// reference (the same bits as its own kernel, slowly).
 #[derive(Debug, Clone, Copy)]
 pub struct Strips<'a, T> {
     data: &'a [T],
@@ -75,6 +81,7 @@ pub struct Strips<'a, T> {
     r0: usize,
     pub(super) k: usize,
     pub(super) n: usize,
+    paired: bool,
 }
 
 impl<'a, T: WeightElem> Strips<'a, T> {
@@ -90,15 +97,21 @@ impl<'a, T: WeightElem> Strips<'a, T> {
             r0: 0,
             k: depth,
             n,
+            paired: false,
         }
     }
 
     /// Rows `r0 .. r0 + k` of this view.
     ///
     /// # Panics
-    /// When the rows are not inside the view.
+    /// When the rows are not inside the view, or `r0` is odd in a paired
+    /// view (a pair of rows is one unit there).
     pub fn rows(self, r0: usize, k: usize) -> Self {
         assert!(r0 + k <= self.k, "Strips::rows out of range");
+        assert!(
+            !self.paired || r0.is_multiple_of(2),
+            "Strips::rows: odd first row of a paired view"
+        );
         Strips {
             r0: self.r0 + r0,
             k,
@@ -116,10 +129,50 @@ impl<'a, T: WeightElem> Strips<'a, T> {
         (self.k, self.n)
     }
 
-    /// Strip `s`: `k * 16` values.
+    /// Whether the view is in the paired layout ([`Strips::new_paired`]).
+    pub fn is_paired(&self) -> bool {
+        self.paired
+    }
+
+    /// Strip `s`: `k * 16` values. In a paired view rows `2j` and `2j + 1`
+    /// are interleaved, and an odd `k`'s last row comes with the row after
+    /// the view it is paired with (which the kernels never read): `(k + 1) *
+    /// 16` values. (That row exists: the depth and the first row are even.)
     pub(super) fn strip(&self, s: usize) -> &'a [T] {
         let at = (s * self.depth + self.r0) * STRIP;
-        &self.data[at..at + self.k * STRIP]
+        let rows = if self.paired {
+            self.k.next_multiple_of(2)
+        } else {
+            self.k
+        };
+        &self.data[at..at + rows * STRIP]
+    }
+
+    /// Element `(p, q)` of a strip (`strip(s)`), row `p < k`, column `q <
+    /// 16`, whichever the layout.
+    #[inline(always)]
+    pub(super) fn at(&self, strip: &[T], p: usize, q: usize) -> T {
+        if self.paired {
+            strip[(p - p % 2) * STRIP + 2 * q + p % 2]
+        } else {
+            strip[p * STRIP + q]
+        }
+    }
+}
+
+impl<'a> Strips<'a, u16> {
+    /// All `depth` rows of a packed `depth x n` bf16 matrix in the paired
+    /// layout ([`pair_strip_rows`](crate::layout::pair_strip_rows)).
+    ///
+    /// # Panics
+    /// When `depth` is odd or `data` is not `ceil(n / 16) * depth * 16`
+    /// values long.
+    pub fn new_paired(data: &'a [u16], depth: usize, n: usize) -> Self {
+        assert!(depth.is_multiple_of(2), "Strips::new_paired: odd depth");
+        Strips {
+            paired: true,
+            ..Strips::new(data, depth, n)
+        }
     }
 }
 
@@ -264,6 +317,11 @@ fn run_strips_gemm<T: WeightElem>(
     reverse: bool,
 ) {
     super::simd::count(level);
+    if w.paired && !(level == SimdLevel::Avx512Bf16 && T::as_bf16(w).is_some()) {
+        // Only the bf16 dot-product kernel reads the paired layout; the
+        // model makes it only for that level.
+        return strips_gemm_scalar(m, a, lda, w, s0, s1, c, ldc);
+    }
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the level is only chosen (or accepted by
@@ -308,7 +366,7 @@ pub fn strips_gemm_scalar<T: WeightElem>(
             for q in 0..cols {
                 let mut acc = 0f32;
                 for (p, &x) in row.iter().enumerate() {
-                    acc = x.mul_add(st[p * STRIP + q].to_f32(), acc);
+                    acc = x.mul_add(w.at(st, p, q).to_f32(), acc);
                 }
                 c[i * ldc + (s - s0) * STRIP + q] = acc;
             }

@@ -373,3 +373,55 @@ fn bf16dot_kernel_matches_its_reference_and_ignores_batch_composition() {
     eprintln!("avx512bf16 vs strips_gemm_bf16dot_ref: max {worst} ulps");
     assert_eq!(worst, 0, "the kernel's sums differ from the reference's");
 }
+
+#[test]
+fn paired_bf16_layout_gives_the_bits_of_the_strip_layout_at_every_level() {
+    let shapes: &[(usize, usize, usize)] = &[
+        (1, 1, 1),
+        (1, 7, 40),
+        (2, 9, 300),
+        (3, 16, 24),
+        (6, 301, 530),
+        (32, 64, 129),
+        (17, 256, 1030),
+        (13, 1100, 1030),
+        (5, 2101, 40),
+        (1, 2101, 40),
+    ];
+    for &(m, k, n) in shapes {
+        // Rows 2 .. 2 + k of an even-depth matrix; an odd k's last row is
+        // paired with a row past the view, which must not be read.
+        let depth = (k + 3).next_multiple_of(2);
+        let a = fill(m * k, 21);
+        let wb: Vec<u16> = fill(depth * n, 22)
+            .iter()
+            .map(|&x| crate::tensor::f32_to_bf16(x))
+            .collect();
+        let packed = pack_strips(&wb, depth, n);
+        let paired = crate::layout::pair_strip_rows(&packed, depth, n);
+        let plain = Strips::new(&packed, depth, n).rows(2, k);
+        let view = Strips::new_paired(&paired, depth, n).rows(2, k);
+        assert!(view.is_paired() && !plain.is_paired());
+        let ns = n.div_ceil(STRIP);
+        let (mut want, mut got) = (vec![0f32; m * n], vec![0f32; m * n]);
+        strips_gemm_bf16dot_ref(m, &a, k, plain, 0, ns, &mut want, n);
+        strips_gemm_bf16dot_ref(m, &a, k, view, 0, ns, &mut got, n);
+        assert_eq!(got, want, "reference, paired vs strips, {m}x{k}x{n}");
+        for level in available_levels() {
+            strips_gemm_at(level, m, &a, k, plain, 0, ns, &mut want, n, false).unwrap();
+            strips_gemm_at(level, m, &a, k, view, 0, ns, &mut got, n, false).unwrap();
+            assert_eq!(got, want, "{level}, paired vs strips, {m}x{k}x{n}");
+            let (s0, s1) = (ns / 3, ns - ns / 4);
+            let width = (s1 * STRIP).min(n) - s0 * STRIP;
+            let mut part = vec![0f32; m * width];
+            strips_gemm_at(level, m, &a, k, view, s0, s1, &mut part, width, true).unwrap();
+            for r in 0..m {
+                assert_eq!(
+                    part[r * width..(r + 1) * width],
+                    want[r * n + s0 * STRIP..r * n + s0 * STRIP + width],
+                    "{level} strips {s0}..{s1} row {r} of {m}x{k}x{n}"
+                );
+            }
+        }
+    }
+}
