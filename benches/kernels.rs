@@ -400,3 +400,21 @@ mod peak {
         0.0
     }
 }
+
+/// The LSTM cell of one sentence (U = 4096 units: 16384 gate values in, in
+/// L2) by the vectorised kernel and by its scalar reference, in this
+/// process. Counted in units.
+#[divan::bench(args = ["simd", "scalar"])]
+fn lstm_cell_row(b: Bencher, kind: &str) {
+    let (zx, zh, bias) = (values(4 * U, 21), values(4 * U, 22), values(4 * U, 23));
+    let (mut c, mut m) = (values(U, 24), vec![0f32; U]);
+    let f = if kind == "simd" {
+        lstm_cell
+    } else {
+        elmo::cpu::lstm_cell_ref
+    };
+    b.counter(ItemsCount::new(U)).bench_local(|| {
+        f(&zx, &zh, &bias, &mut c, &mut m, Some(3.0));
+        black_box(&m);
+    });
+}

@@ -268,6 +268,33 @@ impl Bf16Tensor {
         }
     }
 
+    /// Tells the kernel that this process no longer needs the mapped file
+    /// pages wholly inside this tensor's bytes (`madvise(MADV_DONTNEED)`),
+    /// so that they stop counting towards its resident memory; a later read
+    /// maps them in again from the file, with the same values. For a copy
+    /// made at load (the paired layout): the mapped original is then not
+    /// read again. Nothing for owned values, or off Unix; advice the kernel
+    /// refuses is ignored (it only costs memory).
+    pub fn release_mapped_pages(&self) {
+        #[cfg(unix)]
+        if let Bf16Storage::Shared { bytes, offset, len } = &self.storage
+            && let Bytes::Mapped(map) = &**bytes
+        {
+            const PAGE: usize = 4096;
+            let start = (map.as_ptr() as usize + offset).next_multiple_of(PAGE) - map.as_ptr() as usize;
+            let end = (map.as_ptr() as usize + offset + 2 * len) / PAGE * PAGE - map.as_ptr() as usize;
+            if end > start {
+                // SAFETY: the mapping is read-only and never written, so a
+                // page dropped by MADV_DONTNEED reads back from the file with
+                // the bytes it had (a private mapping's pages only lose
+                // content the process wrote). Pages that other tensors share
+                // (none: the range is rounded inwards to whole pages) would
+                // read back the same. `start .. end` lies inside the mapping.
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+            }
+        }
+    }
+
     /// The values widened to f32 (exactly).
     pub fn to_f32(&self) -> Vec<f32> {
         self.data().iter().map(|&b| bf16_to_f32(b)).collect()
@@ -304,6 +331,50 @@ mod tests {
         assert_eq!(Tensor::from_bytes(&[3], &bytes, 5).unwrap().len(), 3);
         assert!(Tensor::from_bytes(&[4], &bytes, 4).is_err());
         assert!(Tensor::from_bytes(&[usize::MAX, 2], &bytes, 0).is_err());
+    }
+
+    /// Kilobytes of `map` resident in this process (its `/proc/self/smaps` entry).
+    #[cfg(target_os = "linux")]
+    fn resident_kib(map: &memmap2::Mmap) -> usize {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let start = format!("{:x}-", map.as_ptr() as usize);
+        let entry = smaps.split_once(&start).expect("the mapping in smaps").1;
+        let rss = entry.lines().find(|l| l.starts_with("Rss:")).unwrap();
+        rss.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// The pages wholly inside a mapped tensor leave the resident set, and
+    /// the values read back unchanged.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn released_pages_leave_the_resident_set_and_read_back_the_same() {
+        use std::io::Write;
+        let values: Vec<u16> = (0..32 * 1024).map(|i| (i * 7919 % 65_521) as u16).collect();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytemuck::cast_slice(&values)).unwrap();
+        // SAFETY: a read-only mapping of a file this test alone holds.
+        let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+        let base = map.as_ptr();
+        let bytes = Arc::new(Bytes::Mapped(map));
+        // 20,000 values from byte 6: pages 1 to 8 lie wholly inside.
+        let t = Bf16Tensor::from_bytes(&[20_000], &bytes, 6).unwrap();
+        let before = t.data().to_vec();
+        assert_eq!(&before[..], &values[3..20_003]);
+        let Bytes::Mapped(map) = &*bytes else { unreachable!() };
+        assert_eq!(map.as_ptr(), base);
+        let resident = resident_kib(map);
+        assert!(resident >= 40, "{resident} KiB resident after reading 40 KB");
+        t.release_mapped_pages();
+        let after = resident_kib(map);
+        assert!(
+            after + 32 <= resident,
+            "{resident} -> {after} KiB: 8 pages not released"
+        );
+        assert_eq!(t.data(), &before[..]);
+        // Owned values: nothing to release, nothing changes.
+        let owned = Bf16Tensor::from_bits(&[3], vec![1, 2, 3]).unwrap();
+        owned.release_mapped_pages();
+        assert_eq!(owned.data(), &[1, 2, 3]);
     }
 
     #[test]

@@ -142,6 +142,9 @@ impl Mat {
         use crate::backend::cpu::{SimdLevel, simd_level};
         if simd_level() == SimdLevel::Avx512Bf16 && even_rows && depth.is_multiple_of(2) {
             let paired = crate::layout::pair_strip_rows(b.data(), depth, n);
+            // The mapped original is not read again: its 144 MiB (full
+            // model) no longer count as this process's memory.
+            b.release_mapped_pages();
             Ok(Mat::Bf16Paired(Bf16Tensor::from_bits(b.shape(), paired)?))
         } else {
             Ok(Mat::Bf16(b.clone()))
