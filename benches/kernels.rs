@@ -258,7 +258,7 @@ fn main() {
 /// baseline beside it): the projection and recurrent products of the LSTM
 /// at batch 1 and 32, and the highway product at 704 tokens. Levels a CPU
 /// lacks are skipped (listed by `elmo devices`).
-#[divan::bench(args = ["scalar", "avx2", "avx512", "avx512bf16"], consts = [1, 32, 704])]
+#[divan::bench(args = ["scalar", "avx2", "avx512", "avx512bf16"], consts = [1, 32, 640, 704])]
 fn strips_gemm_level<const M: usize>(b: Bencher, level: &str) {
     let level: elmo::cpu::SimdLevel = level.parse().unwrap();
     if !level.available() || (level == elmo::cpu::SimdLevel::Scalar && M > 1) {
@@ -282,7 +282,7 @@ fn strips_gemm_level<const M: usize>(b: Bencher, level: &str) {
 /// bf16), in this process: the shapes of [`strips_gemm_level`]. Counted in
 /// FLOPs, and at batch 1 (memory-bound: 16 MiB of weights) also in bytes of
 /// weights read. Levels a CPU lacks are skipped.
-#[divan::bench(args = ["avx512", "avx512bf16", "avx512bf16-paired"], consts = [1, 32, 704])]
+#[divan::bench(args = ["avx512", "avx512bf16", "avx512bf16-paired"], consts = [1, 32, 640, 704])]
 fn strips_gemm_bf16<const M: usize>(b: Bencher, level: &str) {
     let paired = level.ends_with("-paired");
     let level: elmo::cpu::SimdLevel = level.trim_end_matches("-paired").parse().unwrap();

@@ -96,18 +96,22 @@ impl ElmoModel {
                     .then(|| (&tokens.words[..], if d == 0 { &tokens.index[..] } else { &rev[..] }))
             };
             // Small batches: one direction after the other, every thread on a
-            // share of each step. Larger ones: the directions side by side.
+            // share of each step. Larger ones: the directions side by side,
+            // each with half the threads on shares of its steps (two threads:
+            // one each; without the shares a batch of 32 kept 2 of 16 cores
+            // busy in the LSTM).
             let big = 5 * u * p >= SHARED_STEPS_MIN_WEIGHTS;
-            let (fwd, mut bwd) = if b <= SHARED_STEPS_MAX_BATCH && big && rayon::current_num_threads() > 1 {
-                let n = rayon::current_num_threads();
+            let threads = rayon::current_num_threads();
+            let (fwd, mut bwd) = if b <= SHARED_STEPS_MAX_BATCH && big && threads > 1 {
                 (
-                    self.lstm_direction(0, tokens.tok.clone(), words(0), &segs, &init0, n),
-                    self.lstm_direction(1, reversed, words(1), &segs, &init1, n),
+                    self.lstm_direction(0, tokens.tok.clone(), words(0), &segs, &init0, threads),
+                    self.lstm_direction(1, reversed, words(1), &segs, &init1, threads),
                 )
             } else {
+                let n = if big { (threads / 2).max(1) } else { 1 };
                 rayon::join(
-                    || self.lstm_direction(0, tokens.tok.clone(), words(0), &segs, &init0, 1),
-                    || self.lstm_direction(1, reversed, words(1), &segs, &init1, 1),
+                    || self.lstm_direction(0, tokens.tok.clone(), words(0), &segs, &init0, n),
+                    || self.lstm_direction(1, reversed, words(1), &segs, &init1, n),
                 )
             };
             for out in &mut bwd.outputs {
