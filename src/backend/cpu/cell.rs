@@ -42,22 +42,28 @@ pub fn lstm_cell(zx: &[f32], zh: &[f32], bias: &[f32], c: &mut [f32], m: &mut [f
         Some(cc) => (f32x8::splat(-cc), f32x8::splat(cc)),
         None => (f32x8::splat(f32::NEG_INFINITY), f32x8::splat(f32::INFINITY)),
     };
-    let mut k = 0;
-    while k + 8 <= u {
+    // Two passes over the units: the new c, then m from it. In one pass an
+    // element's chain (exp and divide, then exp and divide again on the new
+    // c) outran the out-of-order window, and the loop ran at its latency;
+    // each pass's chain is half as long (the same operations, so the same
+    // bits). A row's c (16 KiB) stays in L1 between the passes.
+    let whole = u / 8 * 8;
+    for k in (0..whole).step_by(8) {
         // Not a closure: LLVM left one out of line (a call per gate).
-        let (gi, gj, gf, go) = (
+        let (gi, gj, gf) = (
             gate8(zx, zh, bias, k),
             gate8(zx, zh, bias, u + k),
             gate8(zx, zh, bias, 2 * u + k),
-            gate8(zx, zh, bias, 3 * u + k),
         );
         let cn = sigmoid8(gf + f32x8::ONE) * load(c, k) + sigmoid8(gi) * tanh8(gj);
         let cn = cn.fast_max(lo).fast_min(hi);
         c[k..k + 8].copy_from_slice(&cn.to_array());
-        m[k..k + 8].copy_from_slice(&(sigmoid8(go) * tanh8(cn)).to_array());
-        k += 8;
     }
-    lstm_cell_ref_range(zx, zh, bias, c, m, cell_clip, k);
+    for k in (0..whole).step_by(8) {
+        let go = gate8(zx, zh, bias, 3 * u + k);
+        m[k..k + 8].copy_from_slice(&(sigmoid8(go) * tanh8(load(c, k))).to_array());
+    }
+    lstm_cell_ref_range(zx, zh, bias, c, m, cell_clip, whole);
 }
 
 /// `zx + zh + bias` at 8 lanes from `o`.
