@@ -402,19 +402,19 @@ mod peak {
 }
 
 /// The LSTM cell of one sentence (U = 4096 units: 16384 gate values in, in
-/// L2) by the vectorised kernel and by its scalar reference, in this
-/// process. Counted in units.
-#[divan::bench(args = ["simd", "scalar"])]
-fn lstm_cell_row(b: Bencher, kind: &str) {
+/// L2) at each SIMD level this CPU has, in this process (`scalar` the
+/// reference beside them; `avx512bf16` runs the `avx512` cell). Counted in
+/// units.
+#[divan::bench(args = ["scalar", "avx2", "avx512"])]
+fn lstm_cell_row(b: Bencher, level: &str) {
+    let level: elmo::cpu::SimdLevel = level.parse().unwrap();
+    if !level.available() {
+        return;
+    }
     let (zx, zh, bias) = (values(4 * U, 21), values(4 * U, 22), values(4 * U, 23));
     let (mut c, mut m) = (values(U, 24), vec![0f32; U]);
-    let f = if kind == "simd" {
-        lstm_cell
-    } else {
-        elmo::cpu::lstm_cell_ref
-    };
     b.counter(ItemsCount::new(U)).bench_local(|| {
-        f(&zx, &zh, &bias, &mut c, &mut m, Some(3.0));
+        elmo::cpu::lstm_cell_at(level, &zx, &zh, &bias, &mut c, &mut m, Some(3.0)).unwrap();
         black_box(&m);
     });
 }

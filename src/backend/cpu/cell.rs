@@ -30,12 +30,69 @@ pub fn tanh8(x: wide::f32x8) -> wide::f32x8 {
 /// One LSTM cell update for one sentence, in place: gates `z = zx + zh +
 /// bias` (each `4U`, order i, j, f, o), `c = clip(sigmoid(f + 1) c +
 /// sigmoid(i) tanh(j))`, `m = sigmoid(o) tanh(c)` (before the projection).
-/// 8 lanes at a time with `wide`; [`lstm_cell_ref`] is the scalar reference.
+/// 8 lanes at a time with `wide` (16 at the AVX-512 levels, the same
+/// operations: the same bits); [`lstm_cell_ref`] is the scalar reference.
 pub fn lstm_cell(zx: &[f32], zh: &[f32], bias: &[f32], c: &mut [f32], m: &mut [f32], cell_clip: Option<f32>) {
-    use wide::f32x8;
-    if simd_level() == SimdLevel::Scalar {
+    run_lstm_cell(simd_level(), zx, zh, bias, c, m, cell_clip);
+}
+
+/// [`lstm_cell`] with the kernels of `level` (for benchmarks and tests
+/// that compare levels in one process); an error when this CPU cannot run
+/// `level`.
+pub fn lstm_cell_at(
+    level: SimdLevel,
+    zx: &[f32],
+    zh: &[f32],
+    bias: &[f32],
+    c: &mut [f32],
+    m: &mut [f32],
+    cell_clip: Option<f32>,
+) -> crate::error::Result<()> {
+    if !level.available() {
+        return Err(crate::error::Error::Simd(format!("this CPU cannot run {level}")));
+    }
+    run_lstm_cell(level, zx, zh, bias, c, m, cell_clip);
+    Ok(())
+}
+
+fn run_lstm_cell(
+    level: SimdLevel,
+    zx: &[f32],
+    zh: &[f32],
+    bias: &[f32],
+    c: &mut [f32],
+    m: &mut [f32],
+    cell_clip: Option<f32>,
+) {
+    if level == SimdLevel::Scalar {
         return lstm_cell_ref(zx, zh, bias, c, m, cell_clip);
     }
+    #[cfg(target_arch = "x86_64")]
+    let done = if level >= SimdLevel::Avx512 {
+        // SAFETY: the level is available (checked by `simd_level` or
+        // `lstm_cell_at`), so the CPU has AVX-512F.
+        unsafe { super::cell_avx512::lstm_cell16(zx, zh, bias, c, m, cell_clip) }
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
+    let done = lstm_cell8(zx, zh, bias, c, m, cell_clip, done);
+    lstm_cell_ref_range(zx, zh, bias, c, m, cell_clip, done);
+}
+
+/// [`lstm_cell`]'s units `from ..` in whole vectors of 8; returns the end of
+/// the last one.
+fn lstm_cell8(
+    zx: &[f32],
+    zh: &[f32],
+    bias: &[f32],
+    c: &mut [f32],
+    m: &mut [f32],
+    cell_clip: Option<f32>,
+    from: usize,
+) -> usize {
+    use wide::f32x8;
     let u = c.len();
     let load = |s: &[f32], o: usize| load8(&s[o..]);
     let (lo, hi) = match cell_clip {
@@ -47,8 +104,8 @@ pub fn lstm_cell(zx: &[f32], zh: &[f32], bias: &[f32], c: &mut [f32], m: &mut [f
     // c) outran the out-of-order window, and the loop ran at its latency;
     // each pass's chain is half as long (the same operations, so the same
     // bits). A row's c (16 KiB) stays in L1 between the passes.
-    let whole = u / 8 * 8;
-    for k in (0..whole).step_by(8) {
+    let end = from + (u - from) / 8 * 8;
+    for k in (from..end).step_by(8) {
         // Not a closure: LLVM left one out of line (a call per gate).
         let (gi, gj, gf) = (
             gate8(zx, zh, bias, k),
@@ -59,11 +116,11 @@ pub fn lstm_cell(zx: &[f32], zh: &[f32], bias: &[f32], c: &mut [f32], m: &mut [f
         let cn = cn.fast_max(lo).fast_min(hi);
         c[k..k + 8].copy_from_slice(&cn.to_array());
     }
-    for k in (0..whole).step_by(8) {
+    for k in (from..end).step_by(8) {
         let go = gate8(zx, zh, bias, 3 * u + k);
         m[k..k + 8].copy_from_slice(&(sigmoid8(go) * tanh8(load(c, k))).to_array());
     }
-    lstm_cell_ref_range(zx, zh, bias, c, m, cell_clip, whole);
+    end
 }
 
 /// `zx + zh + bias` at 8 lanes from `o`.

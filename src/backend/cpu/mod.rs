@@ -5,10 +5,13 @@
 //! Files: `gemm.rs` the plain product; `strips.rs` the strip-packed product
 //! (f32 and bf16 weights) on AVX2 and its scalar reference,
 //! `strips_avx512.rs` on AVX-512F, `strips_bf16.rs` bf16 weights on
-//! AVX512-BF16 (`vdpbf16ps`) and that kernel's scalar reference; `cell.rs` the element-wise kernels; `simd.rs` which
+//! AVX512-BF16 (`vdpbf16ps`) and that kernel's scalar reference; `cell.rs` the element-wise kernels (`cell_avx512.rs` the LSTM cell on
+//! AVX-512F); `simd.rs` which
 //! level runs (picked at run time, `ELMO_SIMD` forces one).
 
 mod cell;
+#[cfg(target_arch = "x86_64")]
+mod cell_avx512;
 mod gemm;
 pub mod simd;
 mod strips;

@@ -425,3 +425,43 @@ fn paired_bf16_layout_gives_the_bits_of_the_strip_layout_at_every_level() {
         }
     }
 }
+
+/// The LSTM cell gives the same bits at every vector level (8 lanes at
+/// `avx2`, 16 at the AVX-512 levels): sizes whose units end in the 16-lane
+/// loop, the 8-lane one and the scalar tail, gates far past the clamps
+/// (and infinite), with and without the cell clip.
+#[test]
+fn lstm_cell_is_bitwise_the_same_at_every_vector_level() {
+    let levels: Vec<SimdLevel> = available_levels()
+        .into_iter()
+        .filter(|&l| l != SimdLevel::Scalar)
+        .collect();
+    for u in [1, 8, 16, 21, 37, 100, 4096] {
+        let scale = |v: Vec<f32>, s: f32| -> Vec<f32> { v.into_iter().map(|x| x * s).collect() };
+        let mut zx = scale(fill(4 * u, 31), 400.0);
+        zx[0] = f32::INFINITY;
+        zx[(4 * u - 1).min(3 * u)] = f32::NEG_INFINITY;
+        let (zh, bias) = (scale(fill(4 * u, 32), 8.0), fill(4 * u, 33));
+        for clip in [None, Some(3.0)] {
+            let c0 = scale(fill(u, 34), 10.0);
+            let run = |level: SimdLevel| {
+                let (mut c, mut m) = (c0.clone(), vec![0f32; u]);
+                lstm_cell_at(level, &zx, &zh, &bias, &mut c, &mut m, clip).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+                (bits(&c), bits(&m))
+            };
+            let first = run(levels[0]);
+            for &level in &levels[1..] {
+                assert!(
+                    run(level) == first,
+                    "u {u}, clip {clip:?}: {level} differs from {}",
+                    levels[0]
+                );
+            }
+        }
+    }
+    assert!(
+        lstm_cell_at(SimdLevel::Avx512, &[], &[], &[], &mut [], &mut [], None).is_ok()
+            || !SimdLevel::Avx512.available()
+    );
+}
