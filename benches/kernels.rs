@@ -282,29 +282,35 @@ fn strips_gemm_level<const M: usize>(b: Bencher, level: &str) {
 /// bf16), in this process: the shapes of [`strips_gemm_level`]. Counted in
 /// FLOPs, and at batch 1 (memory-bound: 16 MiB of weights) also in bytes of
 /// weights read. Levels a CPU lacks are skipped.
-#[divan::bench(args = ["avx512", "avx512bf16", "avx512bf16-paired"], consts = [1, 32, 640, 704])]
+#[divan::bench(args = ["avx512", "avx512bf16", "avx512bf16-paired", "avx512bf16-paired-view"], consts = [1, 32, 640, 704])]
 fn strips_gemm_bf16<const M: usize>(b: Bencher, level: &str) {
+    let view = level.ends_with("-view");
+    let level = level.trim_end_matches("-view");
     let paired = level.ends_with("-paired");
     let level: elmo::cpu::SimdLevel = level.trim_end_matches("-paired").parse().unwrap();
     if !level.available() {
         return;
     }
     let (k, n) = if M == 704 { (F, F) } else { (P, 4 * U) };
+    // `-view`: the first k rows of a 2k-deep matrix, as the LSTM reads the
+    // input half of its kernel `W_0`.
+    let depth = if view { 2 * k } else { k };
     let a = values(M * k, 11);
-    let w: Vec<u16> = pack_strips(&values(k * n, 12), k, n)
+    let w: Vec<u16> = pack_strips(&values(depth * n, 12), depth, n)
         .iter()
         .map(|&x| elmo::tensor::f32_to_bf16(x))
         .collect();
     let w = if paired {
-        elmo::layout::pair_strip_rows(&w, k, n)
+        elmo::layout::pair_strip_rows(&w, depth, n)
     } else {
         w
     };
     let w = if paired {
-        Strips::new_paired(&w, k, n)
+        Strips::new_paired(&w, depth, n)
     } else {
-        Strips::new(&w, k, n)
-    };
+        Strips::new(&w, depth, n)
+    }
+    .rows(0, k);
     let mut c = vec![0f32; M * n];
     let b = b.counter(ItemsCount::new(2 * M * k * n));
     let b = if M == 1 {
