@@ -120,6 +120,7 @@ impl ElmoModel {
         let (w_in, w_h) = (w0.rows(0, p), w0.rows(p, p));
         let mut parts = Part::split(n_parts, u, p, layer.bias.data());
         for part in &mut parts {
+            part.zx = self.scratch.take();
             let (u0, u1) = part.units;
             part.c = (0..b)
                 .flat_map(|i| cs[i * u + u0..i * u + u1].iter().copied())
@@ -275,12 +276,15 @@ impl ElmoModel {
                 }
             }
         }
-        for part in &parts {
+        for part in &mut parts {
             let (u0, u1) = part.units;
             let w = u1 - u0;
             for i in 0..b {
                 cs[i * u + u0..i * u + u1].copy_from_slice(&part.c[i * w..(i + 1) * w]);
             }
+            // Kept for the next layer or pass, up to what the budget gives
+            // both directions' input-side products at once.
+            self.scratch.give(std::mem::take(&mut part.zx), self.budget / 4);
         }
     }
 }

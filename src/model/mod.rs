@@ -22,6 +22,7 @@
 mod lstm;
 mod output;
 mod pass;
+mod scratch;
 mod state;
 mod tokens;
 
@@ -265,6 +266,8 @@ pub struct ElmoModel {
     budget: usize,
     accel: Option<Accel>,
     share_words: bool,
+    /// The LSTM's input-side product buffers, kept between passes.
+    scratch: scratch::Scratch,
 }
 
 /// A backend other than the CPU path running the forward pass.
@@ -413,6 +416,7 @@ impl ElmoModel {
             budget: DEFAULT_MEMORY_BUDGET,
             accel: None,
             share_words: true,
+            scratch: scratch::Scratch::default(),
             file,
         })
     }
@@ -451,6 +455,9 @@ impl ElmoModel {
     /// counted: the weights (mapped), the activations that grow with the
     /// input (each layer's outputs, `N x P` floats per layer and direction)
     /// and the returned output itself; memory for those grows with the input.
+    /// Up to a quarter of the budget (the LSTM's input-side product buffers)
+    /// stays allocated between passes, so that the next pass does not
+    /// page-fault it in again.
     pub fn with_memory_budget(mut self, bytes: usize) -> Self {
         self.budget = bytes;
         self
