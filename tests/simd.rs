@@ -32,6 +32,8 @@ fn avx2_and_fma_are_compiled_in_where_the_cpu_has_them() {
             !cpu || build,
             "this CPU has AVX2 and FMA but the build does not use them (see .cargo/config.toml)"
         );
+        // The library says the same (`elmo devices` prints it, `ELMO_SIMD` refuses with it).
+        assert_eq!(elmo::cpu::simd::missing_baseline().is_some(), cpu && !build);
     }
 }
 

@@ -145,11 +145,35 @@ pub fn best_level() -> SimdLevel {
     available_levels().into_iter().last().unwrap_or(SimdLevel::Scalar)
 }
 
+/// Why this build runs no SIMD level on a CPU that has AVX2 and FMA: it
+/// was compiled without them (not for x86-64-v3, which the repository's
+/// `.cargo/config.toml` sets: a build started outside the repository's
+/// folder, e.g. `cargo build --manifest-path`, does not read it), so every
+/// level is the scalar one, ~10x slower. `None` when the build has them, or
+/// the CPU does not.
+pub fn missing_baseline() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    if !cfg!(all(target_feature = "avx2", target_feature = "fma"))
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
+        return Some(
+            "this build was compiled without AVX2 and FMA (not for x86-64-v3) although the CPU has them: \
+             build from the repository's folder, whose .cargo/config.toml sets it, or with \
+             RUSTFLAGS=\"-C target-cpu=x86-64-v3\"",
+        );
+    }
+    None
+}
+
 /// The level `ELMO_SIMD` asks for (checked), else the best.
 fn choose() -> Result<SimdLevel> {
     match std::env::var("ELMO_SIMD") {
         Ok(v) if !v.trim().is_empty() => {
             let level: SimdLevel = v.parse()?;
+            if let (false, Some(why)) = (level.available(), missing_baseline()) {
+                return Err(Error::Simd(format!("ELMO_SIMD={v}: {why}")));
+            }
             if !level.available() {
                 return Err(Error::Simd(format!(
                     "ELMO_SIMD={v}: this CPU cannot run {level} (it has {})",

@@ -242,6 +242,9 @@ fn devices(check: bool, model: Option<PathBuf>) -> Result<()> {
         "cpu      {} threads, SIMD {level} (this CPU: {levels}; ELMO_SIMD picks one)",
         rayon::current_num_threads()
     );
+    if let Some(why) = elmo::cpu::simd::missing_baseline() {
+        println!("         note: {why}");
+    }
     let found = elmo::cuda::devices();
     match &found {
         Ok(names) if names.is_empty() => println!("cuda     none: the driver reports no devices"),
