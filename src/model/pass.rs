@@ -108,10 +108,15 @@ impl ElmoModel {
                     self.lstm_direction(1, reversed, words(1), &segs, &init1, threads),
                 )
             } else {
-                let n = if big { (threads / 2).max(1) } else { 1 };
+                // An odd thread count: the forward direction gets the extra one.
+                let (n0, n1) = if big {
+                    (threads.div_ceil(2).max(1), (threads / 2).max(1))
+                } else {
+                    (1, 1)
+                };
                 rayon::join(
-                    || self.lstm_direction(0, tokens.tok.clone(), words(0), &segs, &init0, n),
-                    || self.lstm_direction(1, reversed, words(1), &segs, &init1, n),
+                    || self.lstm_direction(0, tokens.tok.clone(), words(0), &segs, &init0, n0),
+                    || self.lstm_direction(1, reversed, words(1), &segs, &init1, n1),
                 )
             };
             for out in &mut bwd.outputs {
