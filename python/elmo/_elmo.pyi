@@ -85,4 +85,8 @@ def convert(
     elmoformanylangs: Optional[_Path] = None,
     dtype: str = "f32",
 ) -> str: ...
-def devices() -> List[str]: ...
+def devices() -> List[str]:
+    """The CPU (threads, SIMD level, the levels this CPU has) and the CUDA
+    devices, one line each, as `elmo devices`; raises `ElmoError` when
+    `ELMO_SIMD` names a level this CPU or build cannot run."""
+    ...

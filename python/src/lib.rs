@@ -505,10 +505,24 @@ fn convert(
     }
 }
 
-/// The engine's CPU kernels and devices, one line each (as `elmo devices`).
+/// The engine's CPU kernels and devices, one line each (as `elmo devices`):
+/// the CPU's threads and SIMD level (and which levels it has; a note when
+/// the build lacks the AVX2/FMA the CPU has), then the CUDA devices.
+/// Raises `ElmoError` when `ELMO_SIMD` names a level this CPU or build
+/// cannot run.
 #[pyfunction]
 fn devices() -> PyResult<Vec<String>> {
-    let mut v = vec![format!("cpu ({} threads)", rayon::current_num_threads())];
+    let level = elmo::cpu::simd_level_checked().map_err(err)?;
+    let levels: Vec<&str> = elmo::cpu::available_levels().iter().map(|l| l.name()).collect();
+    let mut cpu = format!(
+        "cpu ({} threads, SIMD {level}; this CPU: {})",
+        rayon::current_num_threads(),
+        levels.join(", ")
+    );
+    if let Some(why) = elmo::cpu::simd::missing_baseline() {
+        cpu.push_str(&format!("; note: {why}"));
+    }
+    let mut v = vec![cpu];
     v.extend(elmo::cuda::devices().unwrap_or_default());
     Ok(v)
 }

@@ -165,3 +165,28 @@ def test_full_size_model_matches_tensorflow():
         real = np.arange(lm.shape[2])[None, :] < lengths[:, None]
         for k in range(lm.shape[1]):
             record("all (full size)", "full", assert_close(f"{g.name} layer {k}", got[:, k][real], lm[:, k][real], atol=1e-4))
+
+
+def test_devices_names_the_simd_level_and_the_wheel_has_avx2():
+    cpu = elmo.devices()[0]
+    assert cpu.startswith("cpu (") and "SIMD " in cpu, cpu
+    level = cpu.split("SIMD ")[1].split(";")[0]
+    assert level in ("scalar", "avx2", "avx512", "avx512bf16"), cpu
+    flags = set()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            flags = {w for line in f if line.startswith("flags") for w in line.split()}
+    if {"avx2", "fma"} <= flags:
+        # The package was built for x86-64-v3 (the repository's .cargo/config.toml).
+        assert level != "scalar" and "note:" not in cpu, cpu
+
+
+def test_an_unknown_simd_level_raises_elmo_error():
+    import subprocess
+    import sys
+
+    code = "import elmo\ntry:\n    elmo.devices()\nexcept elmo.ElmoError as e:\n    print('refused:', e)\n"
+    env = dict(os.environ, ELMO_SIMD="no-such-level")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("refused:") and "no-such-level" in out.stdout, out.stdout
