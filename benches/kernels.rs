@@ -278,11 +278,15 @@ fn strips_gemm_level<const M: usize>(b: Bencher, level: &str) {
 }
 
 /// bf16 weights at `avx512` (widened exactly to f32, f32 fma, f32
-/// activations) and at `avx512bf16` (`vdpbf16ps` on activations rounded to
-/// bf16), in this process: the shapes of [`strips_gemm_level`]. Counted in
+/// activations), at `avx512bf16` (`vdpbf16ps` on activations rounded to
+/// bf16) and at `amx` (AMX-BF16 tiles on the same activations), in this
+/// process: the shapes of [`strips_gemm_level`]. Counted in
 /// FLOPs, and at batch 1 (memory-bound: 16 MiB of weights) also in bytes of
 /// weights read. Levels a CPU lacks are skipped.
-#[divan::bench(args = ["avx512", "avx512bf16", "avx512bf16-paired", "avx512bf16-paired-view"], consts = [1, 32, 640, 704])]
+#[divan::bench(
+    args = ["avx512", "avx512bf16", "avx512bf16-paired", "avx512bf16-paired-view", "amx-paired", "amx-paired-view"],
+    consts = [1, 32, 640, 704]
+)]
 fn strips_gemm_bf16<const M: usize>(b: Bencher, level: &str) {
     let view = level.ends_with("-view");
     let level = level.trim_end_matches("-view");

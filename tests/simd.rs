@@ -2,7 +2,7 @@
 //! each: the level is per process) against TensorFlow's goldens, with f32
 //! model files and with bf16 ones; the level picked by default is the best
 //! the CPU has (a test that fails when a build or a dispatch missed the
-//! SIMD path it was meant to run); avx2, avx512 and avx512bf16 agree
+//! SIMD path it was meant to run); avx2, avx512, avx512bf16 and amx agree
 //! bitwise on f32 files, avx2 and avx512 on bf16 files; a level the CPU
 //! lacks is refused in one line.
 
@@ -54,6 +54,9 @@ fn the_default_level_is_the_best_the_cpu_has() {
         {
             want = "avx512bf16";
         }
+        if want == "avx512bf16" && elmo::cpu::amx_usable() {
+            want = "amx";
+        }
     }
     let o = elmo(&["devices"], None);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -65,11 +68,11 @@ fn the_default_level_is_the_best_the_cpu_has() {
     model.embed(&[vec!["a", "b"]]).unwrap();
     let level: SimdLevel = want.parse().unwrap();
     assert!(elmo::cpu::kernel_calls(level) > 0, "{want}'s kernels did not run");
-    // At avx512bf16 a bf16 file's products ran on vdpbf16ps (bf16
-    // activations), not on the widening kernels: its outputs differ from
-    // those of the same matrices widened to f32 (which every level computes
-    // as the widening kernels do).
-    if level == SimdLevel::Avx512Bf16 {
+    // At avx512bf16 (amx) a bf16 file's products ran on vdpbf16ps (AMX
+    // tiles) with bf16 activations, not on the widening kernels: its
+    // outputs differ from those of the same matrices widened to f32 (which
+    // every level computes as the widening kernels do).
+    if level.reads_paired_bf16() {
         let bf16 = bf16_file(dir.path(), "tiny");
         let words = [vec!["The", "cat", "sat"], vec!["on", "the", "mat", "today"]];
         let got = elmo::ElmoModel::load(&bf16).unwrap().embed(&words).unwrap();
@@ -83,7 +86,7 @@ fn the_default_level_is_the_best_the_cpu_has() {
         assert_eq!(got.data.len(), widened.data.len());
         assert!(
             got.data != widened.data,
-            "the bf16 file's products did not run on the avx512bf16 kernel"
+            "the bf16 file's products did not run on the {level} kernel"
         );
     }
 }
@@ -174,9 +177,11 @@ fn every_level_matches_the_goldens_and_agrees_bitwise_on_f32_files() {
         if let (Some(a), Some(b)) = (get(SimdLevel::Avx2), get(SimdLevel::Avx512)) {
             assert!(a == b, "{name}: avx2 and avx512 outputs differ");
         }
-        // avx512bf16 runs f32 weights on the avx512 kernels.
-        if let (Some(a), Some(b)) = (get(SimdLevel::Avx512), get(SimdLevel::Avx512Bf16)) {
-            assert!(a == b, "{name}: avx512 and avx512bf16 outputs differ on an f32 file");
+        // avx512bf16 and amx run f32 weights on the avx512 kernels.
+        for l in [SimdLevel::Avx512Bf16, SimdLevel::Amx] {
+            if let (Some(a), Some(b)) = (get(SimdLevel::Avx512), get(l)) {
+                assert!(a == b, "{name}: avx512 and {l} outputs differ on an f32 file");
+            }
         }
     }
 }
@@ -230,7 +235,7 @@ fn a_level_the_cpu_lacks_or_an_unknown_one_is_refused_in_one_line() {
         "--out",
         out.to_str().unwrap(),
     ];
-    for (level, needle) in [("sse9", "unknown SIMD level 'sse9'"), ("amx", "no AMX kernels")]
+    for (level, needle) in [("sse9", "unknown SIMD level 'sse9'")]
         .into_iter()
         .chain(missing.map(|l| (l.name(), "this CPU cannot run")))
     {

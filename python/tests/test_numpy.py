@@ -171,7 +171,7 @@ def test_devices_names_the_simd_level_and_the_wheel_has_avx2():
     cpu = elmo.devices()[0]
     assert cpu.startswith("cpu (") and "SIMD " in cpu, cpu
     level = cpu.split("SIMD ")[1].split(";")[0]
-    assert level in ("scalar", "avx2", "avx512", "avx512bf16"), cpu
+    assert level in ("scalar", "avx2", "avx512", "avx512bf16", "amx"), cpu
     flags = set()
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:

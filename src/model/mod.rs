@@ -134,14 +134,14 @@ impl Mat {
 
     /// The bf16 matrix `b` (`depth x n`, strip-packed) as the kernels of
     /// this process read it fastest: in the paired layout at the
-    /// `avx512bf16` level (a copy: `vdpbf16ps` then needs no shuffle per
+    /// `avx512bf16` and `amx` levels (a copy: `vdpbf16ps` then needs no shuffle per
     /// load, which at batch 1 halved the product's rate), else mapped as
     /// stored. Views of a paired matrix must start at even rows, so the
     /// layout is used only where `even_rows` (the depth and every view's
     /// first row even).
     fn bf16(b: &Bf16Tensor, depth: usize, n: usize, even_rows: bool) -> Result<Mat> {
-        use crate::backend::cpu::{SimdLevel, simd_level};
-        if simd_level() == SimdLevel::Avx512Bf16 && even_rows && depth.is_multiple_of(2) {
+        use crate::backend::cpu::simd_level;
+        if simd_level().reads_paired_bf16() && even_rows && depth.is_multiple_of(2) {
             let paired = crate::layout::pair_strip_rows(b.data(), depth, n);
             // The mapped original is not read again: its 144 MiB (full
             // model) no longer count as this process's memory.

@@ -5,9 +5,11 @@
 //! Files: `gemm.rs` the plain product; `strips.rs` the strip-packed product
 //! (f32 and bf16 weights) on AVX2 and its scalar reference,
 //! `strips_avx512.rs` on AVX-512F, `strips_bf16.rs` bf16 weights on
-//! AVX512-BF16 (`vdpbf16ps`) and that kernel's scalar reference; `cell.rs` the element-wise kernels (`cell_avx512.rs` the LSTM cell on
-//! AVX-512F); `simd.rs` which
-//! level runs (picked at run time, `ELMO_SIMD` forces one).
+//! AVX512-BF16 (`vdpbf16ps`) and that kernel's scalar reference,
+//! `strips_amx.rs` bf16 weights on AMX tiles, its detection and its scalar
+//! model; `cell.rs` the element-wise kernels (`cell_avx512.rs` the LSTM
+//! cell on AVX-512F); `simd.rs` which level runs (picked at run time,
+//! `ELMO_SIMD` forces one).
 
 mod cell;
 #[cfg(target_arch = "x86_64")]
@@ -15,6 +17,7 @@ mod cell_avx512;
 mod gemm;
 pub mod simd;
 mod strips;
+mod strips_amx;
 #[cfg(target_arch = "x86_64")]
 mod strips_avx512;
 mod strips_bf16;
@@ -25,6 +28,7 @@ pub use cell::*;
 pub use gemm::*;
 pub use simd::{SimdLevel, available_levels, kernel_calls, simd_level, simd_level_checked};
 pub use strips::*;
+pub use strips_amx::{AMX_K_BLOCK, amx_usable, strips_gemm_amx_ref};
 pub use strips_bf16::{bf16_round_activation, strips_gemm_bf16dot_ref};
 
 /// Rows `index[i]` of `x` (rows of `w` values), one after the other; empty

@@ -1,5 +1,15 @@
 //! Which kernels run: the SIMD level, picked once per process at run time.
 //!
+//! * `amx`: as `avx512bf16`, except that products with bf16 weights run
+//!   on AMX-BF16 tiles (`tdpbf16ps`, `strips_amx.rs`, model
+//!   [`strips_gemm_amx_ref`](super::strips_gemm_amx_ref)): the activations
+//!   rounded to bf16 as at `avx512bf16`, each element summed in blocks of
+//!   32 products by the tile unit. At every batch size, batch 1 included,
+//!   so a sentence's bits do not depend on its batch. Products with f32
+//!   weights run the `avx512` kernels (AMX has no f32 tiles), so f32 files
+//!   give the same bits as at `avx512`. Needs Linux's permission for the
+//!   tile data ([`amx_usable`](super::amx_usable)); without it `avx512bf16`
+//!   is the best level.
 //! * `avx512bf16`: as `avx512`, except that products with bf16 weights
 //!   (model files converted with `--dtype bf16`) run on AVX512-BF16's
 //!   `vdpbf16ps`: the activations are rounded to bf16 (to nearest even)
@@ -20,7 +30,7 @@
 //!   [`highway_blend_ref`](super::highway_blend_ref)).
 //!
 //! The best level the CPU has is used unless `ELMO_SIMD` names one
-//! (`scalar`, `avx2`, `avx512`, `avx512bf16`); a level the CPU lacks, or an
+//! (`scalar`, `avx2`, `avx512`, `avx512bf16`, `amx`); a level the CPU lacks, or an
 //! unknown name, is refused by [`simd_level_checked`] (which
 //! `ElmoModel::load` calls) with a message naming what the CPU has. So
 //! `ELMO_SIMD=avx512` keeps a bf16 file on the widening f32 path (f32
@@ -33,7 +43,10 @@
 //! `avx512bf16` agrees bitwise with `avx512` on f32 files; on bf16 files
 //! its results differ from the other levels' (bf16 activations: about 8
 //! significant bits per activation instead of 24, see docs/performance.md
-//! for the error against the f32 goldens). Within a level results never
+//! for the error against the f32 goldens); `amx` agrees bitwise with
+//! `avx512` on f32 files, and differs from `avx512bf16` in the last bits on
+//! bf16 files (the tile unit sums 32 products before rounding). Within a
+//! level results never
 //! depend on the batch, thread count or memory budget.
 
 use crate::error::{Error, Result};
@@ -52,24 +65,29 @@ pub enum SimdLevel {
     /// AVX-512F, and AVX512-BF16 (with AVX512BW) for the products with
     /// bf16 weights.
     Avx512Bf16,
+    /// As `Avx512Bf16`, with the products with bf16 weights on AMX-BF16
+    /// tiles.
+    Amx,
 }
 
 impl SimdLevel {
     /// Every level, slowest first.
-    pub const ALL: [SimdLevel; 4] = [
+    pub const ALL: [SimdLevel; 5] = [
         SimdLevel::Scalar,
         SimdLevel::Avx2,
         SimdLevel::Avx512,
         SimdLevel::Avx512Bf16,
+        SimdLevel::Amx,
     ];
 
-    /// `scalar`, `avx2`, `avx512` or `avx512bf16`.
+    /// `scalar`, `avx2`, `avx512`, `avx512bf16` or `amx`.
     pub fn name(self) -> &'static str {
         match self {
             SimdLevel::Scalar => "scalar",
             SimdLevel::Avx2 => "avx2",
             SimdLevel::Avx512 => "avx512",
             SimdLevel::Avx512Bf16 => "avx512bf16",
+            SimdLevel::Amx => "amx",
         }
     }
 
@@ -94,9 +112,19 @@ impl SimdLevel {
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512bf16")
             }
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Amx => super::amx_usable(),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
+    }
+
+    /// Whether the level's bf16 kernels read the paired layout
+    /// ([`pair_strip_rows`](crate::layout::pair_strip_rows)) fastest:
+    /// `avx512bf16` and `amx`, which the model copies bf16 matrices into
+    /// at load.
+    pub fn reads_paired_bf16(self) -> bool {
+        matches!(self, SimdLevel::Avx512Bf16 | SimdLevel::Amx)
     }
 
     fn index(self) -> usize {
@@ -113,18 +141,12 @@ impl std::fmt::Display for SimdLevel {
 impl std::str::FromStr for SimdLevel {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        if s.trim().eq_ignore_ascii_case("amx") {
-            return Err(Error::Simd(format!(
-                "amx: this build has no AMX kernels (this CPU has {})",
-                names(&available_levels())
-            )));
-        }
         SimdLevel::ALL
             .into_iter()
             .find(|l| l.name() == s.trim().to_ascii_lowercase())
             .ok_or_else(|| {
                 Error::Simd(format!(
-                    "unknown SIMD level '{s}': expected one of scalar, avx2, avx512, avx512bf16 (this CPU has {})",
+                    "unknown SIMD level '{s}': expected one of scalar, avx2, avx512, avx512bf16, amx (this CPU has {})",
                     names(&available_levels())
                 ))
             })

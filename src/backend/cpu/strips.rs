@@ -254,8 +254,10 @@ pub(super) fn row_block(k: usize) -> usize {
 /// Every element of `C` is the fma chain of [`gemm_fma_ref`](super::gemm_fma_ref) (`p = 0..k` in
 /// order from zero), so all tiles, row counts and strip ranges agree
 /// bitwise. (At the `avx512bf16` level bf16 weights take the sums of
-/// [`strips_gemm_bf16dot_ref`](super::strips_gemm_bf16dot_ref) instead, with
-/// the same independence.) Register tiles: 1 row x 4 strips (8 accumulators) for a single
+/// [`strips_gemm_bf16dot_ref`](super::strips_gemm_bf16dot_ref) instead, and
+/// at `amx` the tile unit's (model
+/// [`strips_gemm_amx_ref`](super::strips_gemm_amx_ref)), with the same
+/// independence.) Register tiles: 1 row x 4 strips (8 accumulators) for a single
 /// row, 2 or 3 rows x 2 strips; from 4 rows on, blocks of rows are copied
 /// into per-tile panels (`pack_panels`) and run as tiles of up to 6 rows
 /// x 1 strip (12 accumulators) over depth blocks of a strip (at most 64
@@ -317,9 +319,9 @@ fn run_strips_gemm<T: WeightElem>(
     reverse: bool,
 ) {
     super::simd::count(level);
-    if w.paired && !(level == SimdLevel::Avx512Bf16 && T::as_bf16(w).is_some()) {
-        // Only the bf16 dot-product kernel reads the paired layout; the
-        // model makes it only for that level.
+    if w.paired && !(level.reads_paired_bf16() && T::as_bf16(w).is_some()) {
+        // Only the bf16 dot-product and AMX kernels read the paired layout;
+        // the model makes it only for those levels.
         return strips_gemm_scalar(m, a, lda, w, s0, s1, c, ldc);
     }
     match level {
@@ -333,6 +335,15 @@ fn run_strips_gemm<T: WeightElem>(
             // has AVX-512F, AVX512BW and AVX512-BF16.
             Some(wb) => unsafe { super::strips_bf16::strips_gemm_bf16dot(m, a, lda, wb, s0, s1, c, ldc, reverse) },
             // f32 weights: the avx512 kernels, the same bits as there.
+            // SAFETY: AVX-512F, as above.
+            None => unsafe { super::strips_avx512::strips_gemm_avx512(m, a, lda, w, s0, s1, c, ldc, reverse) },
+        },
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Amx => match T::as_bf16(w) {
+            // SAFETY: the level is only chosen (or accepted) where
+            // `amx_usable` approved this process (AVX-512F, AVX512BW and
+            // AVX512-BF16 included).
+            Some(wb) => unsafe { super::strips_amx::strips_gemm_amx(m, a, lda, wb, s0, s1, c, ldc, reverse) },
             // SAFETY: AVX-512F, as above.
             None => unsafe { super::strips_avx512::strips_gemm_avx512(m, a, lda, w, s0, s1, c, ldc, reverse) },
         },

@@ -116,7 +116,7 @@ pub fn strips_gemm_bf16dot_ref(
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use kernel::strips_gemm_bf16dot;
+pub(super) use kernel::{round_rows, strips_gemm_bf16dot};
 
 #[cfg(target_arch = "x86_64")]
 mod kernel {
@@ -204,18 +204,30 @@ mod kernel {
     }
 
     /// Rows of `a` (`m x k`, rows `lda` apart) rounded to bf16 into `out` as
-    /// `(m, k.div_ceil(2))` pairs, the low half the even element.
+    /// `(rows, stride)` pairs (`stride >= k.div_ceil(2)`, `rows >= m`), the
+    /// low half the even element; the pairs past a row's `k` values and the
+    /// rows past `m` are zero (the AMX kernel's padding to whole tiles).
     ///
     /// # Safety
     /// AVX-512F, AVX512BW, AVX512-BF16; `a` holds `(m - 1) lda + k` values.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn round_rows(m: usize, a: &[f32], lda: usize, k: usize, out: &mut Vec<u32>) {
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::backend::cpu) unsafe fn round_rows(
+        m: usize,
+        a: &[f32],
+        lda: usize,
+        k: usize,
+        stride: usize,
+        rows: usize,
+        out: &mut Vec<u32>,
+    ) {
         let kp = k.div_ceil(2);
+        assert!(stride >= kp && rows >= m, "round_rows: stride or rows too small");
         out.clear();
-        out.resize(m * kp, 0);
+        out.resize(rows * stride, 0);
         for i in 0..m {
             let row = &a[i * lda..i * lda + k];
-            let dst = &mut out[i * kp..(i + 1) * kp];
+            let dst = &mut out[i * stride..i * stride + kp];
             for p in (0..k).step_by(32) {
                 let n = (k - p).min(32);
                 // SAFETY: the masked loads read only the row's values p ..
@@ -490,7 +502,7 @@ mod kernel {
         PAIRS.with(|pairs| {
             let mut pairs = pairs.borrow_mut();
             // SAFETY: the features are this function's; `a` was checked.
-            unsafe { round_rows(m, a, lda, k, &mut pairs) };
+            unsafe { round_rows(m, a, lda, k, k.div_ceil(2), m, &mut pairs) };
             let pairs = &pairs[..];
             let groups = |g: usize| span.groups(g, reverse);
             let (cols, at) = (|s, g| span.cols(s, g), |s| span.at(s));

@@ -121,7 +121,10 @@ fn strips_gemm_matches_the_fma_reference_bitwise() {
         let wb: Vec<u16> = w.iter().map(|&x| crate::tensor::f32_to_bf16(x)).collect();
         let mut want_b = vec![0f32; m * n];
         let pb = pack_strips(&wb, k, n);
-        if level == SimdLevel::Avx512Bf16 {
+        if level == SimdLevel::Amx {
+            // Not a bitwise model: tested below.
+            continue;
+        } else if level == SimdLevel::Avx512Bf16 {
             strips_gemm_bf16dot_ref(m, &a, k, Strips::new(&pb, k, n), 0, ns, &mut want_b, n);
         } else {
             gemm_fma_ref(m, k, n, &a, k, &wb, &mut want_b, n);
@@ -373,6 +376,143 @@ fn bf16dot_kernel_matches_its_reference_and_ignores_batch_composition() {
     eprintln!("avx512bf16 vs strips_gemm_bf16dot_ref: max {worst} ulps");
     assert_eq!(worst, 0, "the kernel's sums differ from the reference's");
 }
+
+/// The AMX kernel against its model ([`strips_gemm_amx_ref`]): within
+/// `AMX_BOUND` ulps of the element's absolute sum (`sum |a w|`) per block
+/// of 32; and bitwise against itself whatever the batch, the rows around a
+/// row, the tile rows (1-16, 16 with padding), the strip range and order,
+/// the layout and the thread count.
+#[test]
+fn amx_kernel_is_within_its_model_and_ignores_batch_composition() {
+    if !SimdLevel::Amx.available() {
+        eprintln!("no usable AMX on this CPU: the kernel is not tested");
+        return;
+    }
+    let level = SimdLevel::Amx;
+    let shapes: &[(usize, usize, usize)] = &[
+        (1, 1, 1),
+        (1, 2, 16),
+        (1, 7, 40),
+        (2, 9, 300),
+        (3, 32, 24),
+        (4, 33, 17),
+        (9, 64, 129),
+        (16, 96, 32),
+        (17, 41, 64),
+        (32, 512, 100),
+        (33, 512, 48),
+        (6, 301, 530),
+        (40, 1000, 33),
+        (200, 3, 20),
+        (64, 2048, 64),
+        (1, 4096, 64),
+    ];
+    let mut worst = 0f64;
+    let mut ulps = [0usize; 4]; // elements equal to the model, 1, 2, more ulps away
+    for &(m, k, n) in shapes {
+        let depth = (k + 3).next_multiple_of(2);
+        let a = fill(m * k, 41);
+        let wb: Vec<u16> = fill(depth * n, 42)
+            .iter()
+            .map(|&x| crate::tensor::f32_to_bf16(x))
+            .collect();
+        let packed = pack_strips(&wb, depth, n);
+        let paired = crate::layout::pair_strip_rows(&packed, depth, n);
+        let plain = Strips::new(&packed, depth, n).rows(2, k);
+        let view = Strips::new_paired(&paired, depth, n).rows(2, k);
+        let ns = n.div_ceil(STRIP);
+        let (mut want, mut got) = (vec![0f32; m * n], vec![0f32; m * n]);
+        strips_gemm_amx_ref(m, &a, k, view, 0, ns, &mut want, n);
+        strips_gemm_at(level, m, &a, k, view, 0, ns, &mut got, n, false).unwrap();
+        // sum |a w| per element: the model on absolute values.
+        let abs_a: Vec<f32> = a.iter().map(|x| x.abs()).collect();
+        let abs_w: Vec<u16> = packed.iter().map(|&b| b & 0x7FFF).collect();
+        let mut mag = vec![0f32; m * n];
+        strips_gemm_amx_ref(
+            m,
+            &abs_a,
+            k,
+            Strips::new(&abs_w, depth, n).rows(2, k),
+            0,
+            ns,
+            &mut mag,
+            n,
+        );
+        let blocks = k.div_ceil(AMX_K_BLOCK) as f64;
+        for i in 0..m * n {
+            let ulp = (mag[i] as f64) * f64::powi(2.0, -23);
+            let d = (got[i] as f64 - want[i] as f64).abs();
+            let rel = if d == 0.0 { 0.0 } else { d / ulp / blocks };
+            worst = worst.max(rel);
+            let u = (got[i].to_bits() as i64 - want[i].to_bits() as i64).unsigned_abs() as usize;
+            ulps[u.min(3)] += 1;
+        }
+        // Within the level: the same bits for the plain layout, reversed or
+        // partial strip ranges, each row alone and rows around it.
+        let mut c = vec![0f32; m * n];
+        strips_gemm_at(level, m, &a, k, plain, 0, ns, &mut c, n, true).unwrap();
+        assert_eq!(c, got, "plain layout, reversed, {m}x{k}x{n}");
+        let (s0, s1) = (ns / 3, ns - ns / 4);
+        let (j0, j1) = (s0 * STRIP, (s1 * STRIP).min(n));
+        let mut part = vec![0f32; m * (j1 - j0)];
+        strips_gemm_at(level, m, &a, k, view, s0, s1, &mut part, j1 - j0, true).unwrap();
+        for r in 0..m {
+            assert_eq!(
+                part[r * (j1 - j0)..(r + 1) * (j1 - j0)],
+                got[r * n + j0..r * n + j1],
+                "strips {s0}..{s1} row {r}"
+            );
+        }
+        for r in 0..m {
+            let mut one = vec![0f32; n];
+            strips_gemm_at(level, 1, &a[r * k..], k, view, 0, ns, &mut one, n, false).unwrap();
+            assert_eq!(one, got[r * n..(r + 1) * n], "row {r} alone of {m}x{k}x{n}");
+        }
+        for (r0, rows) in [(m / 3, m - m / 3), (0, m.min(7)), (m - m.min(17), m.min(17))] {
+            let mut sub = vec![0f32; rows * n];
+            strips_gemm_at(level, rows, &a[r0 * k..], k, view, 0, ns, &mut sub, n, false).unwrap();
+            assert_eq!(sub, got[r0 * n..(r0 + rows) * n], "rows {r0}..+{rows} of {m}x{k}x{n}");
+        }
+        // Rows further apart than k, C rows further apart than n.
+        let lda = k + 7;
+        let mut a2 = vec![0f32; (m - 1) * lda + k];
+        for r in 0..m {
+            a2[r * lda..r * lda + k].copy_from_slice(&a[r * k..(r + 1) * k]);
+        }
+        let ldc = n + 5;
+        let mut c2 = vec![-1f32; (m - 1) * ldc + n];
+        strips_gemm_at(level, m, &a2, lda, view, 0, ns, &mut c2, ldc, false).unwrap();
+        for r in 0..m {
+            assert_eq!(c2[r * ldc..r * ldc + n], got[r * n..(r + 1) * n], "strides, row {r}");
+        }
+        if simd_level() == level {
+            for (threads, parts) in [(1, 1), (2, 2), (3, 3)] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut c = vec![0f32; m * n];
+                pool.install(|| strips_gemm_par(m, &a, k, view, &mut c, n, parts));
+                assert_eq!(c, got, "{threads} threads {m}x{k}x{n}");
+            }
+        }
+    }
+    let total: usize = ulps.iter().sum();
+    eprintln!(
+        "amx vs strips_gemm_amx_ref over {total} elements: {} equal, {} 1 ulp, {} 2 ulps, {} more; \
+         max {worst:.2} ulps of sum |a w| per block",
+        ulps[0], ulps[1], ulps[2], ulps[3]
+    );
+    assert!(
+        worst <= AMX_BOUND,
+        "amx is {worst} ulps of sum |a w| per block from its model"
+    );
+    assert!(
+        ulps[0] * 2 > total,
+        "amx agrees with its model in under half of the elements"
+    );
+}
+
+/// How far (in ulps of the element's `sum |a w|`, per block of 32) the AMX
+/// unit may be from [`strips_gemm_amx_ref`].
+const AMX_BOUND: f64 = 1.0;
 
 #[test]
 fn paired_bf16_layout_gives_the_bits_of_the_strip_layout_at_every_level() {

@@ -55,15 +55,16 @@ pub(crate) fn models(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
 }
 
 /// The CPU path a GPU pass of the model at `path` is checked against: the
-/// model itself, except that at the `avx512bf16` level its bf16 matrices
-/// are widened to f32 first. The GPU widens them on upload, so its products
-/// are those of the widening levels (`avx2`, `avx512`); `avx512bf16` rounds
-/// the activations of bf16 products to bf16 (different results, by design),
-/// while its f32 products are `avx512`'s bits.
+/// model itself, except that at the `avx512bf16` and `amx` levels its bf16
+/// matrices are widened to f32 first. The GPU widens them on upload, so its
+/// products are those of the widening levels (`avx2`, `avx512`);
+/// `avx512bf16` and `amx` round the activations of bf16 products to bf16
+/// (different results, by design), while their f32 products are `avx512`'s
+/// bits.
 pub(crate) fn cpu_reference(path: &std::path::Path) -> ElmoModel {
-    use crate::backend::cpu::{SimdLevel, simd_level};
+    use crate::backend::cpu::simd_level;
     let mut file = crate::io::model_file::ModelFile::open(path).unwrap();
-    if simd_level() == SimdLevel::Avx512Bf16 {
+    if simd_level().reads_paired_bf16() {
         for (name, t) in std::mem::take(&mut file.bf16) {
             let wide = crate::tensor::Tensor::from_vec(t.shape(), t.to_f32()).unwrap();
             file.tensors.insert(name, wide);
