@@ -331,20 +331,24 @@ fn strips_gemm_bf16<const M: usize>(b: Bencher, level: &str) {
 /// The machine's peak beside the kernels: one core's fp32 FMA rate with 12
 /// independent accumulators (register-only, no memory), on 256-bit (`avx2`)
 /// and 512-bit (`avx512`) registers, and `vdpbf16ps` (`avx512bf16`: 32
-/// multiply-adds of bf16 pairs per instruction). Counted in FLOPs.
-#[divan::bench(args = ["avx2", "avx512", "avx512bf16"])]
+/// multiply-adds of bf16 pairs per instruction), and AMX (`amx`: 4
+/// independent `tdpbf16ps` of 16 x 16 x 32 on zeroed tiles). Counted in
+/// FLOPs.
+#[divan::bench(args = ["avx2", "avx512", "avx512bf16", "amx"])]
 fn peak_fma(b: Bencher, level: &str) {
     let level: elmo::cpu::SimdLevel = level.parse().unwrap();
     if !level.available() {
         return;
     }
     const ITERS: usize = 1 << 16;
-    let lanes = match level {
-        elmo::cpu::SimdLevel::Avx2 => 8,
-        elmo::cpu::SimdLevel::Avx512 => 16,
-        _ => 32,
+    // Multiply-adds per iteration.
+    let macs = match level {
+        elmo::cpu::SimdLevel::Avx2 => 12 * 8,
+        elmo::cpu::SimdLevel::Avx512 => 12 * 16,
+        elmo::cpu::SimdLevel::Amx => 4 * 16 * 16 * 32,
+        _ => 12 * 32,
     };
-    b.counter(ItemsCount::new(2 * 12 * lanes * ITERS))
+    b.counter(ItemsCount::new(2 * macs * ITERS))
         .bench_local(|| black_box(peak::run(level, ITERS)));
 }
 
@@ -360,6 +364,7 @@ mod peak {
             match level {
                 elmo::cpu::SimdLevel::Avx2 => fma256(iters),
                 elmo::cpu::SimdLevel::Avx512 => fma512(iters),
+                elmo::cpu::SimdLevel::Amx => tiles(iters),
                 _ => dpbf16(iters),
             }
         }
@@ -389,6 +394,51 @@ mod peak {
             }
         }
         _mm512_reduce_add_ps(acc.iter().fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a)))
+    }
+
+    /// `iters` x 4 tile products: C tiles 0-3 (16 x 16 f32), A tiles 4-5
+    /// and W tiles 6-7 (16 x 64 bytes), all zero.
+    ///
+    /// # Safety
+    /// `SimdLevel::Amx.available()` (the process holds the tile permission).
+    unsafe fn tiles(iters: usize) -> f32 {
+        use std::arch::asm;
+        #[repr(C, align(64))]
+        struct Config([u8; 64]);
+        let mut cfg = Config([0; 64]);
+        cfg.0[0] = 1; // palette 1
+        for t in 0..8 {
+            cfg.0[16 + 2 * t] = 64; // bytes per row
+            cfg.0[48 + t] = 16; // rows
+        }
+        // SAFETY: a valid palette-1 configuration in a process that
+        // `amx_usable` approved; the tiles used are the ones it defines,
+        // and the instructions touch no memory but the configuration.
+        unsafe {
+            asm!("ldtilecfg [{p}]", p = in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "tilezero tmm4",
+                "tilezero tmm5",
+                "tilezero tmm6",
+                "tilezero tmm7",
+                options(nostack, nomem)
+            );
+            for _ in 0..black_box(iters) {
+                asm!(
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    options(nostack, nomem)
+                );
+            }
+            asm!("tilerelease", options(nostack, nomem));
+        }
+        0.0
     }
 
     #[target_feature(enable = "avx512f,avx512bf16")]

@@ -184,6 +184,9 @@ mod kernel {
     use std::arch::asm;
     use std::cell::RefCell;
 
+    /// Rows of `A` per block (a multiple of 32: whole pairs of row tiles).
+    const ROW_BLOCK: usize = 256;
+
     thread_local! {
         /// Per-thread buffer of the activations rounded to bf16, `(rows,
         /// k_tiles * 16)` pairs, reused across calls.
@@ -448,22 +451,29 @@ mod kernel {
             let cfg = TileConfig::new(r);
             // SAFETY: a valid palette-1 configuration, in an approved process.
             unsafe { load_config(&cfg) };
-            for (s, gs) in span.groups(2, reverse) {
-                let (cols, j) = (span.cols(s, gs), span.at(s));
-                let mut i0 = 0;
-                while i0 < rows {
-                    let cc = &mut c[i0 * ldc + j..];
-                    // SAFETY: the tiles are configured for r rows; rows i0
-                    // .. i0 + 2r (or + r) exist in the pairs.
-                    unsafe {
-                        match (rows - i0 >= 2 * r, gs == 2) {
-                            (true, true) => block::<2, 2>(&job, i0, s, cc, ldc, cols, &mut bufs),
-                            (true, false) => block::<2, 1>(&job, i0, s, cc, ldc, cols, &mut bufs),
-                            (false, true) => block::<1, 2>(&job, i0, s, cc, ldc, cols, &mut bufs),
-                            (false, false) => block::<1, 1>(&job, i0, s, cc, ldc, cols, &mut bufs),
+            // Blocks of rows, each run over every strip: a block's
+            // activations (256 KiB at k = 512) stay in L2 while the
+            // weights stream past (2026-12-02, Xeon: 20-25% faster than
+            // all rows at once at 640-704 rows).
+            for rb0 in (0..rows).step_by(ROW_BLOCK) {
+                let rb1 = (rb0 + ROW_BLOCK).min(rows);
+                for (s, gs) in span.groups(2, reverse) {
+                    let (cols, j) = (span.cols(s, gs), span.at(s));
+                    let mut i0 = rb0;
+                    while i0 < rb1 {
+                        let cc = &mut c[i0 * ldc + j..];
+                        // SAFETY: the tiles are configured for r rows; rows i0
+                        // .. i0 + 2r (or + r) exist in the pairs.
+                        unsafe {
+                            match (rb1 - i0 >= 2 * r, gs == 2) {
+                                (true, true) => block::<2, 2>(&job, i0, s, cc, ldc, cols, &mut bufs),
+                                (true, false) => block::<2, 1>(&job, i0, s, cc, ldc, cols, &mut bufs),
+                                (false, true) => block::<1, 2>(&job, i0, s, cc, ldc, cols, &mut bufs),
+                                (false, false) => block::<1, 1>(&job, i0, s, cc, ldc, cols, &mut bufs),
+                            }
                         }
+                        i0 += if rb1 - i0 >= 2 * r { 2 * r } else { r };
                     }
-                    i0 += if rows - i0 >= 2 * r { 2 * r } else { r };
                 }
             }
             // SAFETY: the tile state this call configured.
