@@ -227,8 +227,10 @@ fn word_sharing_gives_identical_results() {
 
 /// Results do not depend on the thread count, on either LSTM path: a batch
 /// of at most 8 sentences shares each step between all threads (one
-/// direction after the other), a larger one runs the directions side by
-/// side with half the threads sharing each one's steps. The model is large
+/// direction after the other) unless the cache holds both directions'
+/// weights (or `with_shared_steps` says otherwise), a larger one runs the
+/// directions side by side with half the threads sharing each one's steps;
+/// and both paths give the same bits. The model is large
 /// enough (5 U P >= 2^20) for the shares; the stateful pass also checks the
 /// final states, and one thread count is checked against the float64
 /// reference.
@@ -238,25 +240,35 @@ fn results_are_bitwise_the_same_for_any_thread_count() {
         "use_skip_connections": true}, "char_cnn": {"embedding": {"dim": 4}, "filters": [[1, 8], [2, 8]],
         "n_highway": 1, "n_characters": 262, "max_characters_per_token": 12, "activation": "relu"}}"#;
     let dir = tempfile::tempdir().unwrap();
-    let model = random_model(json, dir.path(), 77);
+    let auto = random_model(json, dir.path(), 77);
     let words = ["a", "bb", "the", "cat", "sat", "on", "mats", "again", "and", "x"];
     let batch = |n: usize| -> Vec<Vec<&str>> {
         (0..n)
             .map(|i| (0..(i * 3) % 7 + 1).map(|t| words[(i + 2 * t) % words.len()]).collect())
             .collect()
     };
-    for n in [3, 12] {
+    // Batch 3 both ways (shared steps, the directions side by side), and
+    // as the cache decides; batch 12 always side by side.
+    let (dir2, dir3) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let shared = random_model(json, dir2.path(), 77).with_shared_steps(Some(true));
+    let side = random_model(json, dir3.path(), 77).with_shared_steps(Some(false));
+    let mut first = None;
+    for (n, model) in [(3, &shared), (3, &side), (3, &auto), (12, &auto)] {
         let sentences = batch(n);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
-                let mut state = LstmState::new(&model, n).unwrap();
+                let mut state = LstmState::new(model, n).unwrap();
                 model.embed_stateful(&sentences, &mut state).unwrap();
                 let second = model.embed_stateful(&sentences, &mut state).unwrap();
                 (second, state.c().to_vec(), state.h().to_vec())
             })
         };
         let one = run(1);
+        if n == 3 {
+            let f = first.get_or_insert_with(|| one.clone());
+            assert!(f.0 == one.0, "batch 3: shared steps and side by side differ");
+        }
         for threads in [2, 3, 4, 7] {
             let other = run(threads);
             assert!(
@@ -271,7 +283,7 @@ fn results_are_bitwise_the_same_for_any_thread_count() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
         let ids = encode_batch(&sentences, 12).unwrap();
         let out = pool.install(|| model.forward(&ids, None)).unwrap();
-        let want: Vec<f32> = reference::forward(&model, &ids).iter().map(|&x| x as f32).collect();
+        let want: Vec<f32> = reference::forward(model, &ids).iter().map(|&x| x as f32).collect();
         let err = assert_close(&format!("batch {n} at 4 threads"), &out.data, &want, ATOL, RTOL);
         eprintln!("batch {n}, 4 threads: max abs error vs float64 reference {err:e}");
     }

@@ -123,6 +123,14 @@ enum MatView<'a> {
 }
 
 impl Mat {
+    /// Bytes per weight.
+    fn elem_bytes(&self) -> usize {
+        match self {
+            Mat::F32(_) => 4,
+            Mat::Bf16(_) | Mat::Bf16Paired(_) => 2,
+        }
+    }
+
     /// The `depth x n` matrix as strips.
     fn view(&self, depth: usize, n: usize) -> MatView<'_> {
         match self {
@@ -166,8 +174,22 @@ struct LstmLayer {
 /// projection's columns, one direction after the other) rather than the two
 /// directions running side by side. Small batches are bound by reading the
 /// weights: sharing one direction's weights between the cores keeps more of
-/// them in the shared cache from step to step.
+/// them in the shared cache from step to step. Unless the last-level cache
+/// holds both directions' step weights several times over
+/// ([`STEP_WEIGHTS_PER_CACHE`]): then each direction runs on its own
+/// threads with no hand-off per step.
 const SHARED_STEPS_MAX_BATCH: usize = 8;
+
+/// How many times both directions' step weights (the recurrent half of
+/// `W_0` and the projection, one layer each) must fit in the last-level
+/// cache for small batches to run the directions side by side instead of
+/// sharing steps. Measured 2026-12-02 at batch 1 (W1, full-size model, 2
+/// threads, medians of 9, in one shell loop): on a Xeon with 480 MiB of
+/// L3 side by side ran 27.3-28.2 ms against 30.9-38.3 shared (bf16, 2 x
+/// 20 MiB) and 53.0-54.6 against 56.3-60.6 (f32, 2 x 40 MiB); on Zen 4's
+/// 32 MiB L3 the two directions' weights do not fit together, and shared
+/// steps stay.
+const STEP_WEIGHTS_PER_CACHE: usize = 4;
 
 /// Fewest recurrent + projection weights (`5 U P`) for which sharing steps
 /// pays: below (4 MiB of f32), a step is too short for the hand-off.
@@ -266,6 +288,9 @@ pub struct ElmoModel {
     budget: usize,
     accel: Option<Accel>,
     share_words: bool,
+    /// Small batches: `Some(true)` shares each step between the threads,
+    /// `Some(false)` runs the directions side by side, `None` by the cache.
+    shared_steps: Option<bool>,
     /// The LSTM's input-side product buffers, kept between passes.
     scratch: scratch::Scratch,
 }
@@ -416,6 +441,7 @@ impl ElmoModel {
             budget: DEFAULT_MEMORY_BUDGET,
             accel: None,
             share_words: true,
+            shared_steps: None,
             scratch: scratch::Scratch::default(),
             file,
         })
@@ -445,6 +471,19 @@ impl ElmoModel {
     /// like-for-like timing).
     pub fn with_word_sharing(mut self, on: bool) -> Self {
         self.share_words = on;
+        self
+    }
+
+    /// How batches of at most 8 sentences use the threads in the LSTM:
+    /// `Some(true)` shares each step between all threads, one direction
+    /// after the other; `Some(false)` runs the two directions side by side
+    /// (no hand-off per step, but both directions' weights in the cache at
+    /// once); `None` (default) side by side where the last-level cache
+    /// holds both directions' step weights four times over, else shared
+    /// (the environment variable `ELMO_SHARED_STEPS=1`/`0` decides for
+    /// `None`, for measurements). Outputs are bitwise the same either way.
+    pub fn with_shared_steps(mut self, shared: Option<bool>) -> Self {
+        self.shared_steps = shared;
         self
     }
 

@@ -102,23 +102,24 @@ impl ElmoModel {
             // busy in the LSTM).
             let big = 5 * u * p >= SHARED_STEPS_MIN_WEIGHTS;
             let threads = rayon::current_num_threads();
-            let (fwd, mut bwd) = if b <= SHARED_STEPS_MAX_BATCH && big && threads > 1 {
-                (
-                    self.lstm_direction(0, tokens.tok.clone(), words(0), &segs, &init0, threads),
-                    self.lstm_direction(1, reversed, words(1), &segs, &init1, threads),
-                )
-            } else {
-                // An odd thread count: the forward direction gets the extra one.
-                let (n0, n1) = if big {
-                    (threads.div_ceil(2).max(1), (threads / 2).max(1))
+            let (fwd, mut bwd) =
+                if b <= SHARED_STEPS_MAX_BATCH && big && threads > 1 && !self.step_weights_stay_cached() {
+                    (
+                        self.lstm_direction(0, tokens.tok.clone(), words(0), &segs, &init0, threads),
+                        self.lstm_direction(1, reversed, words(1), &segs, &init1, threads),
+                    )
                 } else {
-                    (1, 1)
+                    // An odd thread count: the forward direction gets the extra one.
+                    let (n0, n1) = if big {
+                        (threads.div_ceil(2).max(1), (threads / 2).max(1))
+                    } else {
+                        (1, 1)
+                    };
+                    rayon::join(
+                        || self.lstm_direction(0, tokens.tok.clone(), words(0), &segs, &init0, n0),
+                        || self.lstm_direction(1, reversed, words(1), &segs, &init1, n1),
+                    )
                 };
-                rayon::join(
-                    || self.lstm_direction(0, tokens.tok.clone(), words(0), &segs, &init0, n0),
-                    || self.lstm_direction(1, reversed, words(1), &segs, &init1, n1),
-                )
-            };
             for out in &mut bwd.outputs {
                 *out = reverse_segments(out, &segs, p);
             }
@@ -152,6 +153,40 @@ impl ElmoModel {
             None
         };
         Ok((out, inter))
+    }
+
+    /// Whether both directions' step weights (per direction, the largest
+    /// layer's recurrent half of `W_0` and projection) fit in the
+    /// last-level cache [`STEP_WEIGHTS_PER_CACHE`] times over, so that at
+    /// small batches the directions run side by side (see
+    /// [`SHARED_STEPS_MAX_BATCH`]); or what
+    /// [`with_shared_steps`](Self::with_shared_steps) or
+    /// `ELMO_SHARED_STEPS=1` (`0`) ask for. Results are the same bits
+    /// either way.
+    fn step_weights_stay_cached(&self) -> bool {
+        if let Some(shared) = self.shared_steps {
+            return !shared;
+        }
+        match std::env::var("ELMO_SHARED_STEPS").as_deref().map(str::trim) {
+            Ok("1") => return false,
+            Ok("0") => return true,
+            _ => {}
+        }
+        let lo = &self.options().lstm;
+        let (p, u) = (lo.projection_dim, lo.dim);
+        let bytes: usize = self
+            .lstm
+            .iter()
+            .map(|layers| {
+                layers
+                    .iter()
+                    .map(|l| p * 4 * u * l.kernel.elem_bytes() + u * p * l.projection.elem_bytes())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .sum();
+        crate::backend::cpu::cache::last_level_cache_bytes()
+            .is_some_and(|llc| bytes.saturating_mul(STEP_WEIGHTS_PER_CACHE) <= llc)
     }
 
     /// The output `(B, L + 1, T, 2P)` from the packed token embeddings and

@@ -2,7 +2,7 @@
 //! strip-packed weight product and the element-wise non-linearities, each
 //! with a plain reference that tests compare against.
 //!
-//! Files: `gemm.rs` the plain product; `strips.rs` the strip-packed product
+//! Files: `cache.rs` the last-level cache size; `gemm.rs` the plain product; `strips.rs` the strip-packed product
 //! (f32 and bf16 weights) on AVX2 and its scalar reference,
 //! `strips_avx512.rs` on AVX-512F, `strips_bf16.rs` bf16 weights on
 //! AVX512-BF16 (`vdpbf16ps`) and that kernel's scalar reference,
@@ -11,6 +11,7 @@
 //! cell on AVX-512F); `simd.rs` which level runs (picked at run time,
 //! `ELMO_SIMD` forces one).
 
+pub mod cache;
 mod cell;
 #[cfg(target_arch = "x86_64")]
 mod cell_avx512;
