@@ -222,7 +222,8 @@ fn full_size_model() {
 /// bf16 LSTM matrices (`elmo convert --dtype bf16`): the same goldens with
 /// the documented bf16 tolerance, atol 1e-1, at this process's SIMD level
 /// (measured: 5.8e-2 with f32 activations, `scalar` to `avx512`; 7.5e-2 at
-/// `avx512bf16`, whose bf16 products round the activations to bf16 too;
+/// `avx512bf16` and `amx`, whose bf16 products round the activations to
+/// bf16 too;
 /// bf16 keeps 8 significant bits and the error is carried through the
 /// recurrence; values reach 3-6 in these models). tests/simd.rs measures
 /// every level.
