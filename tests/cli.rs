@@ -510,7 +510,9 @@ fn devices_lists_the_cpu_and_cuda_or_why_not() {
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // The level in use and the CPU's levels (tests/simd.rs checks which).
         assert!(
-            lines[0].contains("SIMD avx2") || lines[0].contains("SIMD avx512"),
+            ["SIMD avx2", "SIMD avx512", "SIMD amx"]
+                .iter()
+                .any(|l| lines[0].contains(l)),
             "{out}"
         );
         assert!(lines[0].contains("this CPU: scalar, avx2"), "{out}");
