@@ -40,8 +40,7 @@
 //! is missing the level is not available and `avx512bf16` is the best.
 
 use super::strips::{Span, Strips};
-use super::strips_bf16::bf16_round_activation;
-use crate::tensor::bf16_to_f32;
+use super::strips_bf16::{bf16_round_activation, daz};
 
 /// Values of `k` per tile product (16 pairs of bf16).
 pub const AMX_K_BLOCK: usize = 32;
@@ -109,16 +108,6 @@ fn detect() -> bool {
 unsafe fn xgetbv0() -> u64 {
     // SAFETY: as the caller guarantees.
     unsafe { std::arch::x86_64::_xgetbv(0) }
-}
-
-/// A bf16 input of the tile unit as f32: denormals read as zero.
-#[inline]
-fn daz(b: u16) -> f32 {
-    if b & 0x7F80 == 0 {
-        f32::from_bits(((b & 0x8000) as u32) << 16)
-    } else {
-        bf16_to_f32(b)
-    }
 }
 
 /// The scalar model of the `amx` level's product with bf16 weights (same

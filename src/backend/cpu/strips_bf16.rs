@@ -41,9 +41,10 @@ pub fn bf16_round_activation(x: f32) -> u16 {
     crate::tensor::f32_to_bf16(x)
 }
 
-/// A bf16 input of `vdpbf16ps` as f32: denormals read as zero (DAZ).
+/// A bf16 input of `vdpbf16ps` (and of the AMX tile unit) as f32:
+/// denormals read as zero (DAZ).
 #[inline]
-fn daz(b: u16) -> f32 {
+pub(super) fn daz(b: u16) -> f32 {
     if b & 0x7F80 == 0 {
         f32::from_bits(((b & 0x8000) as u32) << 16)
     } else {
