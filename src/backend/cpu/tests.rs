@@ -13,6 +13,48 @@ fn fill(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// Asserts that within `level` a product's bits do not depend on what is
+/// computed around them: `full` (all `m` rows, all strips of `w`) against
+/// the strips visited in reverse, a partial strip range (reversed), each
+/// row alone, and the row ranges `(first, count)` of `ranges`.
+#[allow(clippy::too_many_arguments)]
+fn assert_batch_independent<T: WeightElem>(
+    level: SimdLevel,
+    m: usize,
+    a: &[f32],
+    k: usize,
+    w: Strips<'_, T>,
+    full: &[f32],
+    ranges: &[(usize, usize)],
+    what: &str,
+) {
+    let (n, ns) = (w.n, w.n_strips());
+    let mut c = vec![0f32; m * n];
+    strips_gemm_at(level, m, a, k, w, 0, ns, &mut c, n, true).unwrap();
+    assert_eq!(c, full, "{level} {what}: strips reversed");
+    let (s0, s1) = (ns / 3, ns - ns / 4);
+    let (j0, j1) = (s0 * STRIP, (s1 * STRIP).min(n));
+    let mut part = vec![0f32; m * (j1 - j0)];
+    strips_gemm_at(level, m, a, k, w, s0, s1, &mut part, j1 - j0, true).unwrap();
+    for r in 0..m {
+        assert_eq!(
+            part[r * (j1 - j0)..(r + 1) * (j1 - j0)],
+            full[r * n + j0..r * n + j1],
+            "{level} {what}: strips {s0}..{s1}, row {r}"
+        );
+    }
+    for r in 0..m {
+        let mut one = vec![0f32; n];
+        strips_gemm_at(level, 1, &a[r * k..], k, w, 0, ns, &mut one, n, false).unwrap();
+        assert_eq!(one, full[r * n..(r + 1) * n], "{level} {what}: row {r} alone");
+    }
+    for &(r0, rows) in ranges {
+        let mut sub = vec![0f32; rows * n];
+        strips_gemm_at(level, rows, &a[r0 * k..], k, w, 0, ns, &mut sub, n, false).unwrap();
+        assert_eq!(sub, full[r0 * n..(r0 + rows) * n], "{level} {what}: rows {r0}..+{rows}");
+    }
+}
+
 #[test]
 fn gemm_matches_reference_including_strides_and_overlap() {
     for &(m, k, n, lda, ldb, ldc) in &[
@@ -85,21 +127,14 @@ fn strips_gemm_matches_the_fma_reference_bitwise() {
         let packed = pack_strips(&deep_w, k + 3, n);
         assert_eq!(unpack_strips(&packed, k + 3, n), deep_w);
         let view = Strips::new(&packed, k + 3, n).rows(3, k);
-        for reverse in [false, true] {
-            let mut c = vec![0f32; m * n];
-            strips_gemm_at(level, m, &a, k, view, 0, ns, &mut c, n, reverse).unwrap();
-            assert_eq!(c, want, "{level} strips {m}x{k}x{n} reverse {reverse}");
-        }
+        let mut c = vec![0f32; m * n];
+        strips_gemm_at(level, m, &a, k, view, 0, ns, &mut c, n, false).unwrap();
+        assert_eq!(c, want, "{level} strips {m}x{k}x{n}");
+        let ranges = [(m / 3, m - m / 3), (0, m.min(7))];
+        assert_batch_independent(level, m, &a, k, view, &want, &ranges, &format!("{m}x{k}x{n}"));
         let mut c = vec![0f32; m * n];
         strips_gemm_par(m, &a, k, view, &mut c, n, 3);
         assert_eq!(c, want, "shared {m}x{k}x{n}");
-        let (s0, s1) = (ns / 3, ns - ns / 4);
-        let (j0, j1) = (s0 * STRIP, (s1 * STRIP).min(n));
-        let mut part = vec![0f32; m * (j1 - j0)];
-        strips_gemm_at(level, m, &a, k, view, s0, s1, &mut part, j1 - j0, true).unwrap();
-        for r in 0..m {
-            assert_eq!(part[r * (j1 - j0)..(r + 1) * (j1 - j0)], want[r * n + j0..r * n + j1]);
-        }
         // Rows further apart than k, and overlapping rows (the char
         // CNN's windows): the same chains as the reference over that A.
         for lda in [k + 5, k.div_ceil(2)] {
@@ -109,12 +144,6 @@ fn strips_gemm_matches_the_fma_reference_bitwise() {
             let mut c = vec![0f32; m * n];
             strips_gemm_at(level, m, &a2, lda, view, 0, ns, &mut c, n, false).unwrap();
             assert_eq!(c, want2, "strips {m}x{k}x{n} lda {lda}");
-        }
-        // Each row alone gives the same bits as inside the batch.
-        for r in 0..m {
-            let mut one = vec![0f32; n];
-            strips_gemm_at(level, 1, &a[r * k..], k, view, 0, ns, &mut one, n, false).unwrap();
-            assert_eq!(one, want[r * n..(r + 1) * n], "row {r} of {m}x{k}x{n}");
         }
         // bf16 weights: widened exactly, the same fma chains; at
         // avx512bf16 the vdpbf16ps sums (tested further below).
@@ -303,35 +332,13 @@ fn bf16dot_kernel_matches_its_reference_and_ignores_batch_composition() {
         worst = worst.max(ulps);
         // Within the level: the same bits whatever the strip order, strip
         // range, rows around a row, or thread count.
-        let mut c = vec![0f32; m * n];
-        strips_gemm_at(level, m, &a, k, view, 0, ns, &mut c, n, true).unwrap();
-        assert_eq!(c, got, "reverse {m}x{k}x{n}");
-        let (s0, s1) = (ns / 3, ns - ns / 4);
-        let (j0, j1) = (s0 * STRIP, (s1 * STRIP).min(n));
-        let mut part = vec![0f32; m * (j1 - j0)];
-        strips_gemm_at(level, m, &a, k, view, s0, s1, &mut part, j1 - j0, true).unwrap();
-        for r in 0..m {
-            assert_eq!(
-                part[r * (j1 - j0)..(r + 1) * (j1 - j0)],
-                got[r * n + j0..r * n + j1],
-                "strips {s0}..{s1} row {r}"
-            );
-        }
-        for r in 0..m {
-            let mut one = vec![0f32; n];
-            strips_gemm_at(level, 1, &a[r * k..], k, view, 0, ns, &mut one, n, false).unwrap();
-            assert_eq!(one, got[r * n..(r + 1) * n], "row {r} alone of {m}x{k}x{n}");
-        }
-        for (r0, rows) in [
+        let ranges = [
             (0, m.min(2)),
             (m / 3, m - m / 3),
             (0, m.min(7)),
             (m - m.min(4), m.min(4)),
-        ] {
-            let mut sub = vec![0f32; rows * n];
-            strips_gemm_at(level, rows, &a[r0 * k..], k, view, 0, ns, &mut sub, n, false).unwrap();
-            assert_eq!(sub, got[r0 * n..(r0 + rows) * n], "rows {r0}..+{rows} of {m}x{k}x{n}");
-        }
+        ];
+        assert_batch_independent(level, m, &a, k, view, &got, &ranges, &format!("{m}x{k}x{n}"));
         if simd_level() == level {
             for (threads, parts) in [(1, 1), (2, 2), (3, 3)] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
@@ -452,27 +459,8 @@ fn amx_kernel_is_within_its_model_and_ignores_batch_composition() {
         let mut c = vec![0f32; m * n];
         strips_gemm_at(level, m, &a, k, plain, 0, ns, &mut c, n, true).unwrap();
         assert_eq!(c, got, "plain layout, reversed, {m}x{k}x{n}");
-        let (s0, s1) = (ns / 3, ns - ns / 4);
-        let (j0, j1) = (s0 * STRIP, (s1 * STRIP).min(n));
-        let mut part = vec![0f32; m * (j1 - j0)];
-        strips_gemm_at(level, m, &a, k, view, s0, s1, &mut part, j1 - j0, true).unwrap();
-        for r in 0..m {
-            assert_eq!(
-                part[r * (j1 - j0)..(r + 1) * (j1 - j0)],
-                got[r * n + j0..r * n + j1],
-                "strips {s0}..{s1} row {r}"
-            );
-        }
-        for r in 0..m {
-            let mut one = vec![0f32; n];
-            strips_gemm_at(level, 1, &a[r * k..], k, view, 0, ns, &mut one, n, false).unwrap();
-            assert_eq!(one, got[r * n..(r + 1) * n], "row {r} alone of {m}x{k}x{n}");
-        }
-        for (r0, rows) in [(m / 3, m - m / 3), (0, m.min(7)), (m - m.min(17), m.min(17))] {
-            let mut sub = vec![0f32; rows * n];
-            strips_gemm_at(level, rows, &a[r0 * k..], k, view, 0, ns, &mut sub, n, false).unwrap();
-            assert_eq!(sub, got[r0 * n..(r0 + rows) * n], "rows {r0}..+{rows} of {m}x{k}x{n}");
-        }
+        let ranges = [(m / 3, m - m / 3), (0, m.min(7)), (m - m.min(17), m.min(17))];
+        assert_batch_independent(level, m, &a, k, view, &got, &ranges, &format!("{m}x{k}x{n}"));
         // Rows further apart than k, C rows further apart than n.
         let lda = k + 7;
         let mut a2 = vec![0f32; (m - 1) * lda + k];
