@@ -37,22 +37,38 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
 
 /// The convolutions of 32 tokens, one token at a time as the model runs
 /// them (the GEMMs into an L2-sized buffer; max-pool and activation are a
-/// few percent on top).
+/// few percent on top): every window, as TensorFlow computes them.
 #[divan::bench]
 fn char_cnn_32_tokens(b: Bencher) {
+    char_cnn(b, C);
+}
+
+/// The same for 32 words of 5 letters, as the model runs them: BOW, 5
+/// letters and EOW, then one window of the padding (the rest are the same
+/// window, `ElmoModel::conv_token`). Compare the times with
+/// `char_cnn_32_tokens`.
+#[divan::bench]
+fn char_cnn_32_words_of_5_letters(b: Bencher) {
+    char_cnn(b, 7);
+}
+
+/// 32 tokens' convolutions, each width's windows those starting before
+/// `run` and one more.
+fn char_cnn(b: Bencher, run: usize) {
     let n = 32;
     let emb = values(n * C * E, 1);
     let kernels: Vec<Vec<f32>> = FILTERS
         .iter()
         .map(|&(w, nf)| pack_strips(&values(w * E * nf, 2), w * E, nf))
         .collect();
-    let flops: usize = FILTERS.iter().map(|&(w, nf)| 2 * n * (C - w + 1) * w * E * nf).sum();
+    let rows = |w: usize| (C - w + 1).min(run + 1);
+    let flops: usize = FILTERS.iter().map(|&(w, nf)| 2 * n * rows(w) * w * E * nf).sum();
     let mut out = vec![0f32; C * 1024];
     b.counter(ItemsCount::new(flops)).bench_local(|| {
         for t in 0..n {
             for (&(w, nf), k) in FILTERS.iter().zip(&kernels) {
                 let k = Strips::new(k, w * E, nf);
-                strips_gemm(C - w + 1, &emb[t * C * E..], E, k, 0, nf / 16, &mut out, nf, false);
+                strips_gemm(rows(w), &emb[t * C * E..], E, k, 0, nf / 16, &mut out, nf, false);
             }
         }
         black_box(&out);
