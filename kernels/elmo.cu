@@ -29,7 +29,8 @@ struct ConvTable {
 };
 
 // Character CNN, every filter width in one launch, fused: embedding lookup,
-// convolution over the characters, max over positions, bias, activation.
+// convolution over the characters, max over positions (one window of the
+// padding), bias, activation.
 // (CPU: ElmoModel::token_chunk, the loop over self.convs.)
 //
 //   chars (n, C)        character ids of each token
@@ -68,8 +69,15 @@ __global__ void char_cnn(const unsigned short* __restrict__ chars, const float* 
     const int j = f - convs.first[i];
     const float* wi = w + convs.woff[i];
     const int k = width * E;
+    // The windows starting at or after `run`, where the token's trailing run
+    // of equal ids (its padding) begins, are all the same window: one of
+    // them is computed (same bits; CPU: ElmoModel::conv_token).
+    const unsigned short* ct = chars + (long)t * C;
+    int run = C - 1;
+    while (run > 0 && ct[run - 1] == ct[C - 1]) --run;
+    const int windows = min(C - width + 1, run + 1);
     float best = -__int_as_float(0x7f800000);  // -inf
-    for (int pos = 0; pos + width <= C; ++pos) {
+    for (int pos = 0; pos < windows; ++pos) {
         const float* x = emb + pos * E;
         float s = 0.0f;
         for (int p = 0; p < k; ++p) s = fmaf(x[p], wi[(long)p * nf + j], s);

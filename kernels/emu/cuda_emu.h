@@ -54,6 +54,9 @@ void syncthreads(int line);
 #define gridDim (emu::grid_dim)
 #define __syncthreads() emu::syncthreads(__LINE__)
 
+// CUDA's device-side integer min.
+static inline int min(int a, int b) { return a < b ? a : b; }
+
 static inline float __int_as_float(int i) {
     float f;
     memcpy(&f, &i, sizeof f);
