@@ -253,8 +253,9 @@ mod tests {
 
     /// The char CNN computes one window of a word's padding, not all of
     /// them, with the bits of every window: words of 0 to 60 letters (the
-    /// longest cut to 50 ids, no padding left), words ending in what they
-    /// pad with, a token of one id throughout, `<S>` and `</S>`.
+    /// longest cut to 50 ids, no padding left), control characters, the
+    /// padded positions of a shorter sentence, a token of one id
+    /// throughout, one of 50 different ids, `<S>` and `</S>`.
     #[test]
     fn the_char_cnn_skips_repeated_padding_windows_bitwise() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
