@@ -158,6 +158,41 @@ fn batcher_skips_a_dropped_ticket_and_runs_oversized_requests_alone() {
 }
 
 #[test]
+fn an_abandoned_request_holds_no_place_in_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Arc::new(tiny_model(dir.path()));
+    let b = Batcher::new(
+        Arc::clone(&model),
+        BatcherConfig {
+            // The worker waits for a batch to fill, so the queue stays full.
+            max_wait: Duration::from_secs(30),
+            max_batch_sentences: 1000,
+            queue_capacity: 2,
+            ..BatcherConfig::default()
+        },
+    )
+    .unwrap();
+    let kept = b.submit(sentences(1, 1, 6)).unwrap();
+    drop(b.submit(sentences(2, 1, 6)).unwrap()); // the caller went away
+    // The queue holds 2: the live request and this one, not the abandoned one.
+    let retry = b.submit(sentences(3, 1, 6)).expect("refused for an abandoned request");
+    assert!(matches!(
+        b.submit(sentences(4, 1, 6)),
+        Err(Error::Overloaded { queued: 2, .. })
+    ));
+    // The queue length the metrics show counts live requests only.
+    drop(retry);
+    let s = b.stats();
+    assert_eq!((s.queued, s.cancelled, s.overloaded), (1, 2, 1), "{s:?}");
+    b.shutdown();
+    assert_eq!(
+        bits(&kept.wait().unwrap().output),
+        bits(&model.embed(&sentences(1, 1, 6)).unwrap())
+    );
+    assert_eq!(b.stats().sentences, 1, "an abandoned request was computed");
+}
+
+#[test]
 fn batcher_refuses_zero_limits() {
     let dir = tempfile::tempdir().unwrap();
     let model = Arc::new(tiny_model(dir.path()));
@@ -176,6 +211,28 @@ fn batcher_refuses_zero_limits() {
         },
     ] {
         assert!(matches!(Batcher::new(Arc::clone(&model), cfg), Err(Error::Input(_))));
+    }
+}
+
+#[test]
+fn elmo_serve_refuses_a_zero_limit_at_start() {
+    for (flag, name) in [
+        ("--max-concurrent", "max_concurrent"),
+        ("--max-inputs", "max_inputs"),
+        ("--max-body-bytes", "max_body_bytes"),
+        ("--max-tokens-per-request", "max_tokens_per_request"),
+        ("--max-tokens-per-sentence", "max_tokens_per_sentence"),
+        ("--read-timeout-s", "read_timeout"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_elmo"))
+            .args(["serve", "--port", "0", flag, "0"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag} 0: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{flag} 0: {err}");
+        assert!(err.contains(name), "{flag} 0: {err}");
     }
 }
 
@@ -714,6 +771,19 @@ fn limits_and_bad_requests_get_4xx_with_a_json_error() {
             422,
         ),
         (
+            // The top layer reaches 1.5: 3.4e38 times it is no float32.
+            "an output overflowing float32",
+            "/embed_all",
+            json!({"inputs": "a b", "output": "elmo", "mix_weights": [-50, -50, 50], "gamma": 3.4e38}).to_string(),
+            422,
+        ),
+        (
+            "a pooled output overflowing float32",
+            "/embed",
+            json!({"inputs": "a b", "mix_weights": [-50, -50, 50], "gamma": 3.4e38}).to_string(),
+            422,
+        ),
+        (
             "base64 encoding",
             "/v1/embeddings",
             json!({"input": "a", "encoding_format": "base64"}).to_string(),
@@ -766,6 +836,18 @@ fn limits_and_bad_requests_get_4xx_with_a_json_error() {
         "{}",
         String::from_utf8_lossy(&sink)
     );
+    // Finite values whose squares overflow float32 still normalize to a unit vector.
+    let r = s.post("/embed", json!({"inputs": "a b", "gamma": 1e38, "normalize": true}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let norm: f64 = f32s(&r.json()[0]).iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+    assert!((norm - 1.0).abs() < 1e-5, "norm^2 {norm}");
+    // Errors that say what was expected.
+    let r = s.post("/embed", json!({"inputs": [["a"], "b"]}));
+    r.assert_error(422, "a token list beside a string");
+    assert!(r.text().contains("a list of token lists"), "{}", r.text());
+    let r = s.post("/embed_all", json!({"inputs": "a", "output": "bogus"}));
+    r.assert_error(422, "unknown output");
+    assert!(r.text().contains("top"), "{}", r.text());
     // A request at each limit is fine.
     let r = s.post("/embed", json!({"inputs": ["a b c d e", "a b c d e"]}));
     assert_eq!(r.status, 200, "{}", r.text());
@@ -831,6 +913,99 @@ fn a_client_that_disconnects_is_never_computed() {
     assert_eq!(s.metric("elmo_batches_total"), 0.0);
     let r = s.post("/embed", json!({"inputs": "still serving"}));
     assert_eq!(r.status, 200);
+    assert_eq!(s.metric("elmo_sentences_total"), 1.0);
+}
+
+#[test]
+fn clients_that_stall_hold_their_place_only_until_the_read_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, path) = tiny_file(dir.path());
+    let mut s = Server::start(&path, &["--max-concurrent", "2", "--read-timeout-s", "1"]);
+    // Two requests whose bodies never come take both places ...
+    let t0 = Instant::now();
+    let stalled: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut c = TcpStream::connect(&s.addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            c.write_all(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"inp")
+                .unwrap();
+            c
+        })
+        .collect();
+    // ... and a third connection sends half its headers.
+    let mut half = TcpStream::connect(&s.addr).unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    half.write_all(b"POST /embed HTTP/1.1\r\nHost: x\r\n").unwrap();
+    s.wait_metric("elmo_http_requests_in_flight", 3.0); // the two and this scrape
+    s.post("/embed", json!({"inputs": "refused"}))
+        .assert_error(429, "both places taken");
+    // After the read timeout: 408 for the bodies, the half-sent headers'
+    // connection closed, and the places free again.
+    for c in stalled {
+        let r = read_response(&mut BufReader::new(c)).unwrap();
+        r.assert_error(408, "stalled body");
+    }
+    let mut rest = Vec::new();
+    assert_eq!(
+        half.read_to_end(&mut rest).unwrap(),
+        0,
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+    let waited = t0.elapsed();
+    assert!(waited < Duration::from_secs(10), "closed after {waited:?}");
+    assert_eq!(s.post("/embed", json!({"inputs": "served"})).status, 200);
+    // A connection that never sends a whole request does not hold up the
+    // drain past its deadline, nor make it an error: no accepted request runs.
+    let mut s2 = Server::start(&path, &["--drain-timeout-s", "1", "--read-timeout-s", "30"]);
+    let mut half = TcpStream::connect(&s2.addr).unwrap();
+    half.write_all(b"POST /embed HTTP/1.1\r\nHost: x\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300)); // read by the server
+    let t0 = Instant::now();
+    s2.sigterm();
+    let status = s2.wait_exit();
+    assert!(status.success(), "exit status {status:?}: {:?}", s2.log_lines());
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    s.sigterm();
+    assert!(s.wait_exit().success());
+}
+
+#[test]
+fn a_client_that_went_away_does_not_count_against_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, path) = tiny_file(dir.path());
+    let s = Server::start(
+        &path,
+        &[
+            "--queue-capacity",
+            "2",
+            "--max-wait-ms",
+            "1000",
+            "--max-batch-sentences",
+            "1000",
+        ],
+    );
+    {
+        let body = json!({"inputs": "gone"}).to_string();
+        let _gone: Vec<TcpStream> = (0..2)
+            .map(|_| {
+                let mut c = TcpStream::connect(&s.addr).unwrap();
+                write!(
+                    c,
+                    "POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+                c
+            })
+            .collect();
+        s.wait_metric("elmo_queue_length", 2.0);
+    } // both closed while queued
+    s.wait_metric("elmo_http_requests_total{path=\"/embed\",status=\"499\"}", 2.0);
+    assert_eq!(s.metric("elmo_queue_length"), 0.0);
+    let r = s.post("/embed", json!({"inputs": "a retry"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.metric("elmo_batcher_cancelled_total"), 2.0);
     assert_eq!(s.metric("elmo_sentences_total"), 1.0);
 }
 

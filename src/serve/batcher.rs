@@ -331,6 +331,12 @@ impl Batcher {
             if !q.open {
                 return Err(Error::ShutDown);
             }
+            // Requests whose callers went away hold no place: a client that
+            // timed out and retries must not be refused for its own
+            // abandoned request.
+            if q.requests.len() >= self.inner.config.queue_capacity {
+                drop_cancelled(&mut q);
+            }
             if q.requests.len() >= self.inner.config.queue_capacity {
                 q.stats.overloaded += 1;
                 return Err(Error::Overloaded {
@@ -358,7 +364,9 @@ impl Batcher {
 
     /// A snapshot of the counters and histograms.
     pub fn stats(&self) -> BatcherStats {
-        let q = lock(&self.inner.queue);
+        let mut q = lock(&self.inner.queue);
+        // The queue length counts live requests only, as `submit` does.
+        drop_cancelled(&mut q);
         let mut s = q.stats.clone();
         s.queued = q.requests.len();
         s

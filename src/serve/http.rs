@@ -79,6 +79,12 @@ pub struct ServerConfig {
     /// After SIGTERM/Ctrl-C, how long accepted requests may take to finish
     /// before the server exits anyway (with an error).
     pub drain_timeout: Duration,
+    /// How long a client may take to send a request's headers, and then its
+    /// body (each): a connection whose headers have not arrived is closed,
+    /// a body that has not is answered 408. Bounds how long a stalled or
+    /// malicious client holds one of the `max_concurrent` places; idle
+    /// keep-alive connections are closed after it too.
+    pub read_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -88,7 +94,33 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             batcher: BatcherConfig::default(),
             drain_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl ServerConfig {
+    /// Every limit and timeout must be at least 1 (a server that refuses
+    /// every request is a typo, not a configuration): [`Error::Input`]
+    /// naming the first that is not. The batcher's limits are checked by
+    /// [`Batcher::new`].
+    pub fn check(&self) -> Result<()> {
+        let l = &self.limits;
+        for (v, name) in [
+            (l.max_body_bytes, "max_body_bytes"),
+            (l.max_inputs, "max_inputs"),
+            (l.max_tokens_per_request, "max_tokens_per_request"),
+            (l.max_tokens_per_sentence, "max_tokens_per_sentence"),
+            (l.max_concurrent, "max_concurrent"),
+        ] {
+            if v == 0 {
+                return Err(Error::Input(format!("server: {name} must be at least 1")));
+            }
+        }
+        if self.read_timeout.is_zero() {
+            return Err(Error::Input("server: read_timeout must be above 0".into()));
+        }
+        Ok(())
     }
 }
 
@@ -181,7 +213,10 @@ fn json_response(body: &impl serde::Serialize, log: RequestLog) -> Response {
 
 /// `inputs`/`input` as clients send it.
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "the input must be a string, a list of strings or a list of token lists (lists of strings)"
+)]
 enum Inputs {
     One(String),
     Many(Vec<String>),
@@ -258,9 +293,18 @@ async fn read_json<T: serde::de::DeserializeOwned>(state: &AppState, req: Reques
     {
         return Err(too_large());
     }
-    let bytes = match axum::body::to_bytes(req.into_body(), limit).await {
-        Ok(b) => b,
-        Err(e) => {
+    // A body that stalls holds a `max_concurrent` place: bounded in time.
+    let timeout = state.config.read_timeout;
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(req.into_body(), limit));
+    let bytes = match read.await {
+        Err(_) => {
+            return Err(ApiError::validation(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within {:.0} s", timeout.as_secs_f64()),
+            ));
+        }
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
             let over = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
                 || e.into_inner().is::<http_body_util::LengthLimitError>();
             return Err(if over {
@@ -337,18 +381,32 @@ async fn run(
     Ok((e, log))
 }
 
+/// JSON has no Inf or NaN (serde_json would write `null`): an output that
+/// overflowed float32 (a finite but huge `gamma` or mix weight) is refused.
+fn finite(data: &[f32]) -> Result<()> {
+    if data.iter().all(|x| x.is_finite()) {
+        Ok(())
+    } else {
+        Err(Error::Input(
+            "the output overflows float32 (are mix_weights or gamma too large?)".into(),
+        ))
+    }
+}
+
 /// The pooled (`default`) vector of each sentence, (n, 2P).
 fn pooled(out: BiLmOutput, mix: &ScalarMix, normalize: bool) -> Result<Vec<Vec<f32>>> {
     let d = out.dim;
     let t = select_output(out, OutputMode::Default, mix)?; // (n, 2P)
+    finite(t.data())?;
     Ok(t.data()
         .chunks_exact(d.max(1))
         .map(|v| {
             let mut v = v.to_vec();
             if normalize {
-                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                // In f64: the squares of finite f32 values can overflow f32.
+                let norm = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
                 if norm > 0.0 {
-                    v.iter_mut().for_each(|x| *x /= norm);
+                    v.iter_mut().for_each(|x| *x = (f64::from(*x) / norm) as f32);
                 }
             }
             v
@@ -383,6 +441,7 @@ fn per_input(out: BiLmOutput, mode: OutputMode, mix: &ScalarMix) -> Result<Vec<P
     let (k, t) = (out.n_layers, out.max_len);
     let tensor = select_output(out, mode, mix)?;
     let data = tensor.data();
+    finite(data)?;
     Ok(match mode {
         OutputMode::All => {
             // (n, K, T, 2P): each sentence's layers cut to its length.
@@ -428,7 +487,12 @@ async fn embed_all(State(state): State<Arc<AppState>>, req: Request) -> Response
         let n_lstm = model.options().n_output_layers() - 1;
         let mode = match r.output.as_deref().unwrap_or("all") {
             "top" => OutputMode::LstmOutputs(n_lstm),
-            other => other.parse::<OutputMode>()?,
+            other => other.parse::<OutputMode>().map_err(|_| {
+                ApiError::validation(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("output '{other}': expected all, default, elmo, top, word_emb or lstm_outputsK"),
+                )
+            })?,
         };
         if let OutputMode::LstmOutputs(k) = mode
             && k > n_lstm
@@ -748,6 +812,11 @@ async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
 
 /// The router with every endpoint, over `batcher`.
 pub fn router(batcher: Arc<Batcher>, config: ServerConfig) -> Router {
+    app(batcher, config).0
+}
+
+/// [`router`] and the state it shares with [`serve`] (the requests in flight).
+fn app(batcher: Arc<Batcher>, config: ServerConfig) -> (Router, Arc<AppState>) {
     let state = Arc::new(AppState {
         permits: Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent)),
         batcher,
@@ -758,7 +827,7 @@ pub fn router(batcher: Arc<Batcher>, config: ServerConfig) -> Router {
             duration: Mutex::new(Histogram::new(&super::batcher::TIME_BUCKETS)),
         },
     });
-    Router::new()
+    let router = Router::new()
         .route("/embed", post(embed))
         .route("/embed_all", post(embed_all))
         .route("/v1/embeddings", post(openai))
@@ -768,43 +837,79 @@ pub fn router(batcher: Arc<Batcher>, config: ServerConfig) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), track))
-        .with_state(state)
+        .with_state(Arc::clone(&state));
+    (router, state)
 }
 
 /// Serves on `listener` until `shutdown` resolves, then stops accepting,
 /// finishes every accepted request (at most `config.drain_timeout`) and
 /// drains the batcher.
+///
+/// The connections are hyper's HTTP/1 server under axum's router, set up
+/// here rather than by `axum::serve`, which sets no header read timeout
+/// (`config.read_timeout`; without one, stalled connections held their
+/// places forever).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     batcher: Arc<Batcher>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let drain = config.drain_timeout;
-    let app = router(Arc::clone(&batcher), config);
-    let (tx, mut rx) = tokio::sync::watch::channel(false);
-    let signal = async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new connections; finishing the requests accepted");
-        let _ = tx.send(true);
-    };
-    // No Nagle delay: a response's last small segment must not wait for
-    // the client's delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    config.check()?;
+    let (drain, read_timeout) = (config.drain_timeout, config.read_timeout);
+    let (app, state) = app(Arc::clone(&batcher), config);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // hyper's `half_close(false)` stays: an end of the client's stream before
+    // the response is the client going away, which cancels its request
+    // (TCP cannot tell a closed socket from a half-closed one until the
+    // server writes), as nginx does; `nc -N`-style clients get no answer.
+    http.timer(TokioTimer::new()).header_read_timeout(read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let tcp = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors and the like: the connections
+                    // already open go on; try again shortly.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        // No Nagle delay: a response's last small segment must not wait for
+        // the client's delayed ACK.
         let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
-    let deadline = async move {
-        let _ = rx.wait_for(|&v| v).await;
-        tokio::time::sleep(drain).await;
-    };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            // A client's reset or timeout ends its connection, nothing else.
+            if let Err(e) = conn.await {
+                tracing::debug!("connection: {e}");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: no new connections; finishing the requests accepted");
+    // Idle connections close now, the others after their response; a
+    // connection whose request never arrived whole closes at its read
+    // timeout, or here at the deadline, which is an error only when an
+    // accepted request is still running.
     tokio::select! {
-        r = server => r.map_err(|e| Error::Serve(format!("server: {e}")))?,
-        _ = deadline => {
-            return Err(Error::Serve(format!(
-                "requests still running {:.0} s after the shutdown signal; exiting anyway",
-                drain.as_secs_f64()
-            )));
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(drain) => {
+            let running = state.metrics.in_flight.load(Ordering::Acquire);
+            if running > 0 {
+                return Err(Error::Serve(format!(
+                    "{running} requests still running {:.0} s after the shutdown signal; exiting anyway",
+                    drain.as_secs_f64()
+                )));
+            }
+            tracing::info!("closing the connections that have not sent a whole request");
         }
     }
     // Every accepted request has its answer; the queue is empty but let the

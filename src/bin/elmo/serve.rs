@@ -50,8 +50,13 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = Limits::default().max_tokens_per_sentence)]
     max_tokens_per_sentence: usize,
     /// Seconds accepted requests may take to finish after SIGTERM.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = ServerConfig::default().drain_timeout.as_secs_f64())]
     drain_timeout_s: f64,
+    /// Seconds a client may take to send a request's headers, then its body
+    /// (the connection closed, or 408); idle keep-alive connections close
+    /// after it too.
+    #[arg(long, default_value_t = ServerConfig::default().read_timeout.as_secs_f64())]
+    read_timeout_s: f64,
     /// Keep the token embeddings of up to N distinct words (served text
     /// repeats words; the outputs are the same bits).
     #[arg(long, default_value_t = 0)]
@@ -84,9 +89,6 @@ pub fn run(a: ServeArgs, default_model: fn() -> PathBuf) -> Result<()> {
         .with_max_level(level)
         .init();
     let path = a.model.unwrap_or_else(default_model);
-    let model = ElmoModel::load(&path)?
-        .with_token_cache(a.token_cache)
-        .with_device(a.device.parse()?)?;
     let batcher = BatcherConfig {
         max_batch_tokens: a.max_batch_tokens,
         max_batch_sentences: if a.no_batching { 1 } else { a.max_batch_sentences },
@@ -112,6 +114,12 @@ pub fn run(a: ServeArgs, default_model: fn() -> PathBuf) -> Result<()> {
         },
         batcher,
         drain_timeout: seconds(a.drain_timeout_s, "--drain-timeout-s")?,
+        read_timeout: seconds(a.read_timeout_s, "--read-timeout-s")?,
     };
+    // Before loading the model: a zero limit is a typo, said at once.
+    config.check()?;
+    let model = ElmoModel::load(&path)?
+        .with_token_cache(a.token_cache)
+        .with_device(a.device.parse()?)?;
     run_server(model, &format!("{}:{}", a.host, a.port), config)
 }
