@@ -31,8 +31,9 @@ def resolve_model(model: ModelLike) -> Model:
 
 
 def model_path(model: Model) -> Optional[str]:
-    """What a saved config records for a model: its path, None if bundled."""
-    return None if model.path is None else os.fspath(model.path)
+    """What a saved config records for a model: its absolute path (a saved
+    model is loaded from other working directories), None if bundled."""
+    return None if model.path is None else os.path.abspath(os.fspath(model.path))
 
 
 def check_mode(mode: Any, n_layers: int) -> str:

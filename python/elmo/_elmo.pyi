@@ -1,7 +1,8 @@
 """Type stubs of the Rust extension (python/src/lib.rs)."""
 
 import os
-from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union, overload
+import pathlib
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -9,6 +10,7 @@ import numpy.typing as npt
 __version__: str
 
 _Path = Union[str, "os.PathLike[str]"]
+_Weights = Union[Sequence[float], npt.NDArray[np.floating[Any]]]
 
 class ElmoError(ValueError):
     """Every error of the engine, with the library's message."""
@@ -16,7 +18,7 @@ class ElmoError(ValueError):
 class Vocab:
     """An idx2word table (int id >= 1 -> word), built once per layer."""
 
-    def __init__(self, idx2word: Mapping[int, str], unk_token: str = "<UNK>", out_of_range_unk: bool = False) -> None: ...
+    def __init__(self, idx2word: Dict[int, str], unk_token: str = "<UNK>", out_of_range_unk: bool = False) -> None: ...
     def __len__(self) -> int: ...
     @property
     def max_id(self) -> int: ...
@@ -31,7 +33,7 @@ class Model:
 
     def __init__(self, path: Optional[_Path] = None, device: str = "cpu", threads: Optional[int] = None) -> None: ...
     @property
-    def path(self) -> Optional[str]: ...
+    def path(self) -> Optional[pathlib.Path]: ...
     @property
     def device(self) -> str: ...
     @property
@@ -54,7 +56,7 @@ class Model:
         sentences: Sequence[Sequence[str]],
         output: str = "all",
         *,
-        mix_weights: Optional[Sequence[float]] = None,
+        mix_weights: Optional[_Weights] = None,
         gamma: Optional[float] = None,
         layer_norm: bool = False,
         top_only: bool = False,
@@ -66,12 +68,25 @@ class Model:
         sentences: Sequence[Sequence[str]],
         output: str = "all",
         *,
-        mix_weights: Optional[Sequence[float]] = None,
+        mix_weights: Optional[_Weights] = None,
         gamma: Optional[float] = None,
         layer_norm: bool = False,
         top_only: bool = False,
         return_lengths: Literal[True],
     ) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.int32]]: ...
+    @overload
+    def embed(
+        self,
+        sentences: Sequence[Sequence[str]],
+        output: str = "all",
+        *,
+        mix_weights: Optional[_Weights] = None,
+        gamma: Optional[float] = None,
+        layer_norm: bool = False,
+        top_only: bool = False,
+        return_lengths: bool,
+    ) -> Union[npt.NDArray[np.float32], Tuple[npt.NDArray[np.float32], npt.NDArray[np.int32]]]: ...
+    def __reduce__(self) -> Tuple[type, Tuple[Optional[pathlib.Path], str, Optional[int]]]: ...
     def _layers_for_ids(self, ids: npt.NDArray[np.int64], vocab: Vocab) -> npt.NDArray[np.float32]: ...
     def _layers_for_char_ids(self, char_ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]: ...
 
@@ -84,7 +99,7 @@ def convert(
     preset: Optional[str] = None,
     elmoformanylangs: Optional[_Path] = None,
     dtype: str = "f32",
-) -> str: ...
+) -> pathlib.Path: ...
 def devices() -> List[str]:
     """The CPU (threads, SIMD level, the levels this CPU has) and the CUDA
     devices, one line each, as `elmo devices`; raises `ElmoError` when

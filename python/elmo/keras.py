@@ -105,6 +105,11 @@ class ELMoEmbedding(keras.layers.Layer):
     ) -> None:
         kwargs.setdefault("dtype", "float32")
         super().__init__(trainable=trainable, **kwargs)
+        if keras.backend.backend() == "tensorflow":
+            # `tf.numpy_function` has no XLA kernel: without this, the
+            # default `compile(jit_compile="auto")` picks XLA on a GPU host
+            # and `fit`/`predict` fail on PyFuncStateless.
+            self.supports_jit = False
         self.elmo_model: Model = resolve_model(model)
         self.idx2word: Dict[int, str] = _idx2word_dict(idx2word)
         if out_of_range not in ("error", "unk"):
@@ -191,9 +196,10 @@ class ELMoEmbedding(keras.layers.Layer):
         # Without running the model (and on torch's meta tensors, which the
         # engine cannot read).
         s = self._shape_of(inputs.shape)
+        dt = self.compute_dtype
         if self._multi():
-            return [keras.KerasTensor(s, dtype="float32") for _ in range(self.num_output_representations)]
-        return keras.KerasTensor(s, dtype="float32")
+            return [keras.KerasTensor(s, dtype=dt) for _ in range(self.num_output_representations)]
+        return keras.KerasTensor(s, dtype=dt)
 
     def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
         if not self.mask_zero or self.output_mode == "default":
@@ -202,14 +208,17 @@ class ELMoEmbedding(keras.layers.Layer):
         return [m] * self.num_output_representations if self._multi() else m
 
     def call(self, inputs: Any) -> Any:
-        layers = self._bilm(inputs)  # (B, K, T, 2P), constant
+        # (B, K, T, 2P), constant; in the layer's compute dtype (float32
+        # unless a dtype policy such as "mixed_float16" is given), as the
+        # mix's variables are read in it.
+        layers = ops.cast(self._bilm(inputs), self.compute_dtype)
         mode = self.output_mode
         if mode == "word_emb":
             return layers[:, 0, :, : self._p]
         k = lstm_layer(mode)
         if k is not None:
             return layers[:, k]
-        mask = ops.cast(ops.not_equal(inputs, 0), "float32")  # (B, T)
+        mask = ops.cast(ops.not_equal(inputs, 0), self.compute_dtype)  # (B, T)
         outs = []
         for i in range(self.num_output_representations):
             e = self._mix(layers, mask, i)  # (B, T, 2P)

@@ -52,9 +52,25 @@ class ScalarMix(nn.Module):
         )
         self.gamma = nn.Parameter(torch.tensor([1.0]), requires_grad=trainable)
 
-    def forward(self, layers: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """layers (B, K, T, D), mask (B, T) -> (B, T, D), zero at padding."""
+    def forward(
+        self,
+        layers: Union[torch.Tensor, Sequence[torch.Tensor]],
+        mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """layers (B, K, T, D), or allennlp's list of K (B, T, D) tensors;
+        mask (B, T) -> (B, T, D), zero at padding. Without a mask (as
+        allennlp allows without layer norm) every position is real.
+        Computed in the parameters' dtype (``.double()``, ``.half()``)."""
+        if isinstance(layers, (list, tuple)):
+            if len(layers) != self.mixture_size:
+                raise ElmoError(f"{len(layers)} tensors for a mixture of {self.mixture_size} layers")
+            layers = torch.stack(list(layers), dim=1)
         w = torch.softmax(torch.cat(list(self.scalar_parameters)), dim=0)  # (K,)
+        layers = layers.to(w.dtype)
+        if mask is None:
+            if self.do_layer_norm:
+                raise ElmoError("do_layer_norm needs the mask of real positions")
+            mask = torch.ones(layers.shape[0], layers.shape[2], dtype=torch.bool, device=layers.device)
         m = mask.to(layers.dtype)
         if self.do_layer_norm:
             mm = m[:, :, None]

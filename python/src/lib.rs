@@ -74,6 +74,9 @@ fn load_shared(path: Option<&Path>, device: Device) -> elmo::Result<Arc<ElmoMode
     Ok(model)
 }
 
+/// `Model(path, device, threads)`'s arguments, as `__reduce__` gives them.
+type ModelArgs = (Option<PathBuf>, String, Option<usize>);
+
 /// A loaded ELMo biLM, shared by every thread that uses it.
 #[pyclass(frozen, module = "elmo")]
 struct Model {
@@ -142,7 +145,12 @@ fn sentences_of(sentences: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<String>>> {
                     t.get_type().name()?
                 )));
             }
-            toks.push(t.extract::<String>()?);
+            // A str with lone surrogates has no UTF-8: say where it is.
+            toks.push(t.extract::<String>().map_err(|_| {
+                input_err(format!(
+                    "sentence {i}, token {j} is not valid Unicode (a lone surrogate?)"
+                ))
+            })?);
         }
         out.push(toks);
     }
@@ -161,14 +169,16 @@ impl Model {
     /// a pool of its own for this model (default: all cores, shared).
     #[new]
     #[pyo3(signature = (path=None, device="cpu", threads=None))]
-    fn new(py: Python<'_>, path: Option<PathBuf>, device: &str, threads: Option<usize>) -> PyResult<Self> {
+    fn new(py: Python<'_>, path: Option<PathBuf>, device: &str, threads: Option<i64>) -> PyResult<Self> {
         let device: Device = device.parse().map_err(err)?;
         let pool = match threads {
             None => None,
-            Some(0) => return Err(input_err("threads must be at least 1")),
+            Some(n) if !(1..=4096).contains(&n) => {
+                return Err(input_err(format!("threads must be between 1 and 4096, got {n}")));
+            }
             Some(n) => Some(Arc::new(
                 rayon::ThreadPoolBuilder::new()
-                    .num_threads(n)
+                    .num_threads(n as usize)
                     .thread_name(|i| format!("elmo-{i}"))
                     .build()
                     .map_err(|e| ElmoError::new_err(format!("cannot start {n} threads: {e}")))?,
@@ -183,6 +193,19 @@ impl Model {
     #[getter]
     fn path(&self) -> Option<PathBuf> {
         self.path.clone()
+    }
+
+    /// Pickling (and so `copy.deepcopy`, `torch.save` of a module holding a
+    /// model, Ray's actors): the model is recreated from its file (made
+    /// absolute, so another working directory finds it), device and
+    /// threads; in one process the mapping is shared with this model's.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, pyo3::types::PyType>, ModelArgs)> {
+        let m = slf.get();
+        let path = match &m.path {
+            Some(p) => Some(std::path::absolute(p).map_err(|e| err(elmo::Error::io(p, e)))?),
+            None => None,
+        };
+        Ok((slf.get_type(), (path, m.device(), m.threads())))
     }
 
     /// Where the forward pass runs ("cpu", "cuda:0", ...).

@@ -195,6 +195,55 @@ def test_save_and_load_round_trip(tmp_path, small_model_path):
         ELMoEmbedding.from_config(cfg)
 
 
+def test_a_saved_model_loads_from_another_directory(tmp_path, small_model_path, monkeypatch):
+    import shutil
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copy(small_model_path, tmp_path / "a" / "m.safetensors")
+    monkeypatch.chdir(tmp_path / "a")
+    model = keras.Sequential(
+        [keras.Input(shape=(3,), dtype="int32"), ELMoEmbedding({1: "a", 2: "b"}, "default", model="m.safetensors")]
+    )
+    x = np.array([[1, 2, 0]])
+    want = np_(model(x))
+    model.save(tmp_path / "a" / "m.keras")
+    monkeypatch.chdir(tmp_path / "b")
+    np.testing.assert_array_equal(np_(keras.models.load_model(tmp_path / "a" / "m.keras")(x)), want)
+
+
+def test_xla_is_not_picked_for_the_layer_and_dtype_policies_work(monkeypatch):
+    layer = ELMoEmbedding({1: "a", 2: "b"}, "elmo")
+    model = keras.Sequential([keras.Input(shape=(3,), dtype="int32"), layer, keras.layers.Dense(1)])
+    if BACKEND == "tensorflow":
+        import types
+
+        import tensorflow as tf
+
+        # jit_compile="auto" picks XLA when TF sees a GPU: pretend it does.
+        real = tf.config.list_physical_devices
+        gpu = types.SimpleNamespace(name="/physical_device:GPU:0", device_type="GPU")
+        monkeypatch.setattr(
+            tf.config, "list_physical_devices", lambda kind=None: real(kind) + ([gpu] if kind in (None, "GPU") else [])
+        )
+        assert layer.supports_jit is False
+        model.compile("adam", "mse")
+        assert model.jit_compile is False
+        monkeypatch.undo()
+    else:
+        model.compile("adam", "mse")  # jax: XLA with the callback; torch: eager
+    x = np.array([[1, 2, 0], [2, 0, 0]])
+    model.fit(x, np.zeros((2, 3, 1)), epochs=1, verbose=0)
+    assert model.predict(x, verbose=0).shape == (2, 3, 1)
+    # A layer under a float16 policy computes and answers in float16.
+    want = np_(ELMoEmbedding({1: "a", 2: "b"}, "elmo")(x))
+    for policy in ("mixed_float16", "float16"):
+        half = ELMoEmbedding({1: "a", 2: "b"}, "elmo", dtype=policy)
+        got = half(x)
+        assert str(ops.convert_to_numpy(got).dtype) == "float16", policy
+        np.testing.assert_allclose(np_(got).astype("float32"), want, atol=1e-2, rtol=1e-2)
+
+
 def test_bad_input_raises_elmo_error(tmp_path):
     layer = ELMoEmbedding({1: "a", 2: "b"}, "elmo")
     for ids, msg in [

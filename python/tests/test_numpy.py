@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -122,6 +123,38 @@ def test_a_model_file_is_mapped_once_per_process(small_model_path):
     assert a._weights_id != elmo.Model()._weights_id
 
 
+def test_the_type_stubs_match_the_runtime(tmp_path):
+    import subprocess
+    import sys
+
+    mypy = pytest.importorskip("mypy.api")
+    uses = Path(__file__).parent / "typing" / "uses.py"
+    report, errors, status = mypy.run(["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"), str(uses)])
+    assert status == 0, report + errors
+    small = FIXTURES / "small"
+    args = [small / "options.json", small / "lm_weights.hdf5", tmp_path / "m.safetensors"]
+    run = subprocess.run([sys.executable, uses, *args], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.startswith("ok"), run.stdout + run.stderr
+
+
+def test_a_model_pickles_and_deep_copies(tmp_path, small_model_path, monkeypatch):
+    import copy
+    import pickle
+    import shutil
+
+    shutil.copy(small_model_path, tmp_path / "m.safetensors")
+    monkeypatch.chdir(tmp_path)
+    sents = [["The", "cat"], ["sat"]]
+    for m in [elmo.Model(), elmo.Model("m.safetensors", threads=1)]:
+        back = pickle.loads(pickle.dumps(m))
+        # Absolute: the copy is found from any working directory.
+        assert back.path is None if m.path is None else back.path == tmp_path / "m.safetensors"
+        assert (back.device, back.threads) == (m.device, m.threads)
+        assert back._weights_id == m._weights_id  # one mapping per process
+        np.testing.assert_array_equal(back.embed(sents), m.embed(sents))
+        np.testing.assert_array_equal(copy.deepcopy(m).embed(sents), m.embed(sents))
+
+
 def test_bad_input_raises_elmo_error(tmp_path):
     m = elmo.Model()
     assert issubclass(elmo.ElmoError, ValueError)
@@ -137,7 +170,9 @@ def test_bad_input_raises_elmo_error(tmp_path):
         (lambda: m.embed([["a"]], "elmo", mix_weights=[1.0, 2.0]), "3 layers"),
         (lambda: m.embed([["a"]], "elmo", gamma=float("nan")), "finite"),
         (lambda: elmo.Model(tmp_path / "missing.safetensors"), "No such file"),
-        (lambda: elmo.Model(threads=0), "at least 1"),
+        (lambda: elmo.Model(threads=0), "between 1 and 4096, got 0"),
+        (lambda: elmo.Model(threads=-1), "between 1 and 4096, got -1"),
+        (lambda: m.embed([["ok", "\ud800"]]), "sentence 0, token 1 is not valid Unicode"),
         (lambda: elmo.Model(device="tpu"), "device"),
         (lambda: elmo.Model(device="cuda"), "CUDA|cuda"),
     ]

@@ -76,6 +76,31 @@ def test_trains_the_mixes_only():
     assert not any(p.requires_grad for p in fixed.parameters())
 
 
+def test_other_dtypes_pickling_and_allennlps_scalar_mix_call(tmp_path):
+    import copy
+
+    sents = [["The", "cat", "."], ["Hi"]]
+    want = Elmo(None)(sents)["elmo_representations"][0]
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        got = Elmo(None).to(dtype)(sents)["elmo_representations"][0]
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.float(), want, rtol=1e-2, atol=1e-2)
+    # deepcopy and torch.save of the whole module (the engine's Model pickles).
+    mod = Elmo(None, num_output_representations=2)
+    torch.testing.assert_close(copy.deepcopy(mod)(sents)["elmo_representations"][1], mod(sents)["elmo_representations"][1])
+    torch.save(mod, tmp_path / "m.pt")
+    back = torch.load(tmp_path / "m.pt", weights_only=False)
+    torch.testing.assert_close(back(sents)["elmo_representations"][0], mod(sents)["elmo_representations"][0])
+    # allennlp's ScalarMix.forward(list of K (B, T, D) tensors, mask=None).
+    layers = mod.layers(sents)  # (B, K, T, D)
+    mix = mod.scalar_mixes[0]
+    listed = mix([layers[:, k] for k in range(layers.shape[1])])
+    w = torch.softmax(torch.cat(list(mix.scalar_parameters)), dim=0)
+    torch.testing.assert_close(listed, mix.gamma * torch.einsum("k,bktd->btd", w, layers))
+    with pytest.raises(elmo.ElmoError, match="2 tensors for a mixture of 3"):
+        mix([layers[:, 0], layers[:, 1]])
+
+
 def test_bad_input_raises_elmo_error():
     mod = Elmo(None)
     for inputs, msg in [
