@@ -179,6 +179,9 @@ fn loader_refuses_bad_model_files() {
         h["CNN_proj/b_proj"]["data_offsets"] = serde_json::json!([0, 99999999])
     }));
     assert!(msg.contains("CNN_proj/b_proj"), "{msg}");
+    // A folder where the file should be.
+    let msg = ElmoModel::load(dir.path()).map(|_| ()).unwrap_err().to_string();
+    assert!(msg.contains("is a folder, not a model file"), "{msg}");
     // Bit flips in the header never panic.
     for i in (8..200).step_by(7) {
         let mut b = good.clone();

@@ -329,6 +329,13 @@ impl ModelFile {
     /// Memory-maps and validates a model file.
     pub fn open(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // A folder opens on Linux, and mapping it says "No such device".
+        if file.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(Error::weights(
+                path,
+                "is a folder, not a model file (convert a model folder with `elmo convert`)",
+            ));
+        }
         // SAFETY: the mapping is read-only and private to this process. The
         // usual caveat applies: if another process truncates or rewrites the
         // file while it is mapped, reads may fault or see new bytes. Our own
