@@ -157,6 +157,26 @@ fn clip(v: &Value, path: &str) -> Result<Option<f32>> {
     }
 }
 
+/// The keys of `options.json`'s `lstm` section.
+const LSTM_KEYS: [&str; 6] = [
+    "dim",
+    "projection_dim",
+    "n_layers",
+    "cell_clip",
+    "proj_clip",
+    "use_skip_connections",
+];
+
+/// The keys of `options.json`'s `char_cnn` section.
+const CHAR_CNN_KEYS: [&str; 6] = [
+    "embedding",
+    "filters",
+    "n_highway",
+    "n_characters",
+    "max_characters_per_token",
+    "activation",
+];
+
 impl Options {
     /// Parses `options.json` text.
     pub fn from_json(text: &str) -> Result<Self> {
@@ -179,6 +199,22 @@ impl Options {
                  layout with the zero padding row"
                     .to_string(),
             );
+        }
+        // Keys of the model's sections this reader does not know: a typo
+        // there (`n_layer`) would silently take the default.
+        for (section, known) in [
+            ("lstm", &LSTM_KEYS[..]),
+            ("char_cnn", &CHAR_CNN_KEYS[..]),
+            ("char_cnn.embedding", &["dim"][..]),
+        ] {
+            if let Some(obj) = field(&v, section).and_then(Value::as_object) {
+                for key in obj.keys().filter(|k| !known.contains(&k.as_str())) {
+                    notices.push(format!(
+                        "options: {section}.{key} is not a setting of the model and is ignored (known: {})",
+                        known.join(", ")
+                    ));
+                }
+            }
         }
         Ok((Self::from_value(&v)?, notices))
     }

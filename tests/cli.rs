@@ -539,3 +539,174 @@ fn devices_lists_the_cpu_and_cuda_or_why_not() {
     let o = elmo(&["devices", "--model", "x.safetensors"], dir.path());
     assert!(!o.status.success());
 }
+
+/// What a reader that went away, a full disk or a typo must not do: a
+/// backtrace, an overwritten input, a half-written output, a silently
+/// smaller model, a flag ignored.
+#[test]
+fn the_cli_never_destroys_an_input_nor_ignores_a_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = convert_tiny(d);
+    let run_to = |args: &[&str], stdout: std::process::Stdio| {
+        Command::new(env!("CARGO_BIN_EXE_elmo"))
+            .args(args)
+            .current_dir(d)
+            .stdout(stdout)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run elmo")
+    };
+    // Standard output closed by its reader (`| head -0`): quiet, status 0.
+    for args in [&["inspect", &model][..], &["devices"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = run_to(args, writer.into());
+        assert!(o.status.success() && stderr(&o).is_empty(), "{args:?}: {}", stderr(&o));
+        // A full disk: one line.
+        if Path::new("/dev/full").exists() {
+            let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+            assert_one_line_error(&run_to(args, full.into()), "standard output: No space left");
+        }
+    }
+
+    // --out naming an input: refused, the input untouched.
+    let f = fixture("small");
+    let h5 = d.join("w.hdf5");
+    std::fs::copy(f.join("lm_weights.hdf5"), &h5).unwrap();
+    let before = std::fs::read(&h5).unwrap();
+    let opts = f.join("options.json");
+    let convert = |opts: &Path, out: &str| {
+        elmo(
+            &[
+                "convert",
+                "--options",
+                opts.to_str().unwrap(),
+                "--hdf5",
+                "w.hdf5",
+                "--out",
+                out,
+            ],
+            d,
+        )
+    };
+    assert_one_line_error(&convert(&opts, "./w.hdf5"), "is the --hdf5 file");
+    assert_eq!(std::fs::read(&h5).unwrap(), before);
+    std::fs::write(d.join("in.npz"), "a b\n").unwrap();
+    let embed = |extra: &[&str]| {
+        let mut args = vec!["embed", "--model", &model];
+        args.extend_from_slice(extra);
+        elmo(&args, d)
+    };
+    assert_one_line_error(&embed(&["--input", "in.npz", "--out", "in.npz"]), "is the --input file");
+    assert_eq!(std::fs::read(d.join("in.npz")).unwrap(), b"a b\n");
+
+    // An options.json with a typo'd key: a notice naming it, and a file
+    // with more layers than the options say is refused, not cut down.
+    let mut o: serde_json::Value = serde_json::from_slice(&std::fs::read(&opts).unwrap()).unwrap();
+    let layers = o["lstm"].as_object_mut().unwrap().remove("n_layers").unwrap();
+    o["lstm"]["n_layer"] = layers;
+    std::fs::write(d.join("typo.json"), o.to_string()).unwrap();
+    let r = convert(&d.join("typo.json"), "t.safetensors");
+    assert!(
+        stderr(&r).contains("notice: options: lstm.n_layer is not a setting"),
+        "{}",
+        stderr(&r)
+    );
+    assert!(
+        stderr(&r).contains("more LSTM layers than the options' lstm.n_layers = 1"),
+        "{}",
+        stderr(&r)
+    );
+    assert!(!r.status.success() && !d.join("t.safetensors").exists());
+
+    // The output format from the extension, in any case; others refused.
+    std::fs::write(d.join("in.txt"), "a b\nc\n").unwrap();
+    let r = embed(&["--input", "in.txt", "--out", "UP.HDF5", "--quiet"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(std::fs::read(d.join("UP.HDF5")).unwrap().starts_with(b"\x89HDF"));
+    assert_one_line_error(
+        &embed(&["--input", "in.txt", "--out", "o.txt"]),
+        ".npz (padded arrays) or .hdf5/.h5",
+    );
+    // Flags of the corpus layout with .npz output.
+    for flag in [&["--window", "8"][..], &["--batch-tokens", "64"][..], &["--all"][..]] {
+        let mut args = vec!["--input", "in.txt", "--out", "o.npz"];
+        args.extend_from_slice(flag);
+        assert_one_line_error(&embed(&args), &format!("{} applies to .hdf5/.h5", flag[0]));
+    }
+    // A missing argument is named.
+    assert_one_line_error(&elmo(&["embed", "--input", "in.txt"], d), "--out <OUT>");
+    // A mix that overflows float32 (values above 1 in the small model).
+    let small = convert_small(d);
+    let r = elmo(
+        &[
+            "embed", "--model", &small, "--input", "in.txt", "--out", "o.npz", "--gamma", "3.4e38",
+        ],
+        d,
+    );
+    assert_one_line_error(&r, "the mix overflows float32");
+    assert_one_line_error(
+        &elmo(&["inspect", "nope.safetensors"], d),
+        "nope.safetensors: No such file",
+    );
+    std::fs::write(d.join("w.jsonl"), "[[\"a\", \"b\"]]\n").unwrap();
+    for t in ["0", "100000"] {
+        let r = elmo(
+            &[
+                "bench",
+                "--model",
+                &model,
+                "--input",
+                "w.jsonl",
+                "--threads",
+                t,
+                "--runs",
+                "1",
+            ],
+            d,
+        );
+        assert_one_line_error(&r, &format!("--threads must be 1 to 4096, got {t}"));
+    }
+}
+
+/// An .npz write that fails (here the file size limit, `ulimit -f`) says
+/// so in one line and leaves the earlier file as it was, and nothing else.
+#[test]
+fn a_failed_npz_write_keeps_the_earlier_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = convert_tiny(d);
+    let few: String = (0..3).map(|i| format!("w{i} x\n")).collect();
+    let many: String = (0..400).map(|i| format!("word{i} and more words {i}\n")).collect();
+    std::fs::write(d.join("few.txt"), few).unwrap();
+    std::fs::write(d.join("many.txt"), many).unwrap();
+    let o = elmo(&["embed", "--model", &model, "--input", "few.txt", "--out", "o.npz"], d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = std::fs::read(d.join("o.npz")).unwrap();
+    assert!(before.len() < 32 << 10, "{} bytes", before.len());
+    // SIGXFSZ ignored (kept across exec): writes past the limit fail with EFBIG.
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 64; exec '{}' embed --model '{model}' --input many.txt --out o.npz",
+        env!("CARGO_BIN_EXE_elmo")
+    );
+    let o = Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, "o.npz: File too large");
+    assert!(!stderr(&o).contains("ZipWriter"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(d.join("o.npz")).unwrap(),
+        before,
+        "the earlier file changed"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("o.npz"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["o.npz"], "a temporary file was left");
+}

@@ -377,12 +377,28 @@ fn a_full_disk_or_a_read_only_folder_is_one_line_and_keeps_the_partial_output() 
         return;
     }
     let out = full.join("o.hdf5");
-    let o = embed(&corpus, &out, &[], &[]);
+    // Windows of 50 sentences (~0.5 MB): the first is committed, the
+    // second fills the disk.
+    let o = elmo(
+        &["embed", "--input", p(&corpus), "--out", p(&out), "--window", "50"],
+        &[],
+    );
     let kept = full.join("o.hdf5.partial.journal").exists();
+    // One window of 300 (~3 MB): nothing committed, so nothing is kept
+    // (the space is freed, and a plain rerun is not refused).
+    let o_first = embed(&corpus, &full.join("p.hdf5"), &[], &[]);
+    let names: Vec<_> = std::fs::read_dir(&full)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("p.hdf5"))
+        .collect();
     umount(&full);
     assert_one_line_error(&o, "No space left on device");
     assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
     assert!(kept, "the partial output is kept");
+    assert_one_line_error(&o_first, "No space left on device");
+    assert!(!stderr(&o_first).contains("--resume"), "{}", stderr(&o_first));
+    assert!(names.is_empty(), "left behind: {names:?}");
 
     let ro = dir.path().join("ro");
     assert!(mount_tmpfs(&ro, "size=1m,ro"));
@@ -409,4 +425,110 @@ fn progress_lines_when_not_a_terminal_and_none_when_quiet() {
     assert!(e.lines().last().unwrap().starts_with("wrote "), "{e}");
     let o = embed(&corpus, &dir.path().join("b.hdf5"), &["--quiet"], &every);
     assert!(o.status.success() && o.stderr.is_empty(), "{}", stderr(&o));
+}
+
+/// Refusals that come before any work, and leave nothing behind: an
+/// output that is a folder, an input that is a folder or invalid from its
+/// first line, a line without end; and the advice a refused resume gives
+/// is advice that works.
+#[test]
+fn refusals_leave_no_files_and_say_how_to_start_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // `embed` without its --window.
+    let embed = |input: &Path, out: &Path, extra: &[&str], envs: &[(&str, &str)]| {
+        let mut args = vec!["embed", "--input", p(input), "--out", p(out)];
+        args.extend_from_slice(extra);
+        elmo(&args, envs)
+    };
+    let corpus = d.join("c.txt");
+    write_corpus(&corpus, 400, 21);
+    let leftovers = |stem: &str| -> Vec<String> {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(stem) && n != stem)
+            .collect()
+    };
+    std::fs::create_dir(d.join("folder.hdf5")).unwrap();
+    assert_one_line_error(
+        &embed(&corpus, &d.join("folder.hdf5"), &[], &[]),
+        "is a folder; --out names",
+    );
+    assert_one_line_error(&embed(d, &d.join("a.hdf5"), &[], &[]), "is a folder, not an input file");
+    assert!(leftovers("a.hdf5").is_empty(), "{:?}", leftovers("a.hdf5"));
+    let bad = d.join("bad.jsonl");
+    std::fs::write(&bad, "[[\"a\"\n").unwrap();
+    assert_one_line_error(&embed(&bad, &d.join("b.hdf5"), &[], &[]), "line 1: malformed JSON");
+    assert!(leftovers("b.hdf5").is_empty(), "{:?}", leftovers("b.hdf5"));
+    // Fixed, a plain run is not refused.
+    std::fs::write(&bad, "[[\"a\"]]\n").unwrap();
+    assert!(embed(&bad, &d.join("b.hdf5"), &["--quiet"], &[]).status.success());
+    // A line longer than the reader takes (no newline in 64 MiB).
+    let endless = d.join("endless.txt");
+    std::fs::write(&endless, vec![b'x'; elmo::corpus::source::MAX_LINE + 1]).unwrap();
+    assert_one_line_error(
+        &embed(&endless, &d.join("e.hdf5"), &[], &[]),
+        "line 1: longer than 64 MiB",
+    );
+    std::fs::remove_file(&endless).unwrap();
+
+    // An interrupted run: each refusal names the files to delete, and
+    // deleting them does start over.
+    let out = d.join("o.hdf5");
+    let crash = [("ELMO_TEST_CRASH_AFTER_WINDOWS", "1")];
+    assert!(!embed(&corpus, &out, &["--window", "100"], &crash).status.success());
+    let start_over = "to start over, delete";
+    let o = embed(&corpus, &out, &["--window", "100"], &[]);
+    assert_one_line_error(&o, "continue it with --resume, or to start over, delete");
+    let o = embed(&corpus, &out, &["--resume", "--window", "50"], &[]);
+    assert_one_line_error(&o, "--window (was 100, now 50)");
+    assert!(
+        stderr(&o).contains(start_over) && stderr(&o).contains("o.hdf5.partial.journal"),
+        "{}",
+        stderr(&o)
+    );
+    let mut other = std::fs::read(&corpus).unwrap();
+    other[0] ^= 1;
+    let other_path = d.join("other.txt");
+    std::fs::write(&other_path, other).unwrap();
+    assert_one_line_error(
+        &embed(&other_path, &out, &["--resume", "--window", "100"], &[]),
+        start_over,
+    );
+    // Another process writing the output (here: holding the journal's lock).
+    let journal = d.join("o.hdf5.partial.journal");
+    let held = std::fs::File::open(&journal).unwrap();
+    held.lock().unwrap();
+    let busy = "another run is writing this output now";
+    assert_one_line_error(&embed(&corpus, &out, &["--resume", "--window", "100"], &[]), busy);
+    assert_one_line_error(&embed(&corpus, &out, &["--window", "100"], &[]), busy);
+    drop(held);
+    // The index gone: resuming cannot work, and it says so.
+    let index = d.join("o.hdf5.partial.index");
+    let saved = std::fs::read(&index).unwrap();
+    std::fs::remove_file(&index).unwrap();
+    let o = embed(&corpus, &out, &["--resume", "--window", "100"], &[]);
+    assert_one_line_error(
+        &o,
+        "o.hdf5.partial.index is missing, so the interrupted run cannot continue",
+    );
+    assert!(stderr(&o).contains(start_over), "{}", stderr(&o));
+    std::fs::write(&index, saved).unwrap();
+    // Following the advice starts over.
+    for f in ["o.hdf5.partial", "o.hdf5.partial.index", "o.hdf5.partial.journal"] {
+        std::fs::remove_file(d.join(f)).unwrap();
+    }
+    let o = embed(&corpus, &out, &["--window", "100", "--quiet"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let whole = d.join("whole.hdf5");
+    assert!(
+        embed(&corpus, &whole, &["--window", "100", "--quiet"], &[])
+            .status
+            .success()
+    );
+    assert_same_file(&out, &whole, "started over");
+    // A negative progress interval is ignored, not a panic.
+    let o = embed(&corpus, &d.join("p.hdf5"), &[], &[("ELMO_PROGRESS_SECONDS", "-1")]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }

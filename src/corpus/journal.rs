@@ -67,6 +67,25 @@ impl Paths {
         })
     }
 
+    /// How to start over instead of resuming: the files to delete.
+    pub fn start_over(&self) -> String {
+        format!(
+            "to start over, delete {}, {} and {}",
+            self.partial.display(),
+            self.index.display(),
+            self.journal.display()
+        )
+    }
+
+    /// `e` with [`start_over`](Paths::start_over) appended, for a resume
+    /// that cannot go on.
+    pub fn with_start_over(&self, e: Error) -> Error {
+        match e {
+            Error::Resume(m) => Error::Resume(format!("{m}; {}", self.start_over())),
+            e => e,
+        }
+    }
+
     /// Whether an interrupted run left its journal here.
     pub fn has_partial(&self) -> bool {
         self.journal.exists()
@@ -211,6 +230,26 @@ fn parse_line<T: for<'de> Deserialize<'de>>(line: &[u8]) -> Option<T> {
     (crc == crc32fast::hash(json)).then(|| serde_json::from_slice(json).ok())?
 }
 
+/// Takes the journal's lock for this run (released when the file is
+/// closed, by the OS also when the process dies). A file system without
+/// locks runs unlocked.
+fn lock(file: &File, path: &Path) -> Result<()> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Resume(format!(
+            "{}: another run is writing this output now",
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => Ok(()),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(path, e)),
+    }
+}
+
+/// Whether a running process holds the journal at `path` (see [`lock`]).
+pub fn in_use(path: &Path) -> bool {
+    File::open(path).is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
+}
+
 /// An open journal, appended to at each commit.
 pub struct Journal {
     file: File,
@@ -219,11 +258,32 @@ pub struct Journal {
 
 impl Journal {
     /// Starts a new journal with `header`.
+    ///
+    /// The journal is created new (never over another run's) and locked
+    /// while the run goes on: two runs cannot write one output.
     pub fn create(path: &Path, header: &Header) -> Result<Journal> {
-        let mut file = File::create(path).map_err(|e| Error::io(path, e))?;
-        file.write_all(&line_of(header)).map_err(|e| Error::io(path, e))?;
-        file.sync_data().map_err(|e| Error::io(path, e))?;
-        sync_dir(path)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Error::Resume(format!(
+                    "{}: another run started writing this output just now",
+                    path.display()
+                )),
+                _ => Error::io(path, e),
+            })?;
+        let written = lock(&file, path).and_then(|()| {
+            file.write_all(&line_of(header)).map_err(|e| Error::io(path, e))?;
+            file.sync_data().map_err(|e| Error::io(path, e))?;
+            sync_dir(path)
+        });
+        if let Err(e) = written {
+            // Ours (created new above): a journal without its header would
+            // only refuse the next run.
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
         Ok(Journal {
             file,
             path: path.to_path_buf(),
@@ -234,8 +294,14 @@ impl Journal {
     /// if no window was committed), with anything after that commit (a torn
     /// line) cut off.
     pub fn resume(path: &Path) -> Result<(Journal, Header, Option<Commit>)> {
-        let damaged = |m: &str| Error::Resume(format!("{}: {m}; rerun without --resume to start over", path.display()));
-        let mut reader = BufReader::new(File::open(path).map_err(|e| Error::io(path, e))?);
+        let damaged = |m: &str| Error::Resume(format!("{}: {m}", path.display()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        lock(&file, path)?;
+        let mut reader = BufReader::new(&file);
         let mut line = Vec::new();
         reader.read_until(b'\n', &mut line).map_err(|e| Error::io(path, e))?;
         let header: Header = parse_line(&line).ok_or_else(|| damaged("the journal's header is damaged"))?;
@@ -250,10 +316,7 @@ impl Journal {
             good_end += n as u64;
             last = Some(commit);
         }
-        let file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
+        drop(reader);
         file.set_len(good_end).map_err(|e| Error::io(path, e))?;
         let mut journal = Journal {
             file,

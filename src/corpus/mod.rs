@@ -125,7 +125,14 @@ impl Input {
             ));
         }
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let total = file.metadata().ok().map(|m| m.len());
+        let meta = file.metadata().ok();
+        if meta.as_ref().is_some_and(|m| m.is_dir()) {
+            return Err(Error::Input(format!(
+                "{}: is a folder, not an input file",
+                path.display()
+            )));
+        }
+        let total = meta.map(|m| m.len());
         let mut input = Input::from_reader(
             Box::new(BufReader::with_capacity(1 << 20, file)),
             Format::from_path(path),
@@ -263,6 +270,13 @@ pub fn embed_corpus(
 ) -> Result<Summary> {
     let t0 = Instant::now();
     let paths = Paths::for_output(out)?;
+    if out.is_dir() {
+        // Found now, not when the finished file is renamed onto it.
+        return Err(Error::Input(format!(
+            "{}: is a folder; --out names the file to write",
+            out.display()
+        )));
+    }
     let o = model.options();
     let (nk, dim) = (o.n_output_layers(), 2 * o.projection_dim());
     let header = Header {
@@ -289,12 +303,34 @@ pub fn embed_corpus(
     let mut reader = SentenceReader::new(input.reader, input.format, input.label);
 
     // Start, or continue what an interrupted run committed.
+    let mut scratch = Scratch {
+        paths: &paths,
+        fresh: false,
+    };
     let (mut journal, mut done) = if cfg.resume && paths.has_partial() {
-        let (journal, started, last) = Journal::resume(&paths.journal)?;
+        for p in [&paths.partial, &paths.index] {
+            if !p.exists() {
+                let finished = if paths.out.exists() {
+                    format!(
+                        " ({} exists: if that run finished, only this clean-up was left)",
+                        paths.out.display()
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(Error::Resume(format!(
+                    "{} is missing, so the interrupted run cannot continue{finished}; {}",
+                    p.display(),
+                    paths.start_over()
+                )));
+            }
+        }
+        let (journal, started, last) = Journal::resume(&paths.journal).map_err(|e| paths.with_start_over(e))?;
         if let Some(d) = header.differences(&started) {
             return Err(Error::Resume(format!(
-                "{} was started with different settings: {d}; rerun them, or without --resume to start over",
-                paths.partial.display()
+                "{} was started with different settings: {d}; rerun with them, or {}",
+                paths.partial.display(),
+                paths.start_over()
             )));
         }
         let done = last.unwrap_or_else(|| Commit {
@@ -302,7 +338,7 @@ pub fn embed_corpus(
             index_len: 1,
             ..Default::default()
         });
-        reader.skip_to(done.position())?;
+        reader.skip_to(done.position()).map_err(|e| paths.with_start_over(e))?;
         (journal, done)
     } else {
         if cfg.resume && paths.out.exists() {
@@ -311,15 +347,26 @@ pub fn embed_corpus(
                 paths.out.display()
             )));
         }
-        if paths.has_partial() {
+        if paths.has_partial() && journal::in_use(&paths.journal) {
             return Err(Error::Resume(format!(
-                "{} holds an interrupted run: continue it with --resume, or delete it",
+                "{}: another run is writing this output now",
                 paths.journal.display()
             )));
         }
+        if paths.has_partial() {
+            return Err(Error::Resume(format!(
+                "{} holds an interrupted run: continue it with --resume, or {}",
+                paths.journal.display(),
+                paths.start_over()
+            )));
+        }
+        // From here until the first window is committed, a failure (an
+        // invalid first line, an input that cannot be read) leaves no
+        // files behind: there is nothing to resume.
+        let journal = Journal::create(&paths.journal, &header)?;
+        scratch.fresh = true;
         create_sized(&paths.partial, hdf5_out::DATA_START)?;
         std::fs::write(&paths.index, b"{").map_err(|e| Error::io(&paths.index, e))?;
-        let journal = Journal::create(&paths.journal, &header)?;
         let done = Commit {
             data_end: hdf5_out::DATA_START,
             index_len: 1,
@@ -328,8 +375,8 @@ pub fn embed_corpus(
         (journal, done)
     };
     let resumed_sentences = done.sentences;
-    let mut data = open_truncated(&paths.partial, done.data_end)?;
-    let mut index = open_truncated(&paths.index, done.index_len)?;
+    let mut data = open_truncated(&paths.partial, done.data_end).map_err(|e| paths.with_start_over(e))?;
+    let mut index = open_truncated(&paths.index, done.index_len).map_err(|e| paths.with_start_over(e))?;
 
     let mut summary = Summary {
         resumed_sentences,
@@ -407,6 +454,7 @@ pub fn embed_corpus(
         commit.data_end = data.end;
         commit.index_len = index.end;
         journal.commit(&commit)?;
+        scratch.fresh = false;
         windows_this_run += 1;
         done = Commit {
             entries: Vec::new(),
@@ -415,6 +463,7 @@ pub fn embed_corpus(
     }
 
     // Complete: the metadata after the data, then the file under its name.
+    scratch.fresh = false;
     index.w.write_all(b"}").map_err(|e| Error::io(&paths.index, e))?;
     index.end += 1;
     index.sync()?;
@@ -450,6 +499,23 @@ pub fn embed_corpus(
     Ok(summary)
 }
 
+/// The files of a fresh run that has committed nothing yet: removed if the
+/// run ends in an error (not on `abort`, which the crash tests use).
+struct Scratch<'a> {
+    paths: &'a Paths,
+    fresh: bool,
+}
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        if self.fresh {
+            for p in [&self.paths.partial, &self.paths.index, &self.paths.journal] {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
 /// Creates (or truncates) `path` with `len` zero bytes.
 fn create_sized(path: &Path, len: u64) -> Result<()> {
     let f = File::create(path).map_err(|e| Error::io(path, e))?;
@@ -467,7 +533,7 @@ fn open_truncated(path: &Path, len: u64) -> Result<DataFile> {
     let have = f.metadata().map_err(|e| Error::io(path, e))?.len();
     if have < len {
         return Err(Error::Resume(format!(
-            "{} is shorter ({have} bytes) than its journal says ({len}); rerun without --resume to start over",
+            "{} is shorter ({have} bytes) than its journal says ({len})",
             path.display()
         )));
     }

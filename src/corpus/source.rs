@@ -6,6 +6,10 @@
 use crate::error::{Error, Result};
 use std::io::BufRead;
 
+/// The longest input line read, in bytes (a sentence of millions of
+/// tokens; its outputs alone would be gigabytes).
+pub const MAX_LINE: usize = 64 << 20;
+
 /// How lines are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -128,7 +132,7 @@ impl<R: BufRead> SentenceReader<R> {
         if here != to.crc || self.lines != to.lines {
             return Err(Error::Resume(format!(
                 "{}: its first {} bytes differ from the input the partial output was made from \
-                 (CRC-32 {here:08x}, expected {:08x}); rerun without --resume to start over",
+                 (CRC-32 {here:08x}, expected {:08x})",
                 self.label, to.bytes, to.crc
             )));
         }
@@ -154,14 +158,21 @@ impl<R: BufRead> SentenceReader<R> {
     pub fn read_line_into(&mut self, out: &mut Vec<Sentence>) -> Result<bool> {
         loop {
             self.buf.clear();
-            let n = self
-                .inner
+            // At most MAX_LINE bytes and the newline: an input without
+            // newlines (`/dev/zero`) is an error, not all of memory.
+            let n = std::io::Read::take(&mut self.inner, MAX_LINE as u64 + 1)
                 .read_until(b'\n', &mut self.buf)
                 .map_err(|e| self.io_error(e))?;
             if n == 0 {
                 return Ok(false);
             }
             let line_no = self.lines + 1;
+            if n > MAX_LINE && self.buf.last() != Some(&b'\n') {
+                return Err(self.input_error(
+                    line_no,
+                    format_args!("longer than {} MiB (one sentence a line)", MAX_LINE >> 20),
+                ));
+            }
             let raw = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
             let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
             let text = std::str::from_utf8(raw).map_err(|e| {

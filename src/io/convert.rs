@@ -5,7 +5,7 @@
 //! the right shape; anything else is an error naming the dataset.
 
 use crate::error::{Error, Result};
-use crate::io::model_file::{NamedTensor, expected_tensors};
+use crate::io::model_file::{NamedTensor, expected_tensors, lstm_name};
 use crate::options::Options;
 use hdf5_reader::{Datatype, Hdf5File};
 use std::path::Path;
@@ -78,6 +78,30 @@ fn read_from(options: &Options, file: Hdf5File, hdf5: &Path, progress: Progress)
         done += data.len() as u64 * 4;
         progress(done, total, &name);
         out.push((name, shape, data));
+    }
+    // Weights the options leave out mean the options are not this file's
+    // (a typo'd `n_layers` reads as 1 layer, bilm-tf's default): an error,
+    // not a smaller model converted without a word.
+    let (layers, highway) = (options.lstm.n_layers, options.char_cnn.n_highway);
+    let extra = [
+        (lstm_name(0, layers, "W_0"), "LSTM", "lstm.n_layers", layers),
+        (
+            format!("CNN_high_{highway}/W_carry"),
+            "highway",
+            "char_cnn.n_highway",
+            highway,
+        ),
+    ];
+    for (name, what, key, n) in extra {
+        if file.dataset(&name).is_ok() {
+            return Err(Error::tensor(
+                hdf5,
+                &name,
+                format!(
+                    "the file holds more {what} layers than the options' {key} = {n}: are they this file's options?"
+                ),
+            ));
+        }
     }
     Ok(out)
 }

@@ -254,6 +254,15 @@ pub fn write_atomically(path: &Path, body: impl FnOnce(&mut dyn Write) -> std::i
 /// Runs `write` on a temporary path in `path`'s folder, syncs what it wrote
 /// and renames it to `path`; on failure the temporary file is removed.
 fn replace_atomically(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
+    write_path_atomically(path, |tmp| write(tmp).map_err(|e| Error::io(path, e)))
+}
+
+/// Runs `write` on a temporary path in `path`'s folder (`write` creates
+/// the file there), syncs it and renames it to `path`: readers see the old
+/// file or the whole new one, and a failure leaves the old one as it was.
+/// On failure the temporary file is removed and `write`'s error returned
+/// as it is.
+pub fn write_path_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -265,20 +274,23 @@ fn replace_atomically(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<
             .unwrap_or_else(|| "model".into()),
         std::process::id()
     ));
-    let result = (|| -> std::io::Result<()> {
+    let io = |e| Error::io(path, e);
+    let result = (|| -> Result<()> {
         // The permissions a new file gets here (umask applied), kept whatever
         // `write` does (the safetensors crate persists a private temp file).
-        let perms = std::fs::File::create(&tmp)?.metadata()?.permissions();
+        let perms = std::fs::File::create(&tmp)
+            .and_then(|f| f.metadata())
+            .map_err(io)?
+            .permissions();
         write(&tmp)?;
-        std::fs::set_permissions(&tmp, perms)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::set_permissions(&tmp, perms).map_err(io)?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
     })();
-    if let Err(e) = result {
+    if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
     }
-    Ok(())
+    result
 }
 
 /// A loaded model file: its options and its tensors, used in place from the

@@ -27,6 +27,10 @@ fn forward(model: &ElmoModel, batch: &[Vec<String>], mix: Option<&ScalarMix>) ->
     Ok(mix.forward(&all, &mask, true)?.value().len())
 }
 
+/// The most `--threads` taken (as the Python package's `threads`): more
+/// than any machine's cores, far fewer than a typo's `100000`.
+const MAX_THREADS: usize = 4096;
+
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     model_path: &Path,
@@ -45,12 +49,20 @@ pub fn run(
     if !matches!(output, "layers" | "elmo") {
         return Err(Error::Input(format!("--output must be layers or elmo, got {output:?}")));
     }
+    if !(1..=MAX_THREADS).contains(&threads) {
+        return Err(Error::Input(format!(
+            "--threads must be 1 to {MAX_THREADS}, got {threads}"
+        )));
+    }
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
+        .num_threads(threads)
         .build()
         .map_err(|e| Error::Input(format!("cannot start {threads} threads: {e}")))?;
-    let mut batches = elmo::input::parse_jsonl(&std::fs::read(input).map_err(|e| Error::io(input, e))?)
-        .map_err(|e| Error::Input(format!("{}: {e}", input.display())))?;
+    let mut batches =
+        elmo::input::parse_jsonl(&std::fs::read(input).map_err(|e| Error::io(input, e))?).map_err(|e| match e {
+            Error::Input(m) => Error::Input(format!("{}: {m}", input.display())),
+            e => e,
+        })?;
     if let Some(n) = batch_size {
         if n == 0 {
             return Err(Error::Input("--batch-size must be at least 1".into()));
@@ -114,7 +126,6 @@ pub fn run(
             "device": device.to_string(),
             "model": model_path.display().to_string(),
         });
-        println!("{line}");
-        Ok(())
+        crate::outln!("{line}")
     })
 }

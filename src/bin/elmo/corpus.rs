@@ -37,7 +37,9 @@ pub fn run(model: &ElmoModel, input: &Path, out: &Path, cfg: &CorpusConfig, quie
     let every = std::env::var("ELMO_PROGRESS_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .map_or(PLAIN_EVERY, Duration::from_secs_f64);
+        // A negative, infinite or NaN value is ignored, not a panic.
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .unwrap_or(PLAIN_EVERY);
     let t0 = Instant::now();
     let mut last_line = Instant::now();
     let mut report = |p: &Progress| {

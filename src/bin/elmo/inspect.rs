@@ -14,6 +14,14 @@ fn dims(s: &[usize]) -> String {
 /// A listing of `path`, whichever kind of file it is.
 pub fn describe(path: &Path) -> Result<String> {
     let mut out = String::new();
+    if let Err(e) = std::fs::metadata(path) {
+        // Not even a checkpoint prefix (whose PATH.index exists instead).
+        let mut index = path.as_os_str().to_owned();
+        index.push(".index");
+        if !Path::new(&index).exists() {
+            return Err(Error::io(path, e));
+        }
+    }
     if path.is_dir() && path.join("char.dic").is_file() {
         return describe_efml(path);
     }

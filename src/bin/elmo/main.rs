@@ -124,12 +124,13 @@ enum Command {
         /// (refused if the model, input or settings differ).
         #[arg(long)]
         resume: bool,
-        /// .hdf5: sentences read ahead and grouped by length.
-        #[arg(long, default_value_t = 4096)]
-        window: usize,
-        /// .hdf5: padded positions (sentences x longest) per batch, at most.
-        #[arg(long, default_value_t = 4096)]
-        batch_tokens: usize,
+        /// .hdf5: sentences read ahead and grouped by length (default 4096).
+        #[arg(long)]
+        window: Option<usize>,
+        /// .hdf5: padded positions (sentences x longest) per batch, at most
+        /// (default 4096).
+        #[arg(long)]
+        batch_tokens: Option<usize>,
         /// .hdf5: batch in input order (the baseline of the benchmarks).
         #[arg(long)]
         no_length_grouping: bool,
@@ -214,18 +215,95 @@ fn main() {
                     0
                 });
             }
-            // One line: clap's first line says what was wrong.
-            let text = e.render().to_string();
-            eprintln!(
-                "{} (see elmo --help)",
-                text.lines().next().unwrap_or("invalid arguments")
-            );
+            eprintln!("{} (see elmo --help)", one_line(&e.render().to_string()));
             std::process::exit(2);
         }
     };
     if let Err(e) = run(cli.command) {
         eprintln!("error: {e}");
         std::process::exit(1);
+    }
+}
+
+/// clap's message on one line: its first line says what was wrong, and
+/// the indented lines under it (the missing arguments, say) which ones;
+/// the usage and `--help` hint after a blank line are left out.
+fn one_line(text: &str) -> String {
+    let mut lines = text.lines();
+    let mut line = lines.next().unwrap_or("invalid arguments").trim_end().to_string();
+    for more in lines.take_while(|l| !l.trim().is_empty()) {
+        line.push(' ');
+        line.push_str(more.trim());
+    }
+    line
+}
+
+/// Writes to standard output. A reader that went away (`elmo inspect M |
+/// head`) ends the program quietly with status 0, as other Unix tools do
+/// (Rust ignores SIGPIPE, so the write fails instead); any other failure
+/// (a full disk) is an error, one line.
+fn out(text: std::fmt::Arguments<'_>) -> Result<()> {
+    let mut o = std::io::stdout().lock();
+    match o.write_fmt(text).and_then(|()| o.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(Error::io("standard output", e)),
+    }
+}
+
+/// `println!` through [`out`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+pub(crate) use outln;
+
+/// Whether `a` and `b` name the same existing file (hard links and
+/// different spellings included): an output must not replace an input.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        #[cfg(unix)]
+        (Ok(x), Ok(y)) => {
+            use std::os::unix::fs::MetadataExt;
+            x.dev() == y.dev() && x.ino() == y.ino()
+        }
+        #[cfg(not(unix))]
+        (Ok(_), Ok(_)) => matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y),
+        _ => false,
+    }
+}
+
+/// Refuses an `--out` that is one of the inputs (converting or embedding
+/// into the file being read would destroy it).
+fn check_not_an_input(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    match inputs.iter().find(|(_, p)| same_file(out, p)) {
+        Some((flag, _)) => Err(Error::Input(format!(
+            "--out {} is the {flag} file: writing it would destroy what is read; choose another output",
+            out.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// What `embed --out` writes, from the file name's extension (any case).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OutFormat {
+    Npz,
+    Hdf5,
+}
+
+impl OutFormat {
+    fn of(out: &Path) -> Result<OutFormat> {
+        let ext = out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("npz") => Ok(OutFormat::Npz),
+            Some("hdf5" | "h5") => Ok(OutFormat::Hdf5),
+            _ => Err(Error::Input(format!(
+                "--out {}: the file name says what to write: .npz (padded arrays) or .hdf5/.h5 (allennlp's corpus layout)",
+                out.display()
+            ))),
+        }
     }
 }
 
@@ -238,22 +316,22 @@ fn devices(check: bool, model: Option<PathBuf>) -> Result<()> {
         .collect::<Vec<_>>()
         .join(", ");
     let level = elmo::cpu::simd_level_checked()?;
-    println!(
+    outln!(
         "cpu      {} threads, SIMD {level} (this CPU: {levels}; ELMO_SIMD picks one)",
         rayon::current_num_threads()
-    );
+    )?;
     if let Some(why) = elmo::cpu::simd::missing_baseline() {
-        println!("         note: {why}");
+        outln!("         note: {why}")?;
     }
     let found = elmo::cuda::devices();
     match &found {
-        Ok(names) if names.is_empty() => println!("cuda     none: the driver reports no devices"),
+        Ok(names) if names.is_empty() => outln!("cuda     none: the driver reports no devices")?,
         Ok(names) => {
             for (i, name) in names.iter().enumerate() {
-                println!("cuda:{i:<3} {name}");
+                outln!("cuda:{i:<3} {name}")?;
             }
         }
-        Err(e) => println!("cuda     unavailable: {e}"),
+        Err(e) => outln!("cuda     unavailable: {e}")?,
     }
     if !check {
         return Ok(());
@@ -268,10 +346,10 @@ fn devices(check: bool, model: Option<PathBuf>) -> Result<()> {
     for i in 0..names.len() {
         let gpu = elmo::cuda::GpuModel::new(&file, i)?;
         for (kernel, d, ok) in gpu.kernel_maxdiffs()? {
-            println!(
+            outln!(
                 "cuda:{i:<3} {kernel:<32} maxdiff {d:.3e} {}",
                 if ok { "ok" } else { "FAIL" }
-            );
+            )?;
             if !ok {
                 bad.push(format!("cuda:{i} {kernel} ({d:.3e})"));
             }
@@ -325,10 +403,7 @@ fn run(cmd: Command) -> Result<()> {
         Command::Devices { check, model } => devices(check, model),
         #[cfg(feature = "server")]
         Command::Serve(args) => serve::run(args, default_model),
-        Command::Inspect { path } => {
-            print!("{}", inspect::describe(&path)?);
-            Ok(())
-        }
+        Command::Inspect { path } => out(format_args!("{}", inspect::describe(&path)?)),
         Command::Convert {
             options,
             hdf5,
@@ -339,6 +414,17 @@ fn run(cmd: Command) -> Result<()> {
             dtype,
         } => {
             let dtype: elmo::convert::WeightDtype = dtype.parse()?;
+            let mut inputs: Vec<(&str, &Path)> = Vec::new();
+            for (flag, p) in [
+                ("--options", &options),
+                ("--hdf5", &hdf5),
+                ("--tf-checkpoint", &tf_checkpoint),
+            ] {
+                if let Some(p) = p {
+                    inputs.push((flag, p));
+                }
+            }
+            check_not_an_input(&out, &inputs)?;
             if let Some(dir) = elmoformanylangs {
                 let t0 = std::time::Instant::now();
                 elmo::io::efml::convert_elmoformanylangs(&dir, &out, dtype)?;
@@ -404,7 +490,7 @@ fn run(cmd: Command) -> Result<()> {
             gamma,
             layer_norm,
             top_only,
-            all: _,
+            all,
             top,
             average,
             resume,
@@ -416,7 +502,8 @@ fn run(cmd: Command) -> Result<()> {
         } => {
             let model_path = model.unwrap_or_else(default_model);
             let device: elmo::Device = device.parse()?;
-            let hdf5 = matches!(out.extension().and_then(|e| e.to_str()), Some("hdf5" | "h5"));
+            let hdf5 = OutFormat::of(&out)? == OutFormat::Hdf5;
+            check_not_an_input(&out, &[("--input", &input), ("--model", &model_path)])?;
             let model = ElmoModel::load(&model_path)?
                 .with_memory_budget(memory_budget_mib.max(1) << 20)
                 .with_device(device)?;
@@ -445,8 +532,8 @@ fn run(cmd: Command) -> Result<()> {
                         elmo::corpus::Layers::All
                     },
                     batch_size: batch_size.unwrap_or(64),
-                    batch_tokens,
-                    window,
+                    batch_tokens: batch_tokens.unwrap_or(4096),
+                    window: window.unwrap_or(4096),
                     group_by_length: !no_length_grouping,
                     resume,
                     // A hidden test hook: the crash-and-resume tests abort the
@@ -458,9 +545,12 @@ fn run(cmd: Command) -> Result<()> {
                 return corpus::run(&model, &input, &out, &cfg, quiet);
             }
             let hdf5_only = [
+                (all, "--all"),
                 (top, "--top"),
                 (average, "--average"),
                 (resume, "--resume"),
+                (window.is_some(), "--window"),
+                (batch_tokens.is_some(), "--batch-tokens"),
                 (no_length_grouping, "--no-length-grouping"),
             ];
             if let Some((_, flag)) = hdf5_only.iter().find(|(on, _)| *on) {
@@ -501,12 +591,17 @@ fn run(cmd: Command) -> Result<()> {
             let n: usize = outs.iter().map(|o| o.lengths.len()).sum();
             let t = outs.iter().map(|o| o.max_len).max().unwrap_or(0);
             let o = model.options();
-            eprintln!(
-                "wrote {}: lm_embeddings ({n}, {}, {t}, {})",
-                out.display(),
-                o.n_output_layers(),
-                2 * o.projection_dim()
-            );
+            let (k, d, p) = (o.n_output_layers(), 2 * o.projection_dim(), o.projection_dim());
+            let written: Vec<String> = outputs
+                .iter()
+                .map(|output| match output {
+                    Output::Layers(name) => format!("{name} ({n}, {k}, {t}, {d})"),
+                    Output::Mode(OutputMode::Default) => format!("default ({n}, {d})"),
+                    Output::Mode(OutputMode::WordEmb) => format!("word_emb ({n}, {t}, {p})"),
+                    Output::Mode(m) => format!("{m} ({n}, {t}, {d})"),
+                })
+                .collect();
+            eprintln!("wrote {}: lengths ({n}), {}", out.display(), written.join(", "));
             if let Some(first) = outs.iter().find(|o| o.max_len > 0) {
                 let v = first.vector(0, o.n_output_layers() - 1, 0);
                 eprintln!("first sentence, top layer, first token: {:?} ...", &v[..v.len().min(4)]);
@@ -551,8 +646,10 @@ fn default_mix(model: &ElmoModel, w: Option<Vec<f32>>, gamma: Option<f32>, ln: b
         use_top_only: top,
         l2_coef: 0.0,
     };
-    elmo::layer::starting_mix(model, w, gamma, config, false)
-        .map_err(|e| Error::Input(format!("--mix-weights/--gamma: {e}")))
+    elmo::layer::starting_mix(model, w, gamma, config, false).map_err(|e| match e {
+        Error::Input(m) | Error::Shape(m) => Error::Input(format!("--mix-weights/--gamma: {m}")),
+        e => e,
+    })
 }
 
 /// Writes `lengths` (N,) and each requested output, T = longest sentence.
@@ -583,15 +680,39 @@ fn write_embeddings(
                     .flat_map(|&l| (0..b.max_len).map(move |j| if j < l { 1.0 } else { 0.0 }))
                     .collect();
                 let m = mix.forward(&all, &mask, true)?;
-                Ok((m.value().data().to_vec(), m.masked_mean(&mask)?.value().data().to_vec()))
+                let (m, mean) = (m.value().data().to_vec(), m.masked_mean(&mask)?.value().data().to_vec());
+                // A large gamma or mix weight can overflow float32: an
+                // error, not infinities in the file.
+                if !m.iter().chain(&mean).all(|v| v.is_finite()) {
+                    return Err(Error::Input(
+                        "--gamma/--mix-weights: the mix overflows float32 (inf or NaN); use smaller values".into(),
+                    ));
+                }
+                Ok((m, mean))
             })
             .collect::<Result<_>>()?
     } else {
         Vec::new()
     };
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut w = elmo::npz::NpzWriter::with_path(std::io::BufWriter::new(file), path);
-    w.add_i32("lengths", &[n], &lengths)?;
+    // Written beside `path` and renamed over it once whole: a failure (a
+    // full disk) leaves any earlier file as it was, and no half archive.
+    elmo::model_file::write_path_atomically(path, |tmp| {
+        let file = std::fs::File::create(tmp).map_err(|e| Error::io(path, e))?;
+        let w = elmo::npz::NpzWriter::with_path(std::io::BufWriter::new(file), path);
+        write_arrays(w, outs, outputs, &mixed, (n, t, nk, dim, p), &lengths)
+    })
+}
+
+/// The arrays of [`write_embeddings`], into `w`.
+fn write_arrays(
+    mut w: elmo::npz::NpzWriter<std::io::BufWriter<std::fs::File>>,
+    outs: &[elmo::BiLmOutput],
+    outputs: &[Output],
+    mixed: &[(Vec<f32>, Vec<f32>)],
+    (n, t, nk, dim, p): (usize, usize, usize, usize, usize),
+    lengths: &[i32],
+) -> Result<()> {
+    w.add_i32("lengths", &[n], lengths)?;
     for &output in outputs {
         // (shape, values per token, where a token's values come from)
         let (name, shape, width) = match output {
@@ -641,6 +762,7 @@ fn write_embeddings(
         }
         w.add_f32(&name, &shape, &data)?;
     }
-    w.finish()?.flush().map_err(|e| Error::io(path, e))?;
+    // Flushes; the caller syncs and renames.
+    w.finish()?;
     Ok(())
 }

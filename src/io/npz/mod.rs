@@ -24,6 +24,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Cursor, Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use zip::result::ZipError;
 use zip::write::SimpleFileOptions;
@@ -791,7 +793,9 @@ pub fn npy_bytes_i32(shape: &[usize], data: &[i32]) -> Result<Vec<u8>> {
 /// directory and see its errors; an archive dropped before that is finished
 /// by the zip crate on a best-effort basis.
 pub struct NpzWriter<W: Write + Seek> {
-    zip: ZipWriter<W>,
+    zip: ZipWriter<Fuse<W>>,
+    /// Blown at the first failed write (see [`Fuse`]).
+    blown: Arc<AtomicBool>,
     label: PathBuf,
     names: BTreeSet<String>,
     failed: bool,
@@ -815,8 +819,14 @@ impl<W: Write + Seek> NpzWriter<W> {
 
     /// Starts an archive written to `w`, naming `path` in I/O errors.
     pub fn with_path(w: W, path: impl Into<PathBuf>) -> Self {
+        let blown = Arc::new(AtomicBool::new(false));
         NpzWriter {
-            zip: ZipWriter::new(w),
+            zip: ZipWriter::new(Fuse {
+                inner: w,
+                blown: blown.clone(),
+                at: 0,
+            }),
+            blown,
             label: path.into(),
             names: BTreeSet::new(),
             failed: false,
@@ -841,7 +851,7 @@ impl<W: Write + Seek> NpzWriter<W> {
     pub fn finish(self) -> Result<W> {
         self.check_usable()?;
         let NpzWriter { zip, label, .. } = self;
-        let mut w = zip.finish().map_err(|e| zip_write_err(&label, e))?;
+        let mut w = zip.finish().map_err(|e| zip_write_err(&label, e))?.inner;
         w.flush().map_err(|e| Error::io(&label, e))?;
         Ok(w)
     }
@@ -882,17 +892,74 @@ impl<W: Write + Seek> NpzWriter<W> {
             // 4 GiB get theirs in the central directory by themselves).
             .large_file(self.force_zip64 || size >= u64::from(u32::MAX));
         if let Err(e) = self.zip.start_file(file_name, options) {
-            self.failed |= matches!(e, ZipError::Io(_));
+            if matches!(e, ZipError::Io(_)) {
+                self.fail();
+            }
             return Err(zip_write_err(&self.label, e));
         }
         for part in parts {
             if let Err(e) = self.zip.write_all(part) {
-                self.failed = true;
+                self.fail();
                 return Err(Error::io(&self.label, e));
             }
         }
         self.names.insert(file_name.to_string());
         Ok(())
+    }
+}
+
+impl<W: Write + Seek> NpzWriter<W> {
+    /// A write failed: the archive is broken, and the writer under it
+    /// takes nothing more.
+    fn fail(&mut self) {
+        self.failed = true;
+        self.blown.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The writer under the zip crate's. Once a write failed (a full disk) the
+/// fuse is blown: it then takes whatever it is given and writes nothing,
+/// so the zip crate's best-effort finish when an unfinished archive is
+/// dropped neither writes into the broken file nor prints its own
+/// "ZipWriter::drop: failed to finalize archive" to standard error (the
+/// caller already has the error).
+struct Fuse<W> {
+    inner: W,
+    blown: Arc<AtomicBool>,
+    /// The position the zip crate believes in once blown.
+    at: u64,
+}
+
+impl<W: Write> Write for Fuse<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.blown.load(Ordering::Relaxed) {
+            self.at += buf.len() as u64;
+            return Ok(buf.len());
+        }
+        let n = self.inner.write(buf)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.blown.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.inner.flush()
+    }
+}
+
+impl<W: Seek> Seek for Fuse<W> {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        if !self.blown.load(Ordering::Relaxed) {
+            self.at = self.inner.seek(pos)?;
+            return Ok(self.at);
+        }
+        self.at = match pos {
+            io::SeekFrom::Start(n) => n,
+            io::SeekFrom::Current(d) | io::SeekFrom::End(d) => self.at.saturating_add_signed(d),
+        };
+        Ok(self.at)
     }
 }
 
