@@ -160,6 +160,22 @@ fn loader_refuses_bad_model_files() {
     assert!(msg.contains("format version 99"), "{msg}");
     let msg = load(&with_header(&good, |h| h["__metadata__"]["format"] = "other".into()));
     assert!(msg.contains("not a model converted"), "{msg}");
+    // One digit of the options changed (a clip value: still valid options,
+    // another model): the checksum written beside them says so.
+    let msg = load(&with_header(&good, |h| {
+        let o = h["__metadata__"]["options"].as_str().unwrap().to_string();
+        let changed = o.replacen("\"cell_clip\":3", "\"cell_clip\":7", 1);
+        assert_ne!(o, changed, "{o}");
+        h["__metadata__"]["options"] = changed.into();
+    }));
+    assert!(msg.contains("the options in the metadata are damaged"), "{msg}");
+    // A file without the checksum (written before it existed) still loads.
+    let old = with_header(&good, |h| {
+        h["__metadata__"].as_object_mut().unwrap().remove("metadata_crc32");
+    });
+    let p = dir.path().join("old.safetensors");
+    std::fs::write(&p, old).unwrap();
+    ElmoModel::load(&p).unwrap();
     // A missing tensor, a wrong shape, a wrong dtype.
     let name = "RNN_1/RNN/MultiRNNCell/Cell1/LSTMCell/W_P_0";
     let msg = load(&with_header(&good, |h| {

@@ -4,7 +4,9 @@
 //! N bytes of JSON header, then the raw little-endian f32 data. The header maps
 //! every tensor name to `{dtype, shape, data_offsets}` and holds
 //! `__metadata__` with `format` = [`FORMAT_NAME`], `format_version` =
-//! [`FORMAT_VERSION`] and `options` = the model's `options.json`. Tensor names
+//! [`FORMAT_VERSION`], `options` = the model's `options.json` (and, for
+//! ELMoForManyLangs models, `lexicon`) and `metadata_crc32`, their CRC-32,
+//! checked when loaded (files written before it have none). Tensor names
 //! are bilm-tf's HDF5 dataset names (see [`expected_tensors`]), except that
 //! `char_embed` already carries the zero padding row (262 rows).
 //!
@@ -193,6 +195,8 @@ pub fn write_model_full(
     if let Some(l) = lexicon {
         metadata.insert("lexicon".to_string(), l.to_json());
     }
+    let crc = metadata_crc(&metadata["options"], metadata.get("lexicon").map(String::as_str));
+    metadata.insert(METADATA_CRC.to_string(), crc);
     replace_atomically(path, |tmp| {
         safetensors::serialize_to_file(views.iter().map(|(n, v)| (n.as_str(), v)), Some(metadata), tmp)
             .map_err(std::io::Error::other)
@@ -236,6 +240,21 @@ impl safetensors::View for &StoredView<'_> {
             StoredData::Bf16(b) => b.len(),
         }
     }
+}
+
+/// The `__metadata__` key of the checksum of the options and lexicon.
+const METADATA_CRC: &str = "metadata_crc32";
+
+/// CRC-32 (hex) of the options text, then a NUL and the lexicon's text if
+/// there is one.
+fn metadata_crc(options: &str, lexicon: Option<&str>) -> String {
+    let mut h = crc32fast::Hasher::new();
+    h.update(options.as_bytes());
+    if let Some(l) = lexicon {
+        h.update(b"\0");
+        h.update(l.as_bytes());
+    }
+    format!("{:08x}", h.finalize())
 }
 
 /// Writes a file through `body` into a temporary file in `path`'s folder,
@@ -389,8 +408,19 @@ impl ModelFile {
                 )));
             }
         };
-        let options = Options::from_json(meta_str("options").ok_or_else(|| err("metadata has no options".into()))?)
-            .map_err(|e| err(format!("options in metadata: {e}")))?;
+        let options_text = meta_str("options").ok_or_else(|| err("metadata has no options".into()))?;
+        // Files from before the checksum have none; one that is there must
+        // match (a damaged digit in the options would be read as another
+        // model without it).
+        if let Some(want) = meta_str(METADATA_CRC) {
+            let got = metadata_crc(options_text, meta_str("lexicon"));
+            if got != want {
+                return Err(err(format!(
+                    "the options in the metadata are damaged (CRC-32 {got}, the file says {want}); convert the model again"
+                )));
+            }
+        }
+        let options = Options::from_json(options_text).map_err(|e| err(format!("options in metadata: {e}")))?;
         let lexicon = match (options.family, meta_str("lexicon")) {
             (Family::BilmTf, None) => None,
             (Family::BilmTf, Some(_)) => return Err(err("metadata has a lexicon, but the model is bilm-tf's".into())),

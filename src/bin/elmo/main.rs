@@ -505,7 +505,7 @@ fn run(cmd: Command) -> Result<()> {
             let hdf5 = OutFormat::of(&out)? == OutFormat::Hdf5;
             check_not_an_input(&out, &[("--input", &input), ("--model", &model_path)])?;
             let model = ElmoModel::load(&model_path)?
-                .with_memory_budget(memory_budget_mib.max(1) << 20)
+                .with_memory_budget(memory_budget_mib.max(1).saturating_mul(1 << 20))
                 .with_device(device)?;
             if hdf5 {
                 let npz_only = [
