@@ -245,7 +245,8 @@ fn lock(file: &File, path: &Path) -> Result<()> {
     }
 }
 
-/// Whether a running process holds the journal at `path` (see [`lock`]).
+/// Whether a running process holds the journal at `path` (a run locks its
+/// journal while it goes on: [`Journal::create`]).
 pub fn in_use(path: &Path) -> bool {
     File::open(path).is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
 }
