@@ -165,7 +165,7 @@ where
         .checked_mul(positions)
         .and_then(|x| x.checked_mul(chars))
         .ok_or_else(|| Error::Input("batch is too large to encode".into()))?;
-    let mut ids = vec![0u16; total];
+    let mut ids: Vec<u16> = crate::tensor::try_zeroed(total, "the batch's character ids")?;
     for (b, s) in sentences.iter().enumerate() {
         let s = s.as_ref();
         let row = |t: usize| (b * positions + t) * chars;

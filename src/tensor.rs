@@ -58,6 +58,34 @@ fn byte_range(bytes: &[u8], n: usize, size: usize, offset: usize) -> Result<&[u8
     Ok(&bytes[offset..end])
 }
 
+/// `n` zeroed values, or an error naming `what` when the allocator refuses
+/// them: a batch padded far beyond memory (10,000 one-word sentences and
+/// one of 100,000 words pad to a billion positions) is an error, where
+/// `vec![0; n]` aborts the process. Zeroed pages as `vec!` gets them
+/// (`calloc`: untouched until written), so nothing is slower.
+pub fn try_zeroed<T: bytemuck::Zeroable>(n: usize, what: &str) -> Result<Vec<T>> {
+    let refused = || {
+        let gib = n as f64 * std::mem::size_of::<T>() as f64 / (1u64 << 30) as f64;
+        Error::Input(format!(
+            "{what} would need {gib:.1} GiB, more memory than there is; split the batch \
+             (a batch is padded to its longest sentence: sentences x longest x values)"
+        ))
+    };
+    let layout = std::alloc::Layout::array::<T>(n).map_err(|_| refused())?;
+    if layout.size() == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: the layout's size is not zero (checked above).
+    let p = unsafe { std::alloc::alloc_zeroed(layout) } as *mut T;
+    if p.is_null() {
+        return Err(refused());
+    }
+    // SAFETY: `p` comes from the global allocator with the layout of an
+    // array of `n` values of `T` (what a `Vec<T>` of capacity `n` frees),
+    // and all `n` are initialised: zero bytes are a valid `T` (`Zeroable`).
+    Ok(unsafe { Vec::from_raw_parts(p, n, n) })
+}
+
 fn numel(shape: &[usize]) -> Result<usize> {
     shape
         .iter()
@@ -81,9 +109,9 @@ impl Tensor {
         })
     }
 
-    /// A tensor of zeros.
+    /// A tensor of zeros; an error when memory for it cannot be had.
     pub fn zeros(shape: &[usize]) -> Result<Self> {
-        Self::from_vec(shape, vec![0.0; numel(shape)?])
+        Self::from_vec(shape, try_zeroed(numel(shape)?, "a tensor")?)
     }
 
     /// A view of little-endian f32 values inside shared bytes, used in place

@@ -176,6 +176,18 @@ fn bad_mix_parameters_are_errors() {
     assert!(mix.forward(&x, &[1.0; 4], true).is_err(), "layer count mismatch");
     let x = Tensor::zeros(&[1, 3, 4, 8]).unwrap();
     assert!(mix.forward(&x, &[1.0; 3], true).is_err(), "mask size mismatch");
+    // Mask values other than 0 and 1 (a NaN gave NaNs, a -1 skipped the
+    // layer norm, both as Ok).
+    for bad in [f32::NAN, -1.0, 2.0, 0.5] {
+        let e = mix.forward(&x, &[1.0, bad, 0.0, 1.0], true).unwrap_err();
+        assert!(e.to_string().contains("mask values must be 0 or 1"), "{bad}: {e}");
+    }
+    // A mix of no layers (its top layer was index -1: a panic).
+    let top = MixConfig {
+        use_top_only: true,
+        ..MixConfig::default()
+    };
+    assert!(ScalarMix::new(0, &[], 1.0, top, true).is_err());
     // Frozen: no graph at all.
     assert!(!mix.forward(&x, &[1.0; 4], true).unwrap().has_graph());
 }

@@ -288,3 +288,42 @@ fn results_are_bitwise_the_same_for_any_thread_count() {
         eprintln!("batch {n}, 4 threads: max abs error vs float64 reference {err:e}");
     }
 }
+
+/// Sizes and indices past what is there: errors (or a documented panic),
+/// never an abort or another layer's values.
+#[test]
+fn out_of_range_indices_and_batches_beyond_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let out = model.embed(&[vec!["a", "b"], vec!["c"]]).unwrap();
+    assert_eq!(out.get(0, 0, 1), Some(out.vector(0, 0, 1)));
+    // A position past max_len read the next layer; a layer past the last,
+    // the next sentence.
+    for (b, k, t) in [(0, 0, 2), (0, 3, 0), (2, 0, 0)] {
+        assert_eq!(out.get(b, k, t), None, "({b}, {k}, {t})");
+        let r = std::panic::catch_unwind(|| out.vector(b, k, t).len());
+        assert!(r.is_err(), "vector({b}, {k}, {t}) did not panic");
+    }
+    // A tensor or a state the allocator cannot give: an error.
+    assert!(matches!(elmo::Tensor::zeros(&[1 << 60]), Err(Error::Input(_))));
+    // A device is not a model file.
+    let e = elmo::ElmoModel::load(std::path::Path::new("/dev/null")).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+
+    // 10,000 one-word sentences and one of 100,000 words pad to a billion
+    // positions (100 GB of character ids alone): an error where the
+    // allocator refuses (Linux's default heuristic refuses what is beyond
+    // the machine), not an abort.
+    let heuristic = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|m| m.trim() == "0");
+    if !heuristic {
+        eprintln!("skipped the padded batch: overcommit is not the heuristic mode here");
+        return;
+    }
+    let mut batch: Vec<Vec<String>> = vec![vec!["a".into()]; 9_999];
+    batch.push((0..100_000).map(|i| format!("t{}", i % 100)).collect());
+    let e = model.embed(&batch).unwrap_err();
+    assert!(
+        matches!(e, Error::Input(_)) && e.to_string().contains("split the batch"),
+        "{e}"
+    );
+}

@@ -192,6 +192,51 @@ fn an_abandoned_request_holds_no_place_in_the_queue() {
     assert_eq!(b.stats().sentences, 1, "an abandoned request was computed");
 }
 
+/// "No deadline" and "no bound" spelled as the largest values: the
+/// worker's deadline overflowed (a panic, and every ticket then waited
+/// forever), and the queue's bound was allocated up front (an abort).
+#[test]
+fn batcher_takes_the_largest_wait_and_queue_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Arc::new(tiny_model(dir.path()));
+    let b = Batcher::new(
+        Arc::clone(&model),
+        BatcherConfig {
+            max_wait: Duration::MAX,
+            max_batch_sentences: 2,
+            queue_capacity: usize::MAX,
+            ..BatcherConfig::default()
+        },
+    )
+    .unwrap();
+    // Two sentences fill a batch: it runs without a deadline.
+    let (t1, t2) = (
+        b.submit(sentences(1, 1, 6)).unwrap(),
+        b.submit(sentences(2, 1, 6)).unwrap(),
+    );
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = (t1.wait(), t2.wait());
+        let _ = done_tx.send(r);
+    });
+    let (r1, r2) = done_rx.recv_timeout(Duration::from_secs(30)).expect("answered");
+    assert_eq!(
+        bits(&r1.unwrap().output),
+        bits(&model.embed(&sentences(1, 1, 6)).unwrap())
+    );
+    assert_eq!(
+        bits(&r2.unwrap().output),
+        bits(&model.embed(&sentences(2, 1, 6)).unwrap())
+    );
+    // A lone request waits for company until shutdown, which runs it.
+    let t3 = b.submit(sentences(3, 1, 6)).unwrap();
+    b.shutdown();
+    assert_eq!(
+        bits(&t3.wait().unwrap().output),
+        bits(&model.embed(&sentences(3, 1, 6)).unwrap())
+    );
+}
+
 #[test]
 fn batcher_refuses_zero_limits() {
     let dir = tempfile::tempdir().unwrap();

@@ -367,6 +367,10 @@ impl ModelFile {
                 "is a folder, not a model file (convert a model folder with `elmo convert`)",
             ));
         }
+        // Nor can a device or a pipe be mapped (`/dev/null`: "No such device").
+        if file.metadata().is_ok_and(|m| !m.is_file()) {
+            return Err(Error::weights(path, "is not a regular file: a model file is mapped"));
+        }
         // SAFETY: the mapping is read-only and private to this process. The
         // usual caveat applies: if another process truncates or rewrites the
         // file while it is mapped, reads may fault or see new bytes. Our own

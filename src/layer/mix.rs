@@ -43,6 +43,9 @@ impl ScalarMix {
     /// A mix of `n_layers` layers starting at `w`, `gamma` (bilm-tf starts at
     /// zeros and 1). Values must be finite.
     pub fn new(n_layers: usize, w: &[f32], gamma: f32, config: MixConfig, trainable: bool) -> Result<Self> {
+        if n_layers == 0 {
+            return Err(Error::Input("a mix needs at least one layer".into()));
+        }
         if w.len() != n_layers {
             return Err(Error::Input(format!(
                 "mix weights have {} values, the model has {n_layers} layers",
@@ -95,6 +98,14 @@ impl ScalarMix {
         }
         if mask.len() != b * t {
             return Err(Error::Shape(format!("mask has {} values for ({b}, {t})", mask.len())));
+        }
+        // Weights of a mean and of the layer-norm statistics: anything but
+        // 0 and 1 (NaN, -1) would be garbage returned as Ok.
+        if let Some(i) = mask.iter().position(|&m| m != 0.0 && m != 1.0) {
+            return Err(Error::Input(format!(
+                "mask values must be 0 or 1, got {} at {i}",
+                mask[i]
+            )));
         }
         let src = layers.data();
         let layer = |kk: usize| -> Vec<f32> {

@@ -126,6 +126,9 @@ impl TokenIds {
     }
 
     /// Row `b`.
+    ///
+    /// # Panics
+    /// When `b` is not a row of the batch.
     pub fn row(&self, b: usize) -> &[i64] {
         &self.ids[b * self.len..(b + 1) * self.len]
     }

@@ -24,10 +24,32 @@ pub struct BiLmOutput {
 }
 
 impl BiLmOutput {
-    /// The `2P` values of sentence `b`, layer `k`, token `t`.
+    /// The `2P` values of sentence `b`, layer `k`, token `t` (positions
+    /// from the sentence's length to `max_len` are padding, zero).
+    ///
+    /// # Panics
+    /// When an index is out of range: `b` past the batch, `k >= n_layers`
+    /// or `t >= max_len` (without the check, a token past `max_len` would
+    /// read the next layer's values). [`get`](Self::get) returns `None`
+    /// instead.
     pub fn vector(&self, b: usize, k: usize, t: usize) -> &[f32] {
+        self.get(b, k, t).unwrap_or_else(|| {
+            panic!(
+                "BiLmOutput::vector({b}, {k}, {t}) out of range: {} sentences, {} layers, {} positions",
+                self.lengths.len(),
+                self.n_layers,
+                self.max_len
+            )
+        })
+    }
+
+    /// [`vector`](Self::vector), `None` when an index is out of range.
+    pub fn get(&self, b: usize, k: usize, t: usize) -> Option<&[f32]> {
+        if b >= self.lengths.len() || k >= self.n_layers || t >= self.max_len {
+            return None;
+        }
         let o = ((b * self.n_layers + k) * self.max_len + t) * self.dim;
-        &self.data[o..o + self.dim]
+        self.data.get(o..o + self.dim)
     }
 }
 

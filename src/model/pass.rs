@@ -139,7 +139,10 @@ impl ElmoModel {
         let t_max = lens.iter().map(|&l| l.saturating_sub(2)).max().unwrap_or(0);
         let (nk, dim) = (nl + 1, 2 * p);
         // The GPU assembles its output on the device.
-        let data = gpu_data.unwrap_or_else(|| self.assemble(&segs, &tokens.tok, &fwd, &bwd, t_max));
+        let data = match gpu_data {
+            Some(d) => d,
+            None => self.assemble(&segs, &tokens.tok, &fwd, &bwd, t_max)?,
+        };
         let out = BiLmOutput {
             lengths: lens.iter().map(|&l| l.saturating_sub(2)).collect(),
             n_layers: nk,
@@ -199,11 +202,15 @@ impl ElmoModel {
         fwd: &DirectionOut,
         bwd: &DirectionOut,
         t_max: usize,
-    ) -> Vec<f32> {
+    ) -> Result<Vec<f32>> {
         let o = self.options();
         let (p, nk) = (o.lstm.projection_dim, o.lstm.n_layers + 1);
         let dim = 2 * p;
-        let mut data = vec![0f32; segs.len() * nk * t_max * dim];
+        let n = [nk, t_max, dim]
+            .iter()
+            .try_fold(segs.len(), |a, &x| a.checked_mul(x))
+            .ok_or_else(|| Error::Input("the padded output is too large to address".into()))?;
+        let mut data = crate::tensor::try_zeroed(n, "the padded output (B, L + 1, T, 2P)")?;
         for (i, &(off, len)) in segs.iter().enumerate() {
             for j in 0..len.saturating_sub(2) {
                 let src = (off + j + 1) * p;
@@ -219,7 +226,7 @@ impl ElmoModel {
                 }
             }
         }
-        data
+        Ok(data)
     }
 
     /// Scatters packed results into bilm-tf's padded `(B, T2, ...)` layout;
@@ -246,19 +253,40 @@ impl ElmoModel {
             o.lstm.n_layers,
         );
         let pad = self.token_pipeline(&vec![0u16; o.ids_per_token()], true);
-        let scatter = |packed: &[f32], pad_row: &[f32], w: usize| -> Vec<f32> {
-            let mut v = Vec::with_capacity(b * t2 * w);
+        // (B, T2, w) with every padded position written; the memory asked
+        // for first, so a padded batch beyond memory is an error, not an
+        // abort.
+        let reserve = |n: usize| -> Result<Vec<f32>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).map_err(|_| {
+                Error::Input(format!(
+                    "the padded intermediates would need {:.1} GiB, more memory than there is; split the batch",
+                    n as f64 * 4.0 / (1u64 << 30) as f64
+                ))
+            })?;
+            Ok(v)
+        };
+        let scatter_into = |v: &mut Vec<f32>, packed: &[f32], pad_row: &[f32], w: usize| {
             for &(off, len) in segs {
                 v.extend_from_slice(&packed[off * w..(off + len) * w]);
                 for _ in len..t2 {
                     v.extend_from_slice(pad_row);
                 }
             }
-            v
+        };
+        let scatter = |packed: &[f32], pad_row: &[f32], w: usize| -> Result<Vec<f32>> {
+            let mut v = reserve(b * t2 * w)?;
+            scatter_into(&mut v, packed, pad_row, w);
+            Ok(v)
         };
         let zeros_p = vec![0f32; p];
-        let lstm =
-            |dir: &DirectionOut| -> Vec<f32> { dir.outputs.iter().flat_map(|x| scatter(x, &zeros_p, p)).collect() };
+        let lstm = |dir: &DirectionOut| -> Result<Vec<f32>> {
+            let mut v = reserve(dir.outputs.len() * b * t2 * p)?;
+            for x in &dir.outputs {
+                scatter_into(&mut v, x, &zeros_p, p);
+            }
+            Ok(v)
+        };
         let mut final_c = Vec::with_capacity(2 * nl * b * u);
         let mut final_h = Vec::with_capacity(2 * nl * b * p);
         for (dir, init) in [(fwd, init0), (bwd, init1)] {
@@ -269,16 +297,16 @@ impl ElmoModel {
             }
         }
         Ok(Intermediates {
-            char_cnn: Tensor::from_vec(&[b, t2, f], scatter(&tokens.cnn, &pad.cnn, f))?,
+            char_cnn: Tensor::from_vec(&[b, t2, f], scatter(&tokens.cnn, &pad.cnn, f)?)?,
             highway: tokens
                 .highway
                 .iter()
                 .zip(&pad.highway)
-                .map(|(h, ph)| Tensor::from_vec(&[b, t2, f], scatter(h, ph, f)))
+                .map(|(h, ph)| Tensor::from_vec(&[b, t2, f], scatter(h, ph, f)?))
                 .collect::<Result<_>>()?,
-            token_embeddings: Tensor::from_vec(&[b, t2, p], scatter(&tokens.tok, &pad.tok, p))?,
-            lstm_fwd: Tensor::from_vec(&[nl, b, t2, p], lstm(fwd))?,
-            lstm_bwd: Tensor::from_vec(&[nl, b, t2, p], lstm(bwd))?,
+            token_embeddings: Tensor::from_vec(&[b, t2, p], scatter(&tokens.tok, &pad.tok, p)?)?,
+            lstm_fwd: Tensor::from_vec(&[nl, b, t2, p], lstm(fwd)?)?,
+            lstm_bwd: Tensor::from_vec(&[nl, b, t2, p], lstm(bwd)?)?,
             final_c: Tensor::from_vec(&[2, nl, b, u], final_c)?,
             final_h: Tensor::from_vec(&[2, nl, b, p], final_h)?,
         })

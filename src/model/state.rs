@@ -35,8 +35,8 @@ impl LstmState {
             n_layers: o.n_layers,
             dim: o.dim,
             proj: o.projection_dim,
-            c: vec![0.0; 2 * o.n_layers * capacity * o.dim],
-            h: vec![0.0; 2 * o.n_layers * capacity * o.projection_dim],
+            c: crate::tensor::try_zeroed(2 * o.n_layers * capacity * o.dim, "the LSTM state's cells")?,
+            h: crate::tensor::try_zeroed(2 * o.n_layers * capacity * o.projection_dim, "the LSTM state's outputs")?,
         })
     }
 

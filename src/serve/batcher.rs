@@ -269,7 +269,9 @@ impl Batcher {
         let inner = Arc::new(Inner {
             model,
             queue: Mutex::new(Queue {
-                requests: VecDeque::with_capacity(config.queue_capacity),
+                // Grown as needed: `queue_capacity` is a bound, which may be
+                // `usize::MAX`, not an allocation.
+                requests: VecDeque::with_capacity(config.queue_capacity.min(1024)),
                 open: true,
                 stats: BatcherStats {
                     queued: 0,
@@ -410,14 +412,19 @@ fn next_batch(inner: &Inner) -> Option<Vec<Request>> {
         // Wait for more only while the queue does not already fill a batch,
         // the oldest request's deadline has not passed, and the batcher is
         // open (on shutdown everything queued runs at once).
-        let deadline = q.requests[0].enqueued + cfg.max_wait;
+        // A `max_wait` past what an `Instant` holds (`Duration::MAX`): no
+        // deadline (an overflowing sum panicked the worker, and every
+        // ticket then waited forever).
         let now = Instant::now();
-        if q.open && now < deadline && !fills_batch(&q.requests, cfg) {
-            q = inner
-                .work
-                .wait_timeout(q, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        let left = q.requests[0]
+            .enqueued
+            .checked_add(cfg.max_wait)
+            .map(|deadline| deadline.saturating_duration_since(now));
+        if q.open && left != Some(Duration::ZERO) && !fills_batch(&q.requests, cfg) {
+            q = match left {
+                Some(t) => inner.work.wait_timeout(q, t).unwrap_or_else(|e| e.into_inner()).0,
+                None => inner.work.wait(q).unwrap_or_else(|e| e.into_inner()),
+            };
             continue;
         }
         let mut batch = Vec::new();
