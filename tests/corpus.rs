@@ -501,7 +501,9 @@ fn refusals_leave_no_files_and_say_how_to_start_over() {
     let held = std::fs::File::open(&journal).unwrap();
     held.lock().unwrap();
     let busy = "another run is writing this output now";
-    assert_one_line_error(&embed(&corpus, &out, &["--resume", "--window", "100"], &[]), busy);
+    let o = embed(&corpus, &out, &["--resume", "--window", "100"], &[]);
+    assert_one_line_error(&o, busy);
+    assert!(!stderr(&o).contains(start_over), "a live run's files: {}", stderr(&o));
     assert_one_line_error(&embed(&corpus, &out, &["--window", "100"], &[]), busy);
     drop(held);
     // The index gone: resuming cannot work, and it says so.

@@ -307,6 +307,13 @@ pub fn embed_corpus(
         paths: &paths,
         fresh: false,
     };
+    // Before any advice to resume or delete: those files are a live run's.
+    if paths.has_partial() && journal::in_use(&paths.journal) {
+        return Err(Error::Resume(format!(
+            "{}: another run is writing this output now",
+            paths.journal.display()
+        )));
+    }
     let (mut journal, mut done) = if cfg.resume && paths.has_partial() {
         for p in [&paths.partial, &paths.index] {
             if !p.exists() {
@@ -345,12 +352,6 @@ pub fn embed_corpus(
             return Err(Error::Resume(format!(
                 "{} is complete: there is nothing to resume",
                 paths.out.display()
-            )));
-        }
-        if paths.has_partial() && journal::in_use(&paths.journal) {
-            return Err(Error::Resume(format!(
-                "{}: another run is writing this output now",
-                paths.journal.display()
             )));
         }
         if paths.has_partial() {
