@@ -188,6 +188,11 @@ fn bad_mix_parameters_are_errors() {
         ..MixConfig::default()
     };
     assert!(ScalarMix::new(0, &[], 1.0, top, true).is_err());
+    // A gamma that overflows float32 on values above 1: an error.
+    let big = ScalarMix::new(3, &[0.0; 3], 3.4e38, MixConfig::default(), false).unwrap();
+    let x = Tensor::from_vec(&[1, 3, 4, 8], vec![2.0; 96]).unwrap();
+    let e = big.forward(&x, &[1.0; 4], true).unwrap_err();
+    assert!(e.to_string().contains("the mix overflows float32"), "{e}");
     // Frozen: no graph at all.
     assert!(!mix.forward(&x, &[1.0; 4], true).unwrap().has_graph());
 }

@@ -136,6 +136,13 @@ impl ScalarMix {
                 .reshape(&[b, t, d])?
         };
         let out = mixed.mul(&self.gamma.var())?;
+        // A large gamma can overflow float32: an error for every caller
+        // (CLI, server, Python), not infinities returned as Ok.
+        if !out.value().data().iter().all(|v| v.is_finite()) {
+            return Err(Error::Input(
+                "the mix overflows float32 (inf or NaN): gamma or the layer weights are too large".into(),
+            ));
+        }
         if mask_output {
             out.mul(&Var::constant(Tensor::from_vec(&[b, t, 1], mask.to_vec())?))
         } else {

@@ -414,16 +414,14 @@ fn run(cmd: Command) -> Result<()> {
             dtype,
         } => {
             let dtype: elmo::convert::WeightDtype = dtype.parse()?;
-            let mut inputs: Vec<(&str, &Path)> = Vec::new();
-            for (flag, p) in [
+            let inputs: Vec<(&str, &Path)> = [
                 ("--options", &options),
                 ("--hdf5", &hdf5),
                 ("--tf-checkpoint", &tf_checkpoint),
-            ] {
-                if let Some(p) = p {
-                    inputs.push((flag, p));
-                }
-            }
+            ]
+            .into_iter()
+            .filter_map(|(flag, p)| Some((flag, p.as_deref()?)))
+            .collect();
             check_not_an_input(&out, &inputs)?;
             if let Some(dir) = elmoformanylangs {
                 let t0 = std::time::Instant::now();
@@ -532,8 +530,8 @@ fn run(cmd: Command) -> Result<()> {
                         elmo::corpus::Layers::All
                     },
                     batch_size: batch_size.unwrap_or(64),
-                    batch_tokens: batch_tokens.unwrap_or(4096),
-                    window: window.unwrap_or(4096),
+                    batch_tokens: batch_tokens.unwrap_or(elmo::corpus::CorpusConfig::default().batch_tokens),
+                    window: window.unwrap_or(elmo::corpus::CorpusConfig::default().window),
                     group_by_length: !no_length_grouping,
                     resume,
                     // A hidden test hook: the crash-and-resume tests abort the
@@ -680,15 +678,7 @@ fn write_embeddings(
                     .flat_map(|&l| (0..b.max_len).map(move |j| if j < l { 1.0 } else { 0.0 }))
                     .collect();
                 let m = mix.forward(&all, &mask, true)?;
-                let (m, mean) = (m.value().data().to_vec(), m.masked_mean(&mask)?.value().data().to_vec());
-                // A large gamma or mix weight can overflow float32: an
-                // error, not infinities in the file.
-                if !m.iter().chain(&mean).all(|v| v.is_finite()) {
-                    return Err(Error::Input(
-                        "--gamma/--mix-weights: the mix overflows float32 (inf or NaN); use smaller values".into(),
-                    ));
-                }
-                Ok((m, mean))
+                Ok((m.value().data().to_vec(), m.masked_mean(&mask)?.value().data().to_vec()))
             })
             .collect::<Result<_>>()?
     } else {
