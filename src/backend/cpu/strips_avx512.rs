@@ -11,7 +11,7 @@
 //!
 //! [`strips_gemm`]: super::strips_gemm
 
-use super::strips::{Ahead, Span, k_block, prefetch, row_blocks};
+use super::strips::{Ahead, Span, fetch_runs, k_block, prefetch, row_blocks};
 use super::{STRIP, Strips, WeightElem};
 use std::arch::x86_64::*;
 
@@ -159,21 +159,29 @@ unsafe fn panel_tile<const R: usize, const S: usize, T: WeightElem>(
         }
     }
     let ap = pa.as_ptr();
-    let next: [(*const T, usize); S] = std::array::from_fn(|q| {
-        ahead[q]
-            .as_ref()
-            .map_or((st[q].as_ptr(), 0), |a| (a.at, (a.lines << 16) / k.max(1)))
-    });
-    for p in 0..k {
-        for q in 0..S {
-            // SAFETY: p < k and each strip holds 16k values (asserted).
-            let wv = unsafe { load16(st[q].as_ptr().add(p * STRIP)) };
-            prefetch(next[q].0.wrapping_add(((p * next[q].1) >> 16) * T::LINE));
-            for (i, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: i < R, p < k and the panel holds k R values.
-                let x = _mm512_set1_ps(unsafe { *ap.add(p * R + i) });
-                acc[q] = _mm512_fmadd_ps(x, wv, acc[q]);
+    // The strips' shares have the same length (same block, same tile).
+    let lines = ahead.iter().flatten().map(|a| a.lines).max().unwrap_or(0);
+    for (line, steps) in fetch_runs(k, lines) {
+        for a in ahead.iter().flatten() {
+            prefetch(a.at.wrapping_add(line * T::LINE));
+        }
+        // Step p's panel values and weights by pointers bumped each step
+        // (LLVM otherwise recomputes both offsets from p at every step).
+        let (mut a, mut wo) = (ap.wrapping_add(steps.start * R), steps.start * STRIP);
+        for _ in steps {
+            for q in 0..S {
+                // SAFETY: wo = 16p with p < k, and each strip holds 16k
+                // values (asserted).
+                let wv = unsafe { load16(st[q].as_ptr().add(wo)) };
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: a = pa + pR with p < k, i < R, and the panel
+                    // holds k R values.
+                    let x = _mm512_set1_ps(unsafe { *a.add(i) });
+                    acc[q] = _mm512_fmadd_ps(x, wv, acc[q]);
+                }
             }
+            a = a.wrapping_add(R);
+            wo += STRIP;
         }
     }
     for (i, acc) in acc.iter().enumerate() {

@@ -121,7 +121,9 @@ pub(super) use kernel::{round_rows, strips_gemm_bf16dot};
 
 #[cfg(target_arch = "x86_64")]
 mod kernel {
-    use super::super::strips::{Ahead, FETCH_AHEAD_BYTES, Span, Strips, k_block, prefetch, row_block, tile_heights};
+    use super::super::strips::{
+        Ahead, FETCH_AHEAD_BYTES, Span, Strips, fetch_runs, k_block, prefetch, row_block, tile_heights,
+    };
     use super::super::strips_avx512::{lanes, load_c, store};
     use super::STRIP;
     use std::arch::x86_64::*;
@@ -360,28 +362,36 @@ mod kernel {
             }
         }
         let ap = pa.as_ptr();
-        let next: [(*const u16, usize); S] = std::array::from_fn(|q| {
-            ahead[q]
-                .as_ref()
-                .map_or((st[q].as_ptr(), 0), |a| (a.at, (a.lines << 16) / klp.max(1)))
-        });
         let line = 64 / std::mem::size_of::<u16>();
-        for j in 0..kl / 2 {
-            // The S weight vectors first, then row by row one broadcast
-            // for S products: S + 1 live registers beside the R S
-            // accumulators (broadcasting all R rows first spilled
-            // accumulators at 6 x 4).
-            let wv: [__m512bh; S] = std::array::from_fn(|q| {
-                prefetch(next[q].0.wrapping_add(((j * next[q].1) >> 16) * line));
-                // SAFETY: rows 2j + 1 < kl lie in the strip (asserted).
-                unsafe { load_pair::<PAIRED>(st[q].as_ptr().add(2 * j * STRIP), idx) }
-            });
-            for (i, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: i < R, j < klp and the panel holds klp R pairs.
-                let x = splat(unsafe { *ap.add(j * R + i) });
-                for (a, &w) in acc.iter_mut().zip(&wv) {
-                    *a = _mm512_dpbf16_ps(*a, x, w);
+        // The strips' shares have the same length (same block, same tile).
+        let lines = ahead.iter().flatten().map(|a| a.lines).max().unwrap_or(0);
+        for (l, pairs) in fetch_runs(kl / 2, lines) {
+            for a in ahead.iter().flatten() {
+                prefetch(a.at.wrapping_add(l * line));
+            }
+            // Pair j's panel values and weights by pointers bumped each
+            // pair (LLVM otherwise recomputes both offsets from j).
+            let (mut a, mut wo) = (ap.wrapping_add(pairs.start * R), 2 * pairs.start * STRIP);
+            for _ in pairs {
+                // The S weight vectors first, then row by row one broadcast
+                // for S products: S + 1 live registers beside the R S
+                // accumulators (broadcasting all R rows first spilled
+                // accumulators at 6 x 4).
+                let wv: [__m512bh; S] = std::array::from_fn(|q| {
+                    // SAFETY: wo = 32j, and rows 2j + 1 < kl lie in the
+                    // strip (asserted).
+                    unsafe { load_pair::<PAIRED>(st[q].as_ptr().add(wo), idx) }
+                });
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: a = pa + jR with j < klp, i < R, and the
+                    // panel holds klp R pairs.
+                    let x = splat(unsafe { *a.add(i) });
+                    for (acc, &w) in acc.iter_mut().zip(&wv) {
+                        *acc = _mm512_dpbf16_ps(*acc, x, w);
+                    }
                 }
+                a = a.wrapping_add(R);
+                wo += 2 * STRIP;
             }
         }
         if kl % 2 == 1 {

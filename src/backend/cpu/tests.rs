@@ -178,6 +178,26 @@ fn strips_gemm_matches_the_fma_reference_bitwise() {
 }
 
 #[test]
+fn fetch_runs_cover_every_step_once_in_order() {
+    for k in 0..70 {
+        for lines in [0, 1, 2, 3, 5, 7, 16, 69, 70, 200] {
+            let runs: Vec<_> = strips::fetch_runs(k, lines).collect();
+            let want = lines.clamp(1, k.max(1));
+            assert_eq!(runs.len(), want, "k {k} lines {lines}");
+            let mut next = 0;
+            for (j, (line, steps)) in runs.iter().enumerate() {
+                assert_eq!(*line, j, "k {k} lines {lines}");
+                assert_eq!(steps.start, next, "k {k} lines {lines}: a gap or an overlap");
+                // Near-equal runs: the fetched lines spread over the loop.
+                assert!(steps.len() >= k / want && steps.len() <= k.div_ceil(want));
+                next = steps.end;
+            }
+            assert_eq!(next, k, "k {k} lines {lines}: steps left out");
+        }
+    }
+}
+
+#[test]
 fn vector_kernels_match_scalar_references() {
     let u = 21; // two vectors and a scalar tail
     let (zx, zh, bias) = (fill(4 * u, 1), fill(4 * u, 2), fill(4 * u, 3));
